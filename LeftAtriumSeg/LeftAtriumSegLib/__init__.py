@@ -1,0 +1,9 @@
+"""LeftAtriumSegLib: left-atrium segmentation of 3D cardiac MRI, without Slicer.
+
+Stages (one module each): ``io`` (read, validate, write), ``preprocessing`` (model frame,
+intensity normalisation), ``network`` (2.5D U-Net), ``model_file`` (safetensors model files),
+``inference`` (probability map on the input grid), ``postprocessing`` (mask cleanup),
+``measurements`` (volume, BSA, LAVI), ``metrics`` (Dice, HD95, ASSD), ``training`` and ``cli``.
+"""
+
+__version__ = "0.1.0"

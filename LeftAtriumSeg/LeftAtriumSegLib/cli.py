@@ -1,0 +1,207 @@
+"""Command line: ``leftatriumseg segment | evaluate | train | ablate``.
+
+Errors in the user's files are printed as one line naming the file; a batch goes on with
+the next case and the exit status is non-zero when any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import LeftAtriumSegError
+
+VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "voxel_count", "volume_mm3", "volume_ml", "model")
+
+
+def _add_cleanup_arguments(parser: argparse.ArgumentParser) -> None:
+    from .postprocessing import CleanupSettings  # noqa: PLC0415
+
+    defaults = CleanupSettings()
+    group = parser.add_argument_group("cleanup (defaults from the model card's ablation)")
+    group.add_argument("--threshold", type=float, default=defaults.threshold, help="probability threshold (default %(default)s)")
+    group.add_argument("--no-largest-component", dest="keep_largest_component", action="store_false",
+                       help="keep every connected component")
+    group.add_argument("--component-gap-mm", type=float, default=defaults.component_gap_mm,
+                       help="also keep components this close to the largest (default %(default)s mm)")
+    group.add_argument("--no-fill-holes", dest="fill_holes", action="store_false", help="leave enclosed holes")
+    group.add_argument("--closing-radius-mm", type=float, default=defaults.closing_radius_mm,
+                       help="morphological closing radius (default %(default)s mm; 0 = off)")
+
+
+def _cleanup_from(args: argparse.Namespace):
+    from .postprocessing import CleanupSettings  # noqa: PLC0415
+
+    return CleanupSettings(args.threshold, args.keep_largest_component, args.component_gap_mm,
+                           args.fill_holes, args.closing_radius_mm)
+
+
+def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None) -> None:
+    from .io import atomic_output  # noqa: PLC0415
+
+    with atomic_output(path, overwrite=True) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _progress_printer(args: argparse.Namespace, index: int, count: int):
+    """With ``--progress-lines``, print ``progress F`` (0-1, whole batch) lines for a caller
+    that watches this process, such as the Slicer module."""
+    if not args.progress_lines:
+        return None
+    return lambda fraction: print(f"progress {(index + fraction) / count:.3f}", flush=True)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from .io import SEGMENTATION_SUFFIX, case_name, find_images, read_image, write_label_map, write_segmentation  # noqa: PLC0415
+    from .pipeline import Segmenter  # noqa: PLC0415
+
+    output_dir = Path(args.output_dir)
+    volumes_path = output_dir / "volumes.csv"
+    if volumes_path.exists() and not args.overwrite:
+        raise LeftAtriumSegError(f"{volumes_path}: output exists (use --overwrite to replace it)")
+    images = find_images(args.inputs)
+    if not images:
+        raise LeftAtriumSegError(f"no image files found in {', '.join(map(str, args.inputs))}")
+    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args))
+    suffix = SEGMENTATION_SUFFIX if args.format == "seg.nrrd" else ".nii.gz"
+    writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
+    rows, failures = [], 0
+    progress = tqdm(images, desc="segmenting", unit="case", disable=args.quiet, dynamic_ncols=True)
+    for index, path in enumerate(progress):
+        case = case_name(path)
+        output_path = output_dir / f"{case}{suffix}"
+        row = {"case": case, "input": str(path), "output": str(output_path), "model": segmenter.model_label}
+        try:
+            image = read_image(path)
+            mask, volume = segmenter.segment_and_measure(image, _progress_printer(args, index, len(images)))
+            writer(mask, image, output_path, overwrite=args.overwrite)
+        except (LeftAtriumSegError, FileExistsError, ValueError) as error:
+            failures += 1
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            progress.write(f"error: {message}", file=sys.stderr)
+            rows.append({**row, "output": "", "status": "failed", "error": message})
+            continue
+        rows.append({**row, "status": "ok", "error": "", "voxel_count": volume.voxel_count,
+                     "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
+        if not args.quiet:
+            progress.write(f"{case}: left atrium {volume.volume_ml:.1f} mL -> {output_path}")
+    _write_csv(rows, volumes_path, VOLUME_COLUMNS)
+    if not args.quiet:
+        print(f"{len(rows) - failures} of {len(rows)} cases segmented; volumes in {volumes_path}")
+    return 1 if failures else 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_folders, summarise  # noqa: PLC0415
+
+    rows = evaluate_folders(Path(args.predictions), Path(args.labels))
+    if not rows:
+        raise LeftAtriumSegError(f"no case is in both {args.predictions} and {args.labels}")
+    rows.append(summarise(rows))
+    output = Path(args.output) if args.output else Path(args.predictions) / "evaluation.csv"
+    _write_csv(rows, output)
+    print(f"{'case':<24}{'Dice':>8}{'HD95 mm':>10}{'ASSD mm':>10}{'|dV| mL':>10}")
+    for row in rows:
+        print(f"{row['case']:<24}{row['dice']:>8.3f}{row['hd95_mm']:>10.2f}{row['assd_mm']:>10.2f}{row['abs_volume_error_ml']:>10.2f}")
+    print(f"written to {output}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    from .model_file import ModelConfig  # noqa: PLC0415
+    from .training import TrainingSettings, train_model  # noqa: PLC0415
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = TrainingSettings(iterations=args.iterations, seed=args.seed)
+    config = ModelConfig(name=args.name, version=args.model_version)
+    summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from .evaluation import ablation_variants, cleanup_ablation  # noqa: PLC0415
+
+    rows = cleanup_ablation(Path(args.probabilities), Path(args.labels), ablation_variants(_cleanup_from(args)))
+    _write_csv(rows, Path(args.output))
+    print(f"{'variant':<28}{'Dice':>8}{'min Dice':>10}{'HD95 mm':>10}{'|dV| mL':>10}")
+    for row in rows:
+        print(f"{row['variant']:<28}{row['dice']:>8.4f}{row['min_dice']:>10.4f}{row['hd95_mm']:>10.2f}{row['abs_volume_error_ml']:>10.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leftatriumseg", description="Left-atrium segmentation of 3D cardiac MRI.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment images and report left-atrium volumes")
+    segment.add_argument("inputs", nargs="+", help="3D image files (NIfTI, NRRD, MHA, ...) or folders of them")
+    segment.add_argument("--output-dir", required=True, help="folder for masks and volumes.csv")
+    segment.add_argument("--format", choices=("seg.nrrd", "nii.gz"), default="seg.nrrd",
+                         help="Slicer segmentation or NIfTI label map (default %(default)s)")
+    segment.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    segment.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
+    segment.add_argument("--progress-lines", action="store_true",
+                         help="print 'progress F' lines (0-1) on standard output, for programs that run this one")
+    _add_cleanup_arguments(segment)
+    segment.set_defaults(handler=run_segment)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, HD95, ASSD and volume error against reference labels")
+    evaluate.add_argument("--predictions", required=True, help="folder of predicted masks")
+    evaluate.add_argument("--labels", required=True, help="folder of reference label maps (same file names)")
+    evaluate.add_argument("--output", help="CSV to write (default PREDICTIONS/evaluation.csv)")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    train = commands.add_parser("train", help="train a model, or cross-validate with --folds K")
+    train.add_argument("--data", nargs="+", required=True, help="folders in the Decathlon layout (dataset.json)")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--folds", type=int, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
+    train.add_argument("--iterations", type=int, default=1600)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--name", default="LeftAtriumSeg")
+    train.add_argument("--model-version", default="0")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=run_train)
+
+    ablate = commands.add_parser("ablate", help="score cleanup variants on cross-validation probability maps")
+    ablate.add_argument("--probabilities", required=True, help="the probabilities/ folder of a cross-validation run")
+    ablate.add_argument("--labels", required=True)
+    ablate.add_argument("--output", required=True, help="CSV to write")
+    _add_cleanup_arguments(ablate)
+    ablate.set_defaults(handler=run_ablate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "model", "") is None:
+        from .pipeline import DEFAULT_MODEL_PATH  # noqa: PLC0415
+
+        args.model = DEFAULT_MODEL_PATH
+    try:
+        return args.handler(args)
+    except (LeftAtriumSegError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Errors that are the user's to fix; the command line prints them as one line."""
+
+
+class LeftAtriumSegError(Exception):
+    """Base of every error caused by input or model files rather than by a bug."""
+
+
+class InputImageError(LeftAtriumSegError):
+    """An image file that is missing, unreadable or unusable for segmentation."""
+
+
+class ModelFileError(LeftAtriumSegError):
+    """A model file that is missing, corrupt, unsafe or not a LeftAtriumSeg model."""

@@ -1,0 +1,99 @@
+"""Compare predictions with reference labels, per case and on average."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name
+from .metrics import segmentation_metrics
+from .postprocessing import CleanupSettings, clean_mask
+
+METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
+
+
+def _files_by_case(folder: Path) -> dict[str, Path]:
+    suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
+    return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
+
+
+def _read_mask(path: Path) -> sitk.Image:
+    image = sitk.ReadImage(str(path))
+    if image.GetDimension() == 4:  # a .seg.nrrd with overlapping segments: layers first
+        raise ValueError(f"{path}: segmentation with several layers is not supported")
+    return image
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def evaluate_folders(predictions: Path, labels: Path) -> list[dict]:
+    """Metrics for every case present in both folders (matched by file name)."""
+    predicted, reference = _files_by_case(predictions), _files_by_case(labels)
+    rows = []
+    for case in sorted(predicted.keys() & reference.keys()):
+        prediction_image, label_image = _read_mask(predicted[case]), _read_mask(reference[case])
+        if not _same_grid(prediction_image, label_image):
+            raise ValueError(f"{predicted[case]}: not on the grid of its label {reference[case]}")
+        rows.append({"case": case, **segmentation_metrics(
+            sitk.GetArrayViewFromImage(prediction_image) > 0,
+            sitk.GetArrayViewFromImage(label_image) > 0,
+            label_image.GetSpacing(),
+        )})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean of each metric over the cases (NaN distances are left out of their mean)."""
+    return {"case": "mean", **{key: float(np.nanmean([row[key] for row in rows]))
+                                for key in rows[0] if key != "case"}}
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]]) -> list[dict]:
+    """Mean metrics over cases for each cleanup variant, from stored probability maps.
+
+    ``probabilities`` holds float probability maps on each label's grid, as cross-validation
+    writes them, so every variant is scored on the same held-out predictions.
+    """
+    reference = _files_by_case(labels)
+    cases = []
+    for case, path in _files_by_case(probabilities).items():
+        label = sitk.ReadImage(str(reference[case]))
+        cases.append((sitk.GetArrayFromImage(sitk.ReadImage(str(path))), sitk.GetArrayViewFromImage(label) > 0,
+                      label.GetSpacing()))
+    results = []
+    for name, settings in variants:
+        rows = [segmentation_metrics(clean_mask(probability, spacing, settings), label, spacing)
+                for probability, label, spacing in cases]
+        results.append({"variant": name, **{key: float(np.nanmean([r[key] for r in rows])) for key in METRIC_COLUMNS},
+                        "min_dice": float(min(r["dice"] for r in rows)), **asdict(settings)})
+    return results
+
+
+def ablation_variants(defaults: CleanupSettings = CleanupSettings()) -> list[tuple[str, CleanupSettings]]:
+    """Each cleanup step removed or changed alone from the defaults, plus nothing at all."""
+    variants = [("defaults", defaults),
+                ("threshold only", CleanupSettings(defaults.threshold, False, 0.0, False, 0.0)),
+                ("no largest component", replace(defaults, keep_largest_component=False)),
+                ("largest component, no gap", replace(defaults, component_gap_mm=0.0)),
+                ("no hole filling", replace(defaults, fill_holes=False))]
+    variants += [(f"threshold {t}", replace(defaults, threshold=t)) for t in (0.3, 0.4, 0.6, 0.7) if t != defaults.threshold]
+    variants += [(f"gap {g} mm", replace(defaults, component_gap_mm=g)) for g in (2.0, 10.0, 20.0) if g != defaults.component_gap_mm]
+    variants += [(f"closing {r} mm", replace(defaults, closing_radius_mm=r)) for r in (0.0, 1.5, 3.0) if r != defaults.closing_radius_mm]
+    return variants

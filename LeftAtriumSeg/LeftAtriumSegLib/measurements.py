@@ -1,0 +1,47 @@
+"""Left-atrial volume and its indexing to body surface area."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# LA volume index grades (mL/m2), after Lang et al., "Recommendations for chamber
+# quantification", J Am Soc Echocardiogr 2005;18:1440-63 (echocardiography). Reference
+# ranges depend on modality and guideline: pass other thresholds where they apply.
+ASE_2005_LAVI_GRADES: tuple[tuple[float, str], ...] = (
+    (29.0, "normal"),
+    (34.0, "mildly enlarged"),
+    (40.0, "moderately enlarged"),
+    (math.inf, "severely enlarged"),
+)
+ASE_2005_SOURCE = "Lang et al., J Am Soc Echocardiogr 2005;18:1440-63"
+
+
+@dataclass(frozen=True)
+class VolumeMeasurement:
+    voxel_count: int
+    volume_mm3: float
+
+    @property
+    def volume_ml(self) -> float:
+        return self.volume_mm3 / 1000.0
+
+
+def measure_volume(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> VolumeMeasurement:
+    """Volume of a binary mask: voxel count times the voxel's volume."""
+    voxel_count = int(np.count_nonzero(mask))
+    return VolumeMeasurement(voxel_count, voxel_count * float(np.prod(spacing_mm)))
+
+
+def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
+    """Mosteller's formula: sqrt(height [cm] x weight [kg] / 3600)."""
+    if not (height_cm > 0 and weight_kg > 0):
+        raise ValueError(f"height ({height_cm} cm) and weight ({weight_kg} kg) must be positive")
+    return math.sqrt(height_cm * weight_kg / 3600.0)
+
+
+def grade_lavi(lavi_ml_per_m2: float, grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> str:
+    """Grade of an LA volume index: the first grade whose upper bound (exclusive) exceeds it."""
+    return next(name for upper, name in grades if lavi_ml_per_m2 < upper)

@@ -1,0 +1,57 @@
+"""A 2.5D U-Net: a stack of neighbouring axial slices in, one slice's logits out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet2D(nn.Module):
+    """U-Net over 2D slices.
+
+    Input ``(N, in_channels, H, W)`` with H and W multiples of ``2 ** (len(features) - 1)``;
+    output ``(N, 1, H, W)`` logits for the left atrium.
+    """
+
+    def __init__(self, in_channels: int = 5, features: tuple[int, ...] = (16, 32, 64, 128, 256)):
+        super().__init__()
+        self.encoders = nn.ModuleList()
+        channels = in_channels
+        for width in features:
+            self.encoders.append(_conv_block(channels, width))
+            channels = width
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(features[:-1]):
+            self.upsamplers.append(nn.ConvTranspose2d(channels, width, 2, stride=2))
+            self.decoders.append(_conv_block(2 * width, width))
+            channels = width
+        self.head = nn.Conv2d(channels, 1, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** len(self.upsamplers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for depth, encoder in enumerate(self.encoders):
+            if depth > 0:
+                x = self.pool(x)
+            x = encoder(x)
+            skips.append(x)
+        skips.pop()
+        for upsample, decoder in zip(self.upsamplers, self.decoders):
+            x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
+        return self.head(x)

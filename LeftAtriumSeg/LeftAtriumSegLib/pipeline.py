@@ -1,0 +1,57 @@
+"""From an image to a cleaned left-atrium mask and its volume: what ``segment`` and Slicer run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .inference import ProgressCallback, predict_probability_map
+from .measurements import VolumeMeasurement, measure_volume
+from .model_file import ModelConfig, load_model
+from .network import UNet2D
+from .postprocessing import CleanupSettings, clean_mask
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "leftatriumseg.safetensors"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    return torch.device(device)
+
+
+@dataclass
+class Segmenter:
+    """A loaded model plus cleanup settings, ready to segment any number of images."""
+
+    network: UNet2D
+    config: ModelConfig
+    cleanup: CleanupSettings
+    model_path: Path
+
+    @classmethod
+    def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
+             cleanup: CleanupSettings | None = None) -> "Segmenter":
+        network, config = load_model(model_path, resolve_device(device))
+        return cls(network, config, cleanup or CleanupSettings(), Path(model_path))
+
+    @property
+    def model_label(self) -> str:
+        return f"{self.config.name} {self.config.version}"
+
+    def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> np.ndarray:
+        """Boolean ``(Z, Y, X)`` left-atrium mask on exactly ``image``'s grid."""
+        probability_map = predict_probability_map(image, self.network, self.config, progress)
+        return clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
+
+    def segment_and_measure(self, image: sitk.Image, progress: ProgressCallback | None = None
+                            ) -> tuple[np.ndarray, VolumeMeasurement]:
+        mask = self.segment(image, progress)
+        return mask, measure_volume(mask, image.GetSpacing())

@@ -1,0 +1,71 @@
+"""Bring images into the model's frame and normalise intensities.
+
+The model frame is a fixed anatomical orientation (axis codes as in
+``SimpleITK.DICOMOrient``) at a fixed voxel spacing; the network sees axial slices of it.
+Arrays taken from SimpleITK images are indexed ``[z, y, x]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class ModelFrame:
+    """Orientation and spacing the network was trained in."""
+
+    orientation: str = "LPS"
+    spacing_mm: tuple[float, float, float] = (1.25, 1.25, 1.25)  # (x, y, z)
+
+
+def to_model_frame(
+    image: sitk.Image, frame: ModelFrame, interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
+    """Reorient ``image`` to ``frame.orientation`` and resample it to ``frame.spacing_mm``.
+
+    The axes are permuted and flipped to the orientation closest to ``frame.orientation``;
+    an oblique acquisition keeps its own (reordered) direction cosines rather than being
+    rotated onto the scanner axes, so no anatomy is cut off. The new grid is centred on the
+    old one and covers the same extent.
+    """
+    oriented = sitk.DICOMOrient(image, frame.orientation)
+    in_size = np.array(oriented.GetSize())
+    in_spacing = np.array(oriented.GetSpacing())
+    out_spacing = np.array(frame.spacing_mm, dtype=float)
+    out_size = np.maximum(np.round(in_size * in_spacing / out_spacing), 1).astype(int)
+    # Keep the centre of the field of view where it was.
+    direction = np.array(oriented.GetDirection()).reshape(3, 3)
+    in_centre = np.array(oriented.TransformContinuousIndexToPhysicalPoint((in_size - 1) / 2.0))
+    out_origin = in_centre - direction @ ((out_size - 1) / 2.0 * out_spacing)
+    return sitk.Resample(
+        oriented,
+        [int(s) for s in out_size],
+        sitk.Transform(),
+        interpolator,
+        [float(v) for v in out_origin],
+        [float(v) for v in out_spacing],
+        oriented.GetDirection(),
+        0.0,
+        sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else image.GetPixelID(),
+    )
+
+
+def to_reference_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Linearly resample a float image (a probability map, say) onto ``reference``'s grid."""
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def normalise_intensity(volume: np.ndarray) -> np.ndarray:
+    """Clip to the 0.5-99.5th percentiles, then z-score; MRI intensities have no absolute scale.
+
+    Returns float32 of the same shape. A constant volume has no usable contrast and raises.
+    """
+    low, high = np.percentile(volume, [0.5, 99.5])
+    clipped = np.clip(volume.astype(np.float32), low, high)
+    std = float(clipped.std())
+    if not std > 0:
+        raise ValueError("image has no contrast (constant intensity)")
+    return ((clipped - clipped.mean()) / std).astype(np.float32)

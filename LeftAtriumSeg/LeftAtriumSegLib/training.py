@@ -1,0 +1,271 @@
+"""Training of the 2.5D U-Net, with case-wise k-fold cross-validation.
+
+Data come as folders in the Medical Segmentation Decathlon layout (``dataset.json``,
+``imagesTr/``, ``labelsTr/``). Every case is brought into the model frame once and kept in
+memory; batches are random crops of slice stacks, rotated, scaled and intensity-jittered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .inference import slice_stacks
+from .model_file import ModelConfig, save_model
+from .network import UNet2D
+from .preprocessing import normalise_intensity, to_model_frame
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image_path: Path
+    label_path: Path
+
+
+@dataclass
+class PreparedCase:
+    """A case in the model frame: normalised image and 0/1 label, both ``(Z, Y, X)``."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    foreground_slices: np.ndarray  # z indices holding atrium
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    iterations: int = 1600
+    batch_size: int = 16
+    crop_size: int = 96
+    learning_rate: float = 2e-3
+    warmup_iterations: int = 100
+    foreground_fraction: float = 2 / 3  # share of crops centred on atrium
+    max_rotation_deg: float = 15.0
+    max_scaling: float = 0.15
+    seed: int = 0
+    checkpoint_every: int = 500
+
+
+def read_decathlon_cases(folder: str | Path) -> list[Case]:
+    """Cases listed under ``training`` in ``folder/dataset.json``."""
+    folder = Path(folder)
+    listing = json.loads((folder / "dataset.json").read_text())
+    cases = []
+    for entry in listing["training"]:
+        image_path = (folder / entry["image"]).resolve()
+        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve()))
+    return cases
+
+
+def prepare_case(case: Case, config: ModelConfig) -> PreparedCase:
+    image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
+    # Labels go through linear interpolation and a 0.5 cut: smoother than nearest neighbour.
+    label = to_model_frame(sitk.Cast(sitk.ReadImage(str(case.label_path)) > 0, sitk.sitkFloat32), config.frame)
+    label_array = (sitk.GetArrayViewFromImage(label) >= 0.5).astype(np.uint8)
+    return PreparedCase(
+        case.case_id,
+        normalise_intensity(sitk.GetArrayViewFromImage(image)),
+        label_array,
+        np.flatnonzero(label_array.any(axis=(1, 2))),
+    )
+
+
+def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
+    """Group cases that share the same image voxels (la_005 and la_026 in msd_heart).
+
+    Two masks of one image must land in one fold, or validation sees a training image.
+    """
+    groups: dict[str, list[Case]] = {}
+    for case in cases:
+        digest = hashlib.sha1(sitk.GetArrayFromImage(sitk.ReadImage(str(case.image_path))).tobytes()).hexdigest()
+        groups.setdefault(digest, []).append(case)
+    return sorted(groups.values(), key=lambda group: group[0].case_id)
+
+
+def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Case]]:
+    """Split cases into ``folds`` validation sets, keeping each group of identical images whole."""
+    groups = case_groups(cases)
+    random.Random(seed).shuffle(groups)
+    groups.sort(key=len, reverse=True)  # place big groups first so fold sizes stay even
+    split: list[list[Case]] = [[] for _ in range(folds)]
+    for group in groups:
+        min(split, key=len).extend(group)
+    return [sorted(fold, key=lambda case: case.case_id) for fold in split]
+
+
+def _random_affine(batch_size: int, rng: np.random.Generator, settings: TrainingSettings, zoom: float) -> torch.Tensor:
+    """``(N, 2, 3)`` affine for ``F.affine_grid``: rotation and isotropic scaling about the centre."""
+    angles = np.deg2rad(rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg, batch_size))
+    scales = zoom * rng.uniform(1 - settings.max_scaling, 1 + settings.max_scaling, batch_size)
+    cos, sin = np.cos(angles) * scales, np.sin(angles) * scales
+    zeros = np.zeros(batch_size)
+    theta = np.stack([np.stack([cos, -sin, zeros], 1), np.stack([sin, cos, zeros], 1)], 1)
+    return torch.from_numpy(theta.astype(np.float32))
+
+
+def sample_batch(
+    cases: Sequence[PreparedCase], config: ModelConfig, settings: TrainingSettings, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random augmented crops: images ``(N, slices, S, S)`` and labels ``(N, 1, S, S)``."""
+    # Read a larger window than the crop so that rotation and zoom-out find real image.
+    window = int(math.ceil(settings.crop_size * math.sqrt(2) * (1 + settings.max_scaling))) + 1
+    half_window, half_stack = window // 2, config.slices // 2
+    images, labels = [], []
+    for _ in range(settings.batch_size):
+        case = cases[rng.integers(len(cases))]
+        depth, height, width = case.image.shape
+        on_atrium = rng.random() < settings.foreground_fraction and len(case.foreground_slices) > 0
+        if on_atrium:
+            z = int(rng.choice(case.foreground_slices))
+            ys, xs = np.nonzero(case.label[z])
+            pick = rng.integers(len(ys))
+            centre_y, centre_x = ys[pick], xs[pick]
+        else:
+            z, centre_y, centre_x = rng.integers(depth), rng.integers(height), rng.integers(width)
+        z_indices = np.clip(np.arange(z - half_stack, z + half_stack + 1), 0, depth - 1)
+        y_indices = np.clip(np.arange(centre_y - half_window, centre_y - half_window + window), 0, height - 1)
+        x_indices = np.clip(np.arange(centre_x - half_window, centre_x - half_window + window), 0, width - 1)
+        images.append(case.image[np.ix_(z_indices, y_indices, x_indices)])
+        labels.append(case.label[z][np.ix_(y_indices, x_indices)])
+    image_batch = torch.from_numpy(np.stack(images))
+    label_batch = torch.from_numpy(np.stack(labels)[:, None].astype(np.float32))
+    theta = _random_affine(settings.batch_size, rng, settings, zoom=settings.crop_size / window)
+    grid = F.affine_grid(theta, [settings.batch_size, 1, settings.crop_size, settings.crop_size], align_corners=False)
+    image_batch = F.grid_sample(image_batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    label_batch = (F.grid_sample(label_batch, grid, mode="bilinear", align_corners=False) >= 0.5).float()
+    # Contrast and brightness jitter: scanners and sequences differ in both.
+    gain = torch.from_numpy(rng.uniform(0.85, 1.15, (settings.batch_size, 1, 1, 1)).astype(np.float32))
+    offset = torch.from_numpy(rng.uniform(-0.15, 0.15, (settings.batch_size, 1, 1, 1)).astype(np.float32))
+    return image_batch * gain + offset, label_batch
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice over the batch: Dice counters the ~1% foreground."""
+    probabilities = torch.sigmoid(logits)
+    intersection = (probabilities * target).sum()
+    soft_dice = (2 * intersection + 1) / (probabilities.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + (1 - soft_dice)
+
+
+def learning_rate_at(iteration: int, settings: TrainingSettings) -> float:
+    """Linear warm-up, then cosine decay to zero: ends training at a settled point."""
+    if iteration < settings.warmup_iterations:
+        return settings.learning_rate * (iteration + 1) / settings.warmup_iterations
+    progress = (iteration - settings.warmup_iterations) / max(1, settings.iterations - settings.warmup_iterations)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_network(
+    cases: Sequence[PreparedCase],
+    config: ModelConfig,
+    settings: TrainingSettings,
+    checkpoint_path: Path | None = None,
+    description: str = "training",
+    show_progress: bool = True,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> UNet2D:
+    """Train a fresh network on ``cases`` and return it in evaluation mode."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    network = config.build_network()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    network.train()
+    bar = tqdm(range(settings.iterations), desc=description, disable=not show_progress, dynamic_ncols=True)
+    running_loss = None
+    for iteration in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate_at(iteration, settings)
+        images, labels = sample_batch(cases, config, settings, rng)
+        loss = dice_bce_loss(network(images), labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        running_loss = loss.item() if running_loss is None else 0.98 * running_loss + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running_loss:.3f}")
+        if on_iteration is not None:
+            on_iteration(iteration, loss.item())
+        if checkpoint_path is not None and (iteration + 1) % settings.checkpoint_every == 0:
+            save_model(checkpoint_path, network, config)
+    return network.eval()
+
+
+def timed(function: Callable, *args, **kwargs):
+    """Call ``function`` and return ``(result, seconds)``."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def train_model(
+    data_folders: Sequence[str | Path],
+    output_dir: str | Path,
+    config: ModelConfig,
+    settings: TrainingSettings,
+    folds: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
+
+    Cross-validation writes, per fold, ``fold_K/model.safetensors`` and the held-out cases'
+    probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
+    and the cleanup ablation. Training on every case writes ``model.safetensors``.
+    Returns a summary (cases, folds, wall times) that is also written as ``training.json``.
+    """
+    from .inference import predict_probability_map  # noqa: PLC0415 - avoids a cycle at import
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
+    start = time.perf_counter()
+    prepared = {case.case_id: prepare_case(case, config) for case in tqdm(cases, desc="preparing", disable=not show_progress)}
+    summary: dict = {
+        "data_folders": [str(folder) for folder in data_folders],
+        "cases": [case.case_id for case in cases],
+        "settings": settings.__dict__,
+        "config": json.loads(config.to_json()),
+        "torch_threads": torch.get_num_threads(),
+        "preparation_seconds": round(time.perf_counter() - start, 1),
+    }
+    if folds == 0:
+        network, seconds = timed(
+            train_network, list(prepared.values()), config, settings,
+            checkpoint_path=output_dir / "checkpoint.safetensors", show_progress=show_progress,
+        )
+        save_model(output_dir / "model.safetensors", network, config)
+        summary["training_seconds"] = round(seconds, 1)
+    else:
+        summary["folds"] = []
+        probability_dir = output_dir / "probabilities"
+        probability_dir.mkdir(exist_ok=True)
+        for index, validation in enumerate(make_folds(cases, folds, settings.seed)):
+            held_out = {case.case_id for case in validation}
+            fold_dir = output_dir / f"fold_{index}"
+            fold_dir.mkdir(exist_ok=True)
+            network, seconds = timed(
+                train_network,
+                [prepared[case_id] for case_id in prepared if case_id not in held_out],
+                config, settings, checkpoint_path=fold_dir / "checkpoint.safetensors",
+                description=f"fold {index + 1}/{folds}", show_progress=show_progress,
+            )
+            save_model(fold_dir / "model.safetensors", network, config)
+            for case in validation:
+                probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), network, config)
+                sitk.WriteImage(probability_map, str(probability_dir / f"{case.case_id}.nii.gz"), useCompression=True)
+            summary["folds"].append({"validation": sorted(held_out), "training_seconds": round(seconds, 1)})
+            (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    summary["total_seconds"] = round(time.perf_counter() - start, 1)
+    (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,182 @@
+"""The MRML half of the module's logic: volume nodes to images, masks to segments, tables.
+
+Uses only MRML and VTK calls that both the Slicer application and the ``slicer-core``
+package provide (no ``slicer.app``, ``slicer.modules``, ``slicer.util`` or Qt), so it is
+tested outside the application. The scene is always taken from the nodes given.
+
+Arrays are indexed ``[z, y, x]`` (``[k, j, i]``) as in ``slicer.util.arrayFromVolume``.
+SimpleITK images are in LPS; MRML is in RAS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from LeftAtriumSegLib.io import LEFT_ATRIUM_SEGMENT, LEFT_ATRIUM_TERMINOLOGY
+from LeftAtriumSegLib.measurements import (
+    ASE_2005_LAVI_GRADES, ASE_2005_SOURCE, body_surface_area_m2, grade_lavi, measure_volume,
+)
+
+LEFT_ATRIUM_SEGMENT_ID = LEFT_ATRIUM_SEGMENT["id"]
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def register_segmentation_converters() -> None:
+    """Register the labelmap/surface converter rules once; the Slicer application does this
+    itself at start-up, plain ``slicer-core`` needs it before any segmentation is displayed
+    as a surface."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    registered = {rule.GetName() for rule in factory.GetConverterRules()}
+    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule(),
+                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule()):
+        if rule.GetName() not in registered:
+            factory.RegisterConverterRule(rule)
+
+
+def _ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def image_from_volume_node(volume_node) -> sitk.Image:
+    """A SimpleITK image (LPS) with the voxels and exact geometry of a scalar volume node."""
+    image_data = volume_node.GetImageData() if volume_node is not None else None
+    if image_data is None:
+        raise ValueError("no input volume selected, or the volume has no image data")
+    if image_data.GetNumberOfScalarComponents() != 1:
+        raise ValueError(f"{volume_node.GetName()}: has {image_data.GetNumberOfScalarComponents()} components per voxel, a scalar volume is needed")
+    dimensions = image_data.GetDimensions()
+    voxels = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dimensions[::-1])
+    image = sitk.GetImageFromArray(voxels.copy())
+    ijk_to_ras = _ijk_to_ras(volume_node)
+    spacing = np.array(volume_node.GetSpacing())
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin((RAS_TO_LPS @ ijk_to_ras[:3, 3]).tolist())
+    image.SetDirection((RAS_TO_LPS @ (ijk_to_ras[:3, :3] / spacing)).ravel().tolist())
+    return image
+
+
+def _oriented_labelmap(mask: np.ndarray, volume_node):
+    """``slicer.vtkOrientedImageData`` of a ``(Z, Y, X)`` mask on the volume node's grid."""
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetDimensions(*mask.shape[::-1])
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    labelmap.SetImageToWorldMatrix(matrix)
+    return labelmap
+
+
+def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) -> str:
+    """Put a ``(Z, Y, X)`` mask on ``volume_node``'s grid into the "Left atrium" segment.
+
+    The segment is created (name, colour, SNOMED terminology) if missing, replaced if
+    present; other segments are left alone. Returns the segment ID.
+    """
+    image_data = volume_node.GetImageData()
+    if mask.shape != image_data.GetDimensions()[::-1]:
+        raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID) is None:
+        segmentation.AddEmptySegment(LEFT_ATRIUM_SEGMENT_ID, LEFT_ATRIUM_SEGMENT["name"], LEFT_ATRIUM_SEGMENT["color"])
+    segment = segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LEFT_ATRIUM_TERMINOLOGY)
+    labelmap = _oriented_labelmap(mask, volume_node)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        labelmap, segmentation_node, LEFT_ATRIUM_SEGMENT_ID,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, labelmap.GetExtent(),
+    )
+    return LEFT_ATRIUM_SEGMENT_ID
+
+
+def mask_from_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """Boolean ``(Z, Y, X)`` mask of a segment resampled onto ``volume_node``'s grid."""
+    scene = segmentation_node.GetScene()
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        segment_ids = vtk.vtkStringArray()
+        segment_ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, segment_ids, labelmap_node, volume_node):
+            raise ValueError(f"segment {segment_id!r} could not be exported on the volume's grid")
+        image_data = labelmap_node.GetImageData()
+        voxels = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
+        return voxels.reshape(image_data.GetDimensions()[::-1]) > 0
+    finally:
+        display_node = labelmap_node.GetDisplayNode()
+        if display_node is not None:
+            scene.RemoveNode(display_node)
+        scene.RemoveNode(labelmap_node)
+
+
+@dataclass(frozen=True)
+class MeasurementColumn:
+    name: str
+    unit: str
+    description: str
+
+
+MEASUREMENT_COLUMNS = (
+    MeasurementColumn("Segment", "", "Segment name"),
+    MeasurementColumn("Voxel count", "voxels", "Number of voxels of the segment on the input volume's grid"),
+    MeasurementColumn("Volume [mm3]", "mm3", "Segment volume: voxel count x voxel volume (SCT 118565006)"),
+    MeasurementColumn("Volume [mL]", "mL", "Segment volume in millilitres (SCT 118565006)"),
+    MeasurementColumn("BSA [m2]", "m2", "Body surface area, Mosteller: sqrt(height cm x weight kg / 3600)"),
+    MeasurementColumn("LA volume index [mL/m2]", "mL/m2", "Left-atrial volume divided by body surface area"),
+    MeasurementColumn("LAVI grade", "", "Grade of the LA volume index"),
+    MeasurementColumn("Grade reference", "", "Source of the grading thresholds"),
+    MeasurementColumn("Model", "", "Model that produced the initial segmentation"),
+)
+
+
+def measure_left_atrium(
+    segmentation_node, volume_node, table_node, model_label: str = "",
+    height_cm: float = 0.0, weight_kg: float = 0.0,
+    lavi_grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES, grade_source: str = ASE_2005_SOURCE,
+) -> dict:
+    """Measure the segment as it now stands and write one row into ``table_node``.
+
+    BSA, LAVI and grade are filled when both height and weight are given (> 0).
+    Returns the row as a dict.
+    """
+    segment_name = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID).GetName()
+    mask = mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)
+    volume = measure_volume(mask, volume_node.GetSpacing())
+    row = {"Segment": segment_name, "Voxel count": volume.voxel_count,
+           "Volume [mm3]": volume.volume_mm3, "Volume [mL]": volume.volume_ml,
+           "BSA [m2]": "", "LA volume index [mL/m2]": "", "LAVI grade": "", "Grade reference": "",
+           "Model": model_label}
+    if height_cm > 0 and weight_kg > 0:
+        bsa = body_surface_area_m2(height_cm, weight_kg)
+        lavi = volume.volume_ml / bsa
+        row.update({"BSA [m2]": bsa, "LA volume index [mL/m2]": lavi,
+                    "LAVI grade": grade_lavi(lavi, lavi_grades), "Grade reference": grade_source})
+    _write_table_row(table_node, row)
+    return row
+
+
+def _write_table_row(table_node, row: dict) -> None:
+    was_modifying = table_node.StartModify()
+    table = table_node.GetTable()
+    table.Initialize()
+    for column in MEASUREMENT_COLUMNS:
+        value = row[column.name]
+        array = vtk.vtkDoubleArray() if isinstance(value, float) else (
+            vtk.vtkIntArray() if isinstance(value, int) else vtk.vtkStringArray())
+        array.SetName(column.name)
+        array.InsertNextValue(value)
+        table.AddColumn(array)
+        table_node.SetColumnUnitLabel(column.name, column.unit)
+        table_node.SetColumnDescription(column.name, column.description)
+    table_node.Modified()
+    table_node.EndModify(was_modifying)

@@ -1,0 +1,29 @@
+# Quick start: `make demo` (set up and segment the bundled sample), `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAMPLE := LeftAtriumSeg/Resources/SampleData/la_007_crop.nii.gz
+DEMO_OUTPUT := demo-output
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/leftatriumseg: pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(BIN)/leftatriumseg
+
+demo: setup
+	$(BIN)/leftatriumseg segment $(SAMPLE) --output-dir $(DEMO_OUTPUT) --overwrite
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/segment_speed.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUTPUT)

@@ -1,0 +1,147 @@
+"""The command line end to end: the bundled model on the sample, and hostile input."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+from conftest import SAMPLE_IMAGE, SAMPLE_LABEL
+
+from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.metrics import dice
+
+
+def _read_volumes(folder):
+    with open(folder / "volumes.csv") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """One ``segment`` run over the sample: NIfTI output, reused by several tests."""
+    output = tmp_path_factory.mktemp("sample")
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(output), "--format", "nii.gz", "--quiet"]) == 0
+    return output
+
+
+def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample_label):
+    image = sitk.ReadImage(str(SAMPLE_IMAGE))
+    prediction = sitk.ReadImage(str(sample_run / "la_007_crop.nii.gz"))
+    assert prediction.GetSize() == image.GetSize()
+    assert prediction.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert prediction.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert prediction.GetDirection() == pytest.approx(image.GetDirection())
+    assert prediction.GetPixelID() == sitk.sitkUInt8
+    predicted = sitk.GetArrayFromImage(prediction)
+    assert set(np.unique(predicted)) <= {0, 1}
+    assert dice(predicted > 0, sample_label) >= 0.85
+
+    row = _read_volumes(sample_run)["la_007_crop"]
+    reference_ml = np.count_nonzero(sample_label) * np.prod(image.GetSpacing()) / 1000
+    assert row["status"] == "ok"
+    assert float(row["volume_ml"]) == pytest.approx(reference_ml, abs=5.0)
+    assert int(row["voxel_count"]) == np.count_nonzero(predicted)
+    assert float(row["volume_mm3"]) == pytest.approx(np.count_nonzero(predicted) * np.prod(image.GetSpacing()), rel=1e-4)
+
+
+def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "la_007_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    output = tmp_path / "evaluation.csv"
+    assert main(["evaluate", "--predictions", str(sample_run), "--labels", str(labels), "--output", str(output)]) == 0
+    rows = list(csv.DictReader(open(output)))
+    assert [row["case"] for row in rows] == ["la_007_crop", "mean"]
+    assert float(rows[0]["dice"]) >= 0.85
+    assert float(rows[0]["hd95_mm"]) < 10
+    assert "la_007_crop" in capsys.readouterr().out
+
+
+def test_default_output_is_a_slicer_segmentation(tmp_path, sample_label):
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    segmentation = slicerio.read_segmentation(str(tmp_path / "la_007_crop.seg.nrrd"))
+    segment = slicerio.segment_from_name(segmentation, "Left atrium")
+    assert segment["terminology"]["type"][1] == "82471001"
+    mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)  # (i, j, k) -> (z, y, x)
+    assert dice(mask, sample_label) >= 0.85
+
+
+def _write(image, path):
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture()
+def hostile_inputs(tmp_path):
+    """Bad files beside one good one; returns ``{case: expected message fragment}``."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    sample = sitk.ReadImage(str(SAMPLE_IMAGE))
+    (folder / "good.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (folder / "corrupt.nii.gz").write_bytes(b"this is not an image" * 10)
+    (folder / "truncated.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes()[:5000])
+    _write(sample[:, :, 40], folder / "slice2d.nii.gz")
+    _write(sitk.JoinSeries([sample, sample]), folder / "series4d.nii.gz")
+    constant = sitk.Image(sample.GetSize(), sitk.sitkInt16)
+    constant.CopyInformation(sample)
+    _write(constant + 7, folder / "constant.nii.gz")
+    voxels = sitk.GetArrayFromImage(sitk.Cast(sample, sitk.sitkFloat32))
+    voxels[10, 10, 10] = np.nan
+    with_nan = sitk.GetImageFromArray(voxels)
+    with_nan.CopyInformation(sample)
+    _write(with_nan, folder / "with_nan.mha")  # NIfTI readers turn NaN into 0
+    absurd = sitk.Image(sample)
+    absurd.SetSpacing((1e6, 1.0, 1.0))
+    _write(absurd, folder / "absurd_spacing.nii.gz")
+    expected = {
+        "corrupt": "corrupt",
+        "truncated": "truncated or corrupt",
+        "slice2d": "2D",
+        "series4d": "4D",
+        "constant": "constant intensity",
+        "with_nan": "NaN",
+        "absurd_spacing": "spacing",
+    }
+    return folder, expected
+
+
+def test_bad_inputs_fail_one_line_each_and_the_good_case_goes_on(hostile_inputs, tmp_path):
+    folder, expected = hostile_inputs
+    missing = tmp_path / "missing.nii.gz"
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(folder), str(missing),
+         "--output-dir", str(output), "--format", "nii.gz", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    error_lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(error_lines) == len(expected) + 1, result.stderr
+    for case, fragment in {**expected, "missing": "file not found"}.items():
+        line = next(line for line in error_lines if f"/{case}." in line)
+        assert fragment in line, line
+    rows = _read_volumes(output)
+    assert rows["good"]["status"] == "ok" and float(rows["good"]["volume_ml"]) > 10
+    assert all(rows[case]["status"] == "failed" and rows[case]["error"] for case in expected)
+    # Only the good case's output and the table exist: nothing half-written.
+    assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
+
+
+def test_existing_outputs_are_not_overwritten_without_asking(sample_run, capsys):
+    before = (sample_run / "volumes.csv").read_bytes()
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(sample_run), "--format", "nii.gz", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (sample_run / "volumes.csv").read_bytes() == before
+
+
+def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"\x80\x04K\x01.")  # a pickle, not safetensors
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path / "out"), "--model", str(model)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(model) in error and "safetensors" in error
+    assert not (tmp_path / "out").exists()

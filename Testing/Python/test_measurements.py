@@ -1,0 +1,40 @@
+import math
+
+import numpy as np
+import pytest
+from conftest import ellipsoid_phantom
+
+from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
+
+
+def test_voxelised_ellipsoid_volume_matches_analytic_volume():
+    image, mask, radii = ellipsoid_phantom(size=(96, 80, 60), spacing=(0.5, 0.6, 0.7))
+    analytic_ml = 4 / 3 * math.pi * np.prod(radii) / 1000
+    measured = measure_volume(mask, image.GetSpacing())
+    assert measured.voxel_count == np.count_nonzero(mask)
+    assert measured.volume_ml == pytest.approx(analytic_ml, rel=0.01)
+
+
+def test_volume_counts_voxels_times_anisotropic_voxel_volume():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:5, 1:8, 3:5] = True  # 3 x 7 x 2 voxels
+    measured = measure_volume(mask, (0.5, 2.0, 3.0))
+    assert measured.voxel_count == 42
+    assert measured.volume_mm3 == pytest.approx(42 * 3.0)
+    assert measured.volume_ml == pytest.approx(0.126)
+
+
+def test_mosteller_body_surface_area():
+    assert body_surface_area_m2(180, 80) == pytest.approx(2.0)
+    assert body_surface_area_m2(160, 60) == pytest.approx(math.sqrt(160 * 60 / 3600))
+    with pytest.raises(ValueError, match="positive"):
+        body_surface_area_m2(0, 70)
+
+
+@pytest.mark.parametrize(
+    "lavi, grade",
+    [(20.0, "normal"), (28.99, "normal"), (29.0, "mildly enlarged"), (33.9, "mildly enlarged"),
+     (34.0, "moderately enlarged"), (39.9, "moderately enlarged"), (40.0, "severely enlarged")],
+)
+def test_lavi_grades_follow_ase_2005_thresholds(lavi, grade):
+    assert grade_lavi(lavi) == grade

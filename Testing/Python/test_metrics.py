@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from LeftAtriumSegLib.metrics import dice, segmentation_metrics
+
+
+def _ball(shape, centre, radius_vox):
+    z, y, x = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_vox**2
+
+
+def test_dice_of_half_overlapping_boxes():
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[:, :, 0:4] = True
+    b[:, :, 2:6] = True
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, a) == 1.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_surface_distances_of_concentric_balls_equal_radius_difference():
+    spacing = (1.0, 1.0, 1.0)
+    inner = _ball((60, 60, 60), (30, 30, 30), 15)
+    outer = _ball((60, 60, 60), (30, 30, 30), 19)
+    metrics = segmentation_metrics(inner, outer, spacing)
+    assert metrics["hd95_mm"] == pytest.approx(4.0, abs=0.6)
+    assert metrics["assd_mm"] == pytest.approx(4.0, abs=0.6)
+
+
+def test_surface_distance_respects_anisotropic_spacing():
+    a = np.zeros((20, 20, 20), bool)
+    b = np.zeros_like(a)
+    a[5:15, 5:15, 5:10] = True
+    b[5:15, 5:15, 5:12] = True  # grows by two voxels along x only
+    metrics = segmentation_metrics(a, b, spacing_mm=(3.0, 1.0, 1.0))
+    assert metrics["hd95_mm"] == pytest.approx(6.0)
+    assert metrics["abs_volume_error_ml"] == pytest.approx(10 * 10 * 2 * 3.0 / 1000)
+
+
+def test_empty_prediction_has_zero_dice_and_nan_distances():
+    reference = _ball((20, 20, 20), (10, 10, 10), 5)
+    metrics = segmentation_metrics(np.zeros_like(reference), reference, (1.0, 1.0, 1.0))
+    assert metrics["dice"] == 0.0
+    assert np.isnan(metrics["hd95_mm"])

@@ -1,0 +1,72 @@
+"""Model files load without executing code and fail with one clear line."""
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from LeftAtriumSegLib.errors import ModelFileError
+from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
+from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = ModelConfig(name="tiny", version="7", slices=3, features=(4, 8))
+    network = config.build_network().eval()
+    path = tmp_path / "tiny.safetensors"
+    save_model(path, network, config)
+    loaded, loaded_config = load_model(path)
+    assert loaded_config == config
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), network(x))
+    assert not list(tmp_path.glob("*.partial"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_model_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    torch.save({"weights": _Exploit(marker)}, path)
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        load_model(path)
+    assert not marker.exists()
+    pickled = tmp_path / "evil.pkl"
+    pickled.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(ModelFileError):
+        load_model(pickled)
+    assert not marker.exists()
+
+
+def test_truncated_model_file_is_refused(tmp_path):
+    data = DEFAULT_MODEL_PATH.read_bytes()
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=str(path)):
+        load_model(path)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(ModelFileError, match="not a LeftAtriumSeg model"):
+        load_model(path)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "nothing.safetensors")
+
+
+def test_shipped_model_loads():
+    network, config = load_model(DEFAULT_MODEL_PATH)
+    assert config.frame.spacing_mm == (1.25, 1.25, 1.25)
+    assert not network.training

@@ -1,0 +1,149 @@
+"""The module's MRML logic against real MRML (the slicer-core package), outside the Slicer app."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REPOSITORY, ellipsoid_phantom
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is installed by `make test`")
+import vtk  # noqa: E402
+from vtk.util import numpy_support  # noqa: E402
+
+sys.path.insert(0, str(REPOSITORY / "LeftAtriumSeg"))
+import LeftAtriumSegMRML as mrml  # noqa: E402
+
+from LeftAtriumSegLib.io import LEFT_ATRIUM_TERMINOLOGY  # noqa: E402
+from LeftAtriumSegLib.metrics import dice  # noqa: E402
+
+mrml.register_segmentation_converters()
+
+
+def add_volume_node(scene, image: sitk.Image, name="volume"):
+    """A scalar volume node holding ``image``'s voxels on its exact geometry (LPS -> RAS)."""
+    voxels = sitk.GetArrayFromImage(image)
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(*voxels.shape[::-1])
+    image_data.AllocateScalars(numpy_support.get_vtk_array_type(voxels.dtype), 1)
+    numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())[:] = voxels.ravel()
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = mrml.RAS_TO_LPS @ np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    ijk_to_ras[:3, 3] = mrml.RAS_TO_LPS @ np.array(image.GetOrigin())
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(ijk_to_ras.ravel())
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetAndObserveImageData(image_data)
+    node.SetIJKToRASMatrix(matrix)
+    return node
+
+
+@pytest.fixture()
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture()
+def phantom():
+    return ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
+
+
+def test_volume_node_becomes_an_image_on_the_same_geometry(scene, phantom):
+    image, _, _ = phantom
+    round_trip = mrml.image_from_volume_node(add_volume_node(scene, image))
+    assert round_trip.GetSize() == image.GetSize()
+    assert round_trip.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert round_trip.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert round_trip.GetDirection() == pytest.approx(image.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(round_trip), sitk.GetArrayViewFromImage(image))
+
+
+def test_segment_lands_on_the_volume_grid_with_name_colour_and_terminology(scene, phantom):
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segment_id = mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "Left atrium"
+    assert segment.GetTerminology() == LEFT_ATRIUM_TERMINOLOGY
+    np.testing.assert_array_equal(mrml.mask_from_segment(segmentation_node, segment_id, volume_node), mask)
+    # Setting it again replaces the segment rather than adding another.
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+
+
+def test_table_reports_the_analytic_volume_and_follows_an_edit(scene, phantom):
+    image, mask, radii = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+
+    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node, "LeftAtriumSeg 1", 180, 80)
+    voxel_ml = np.prod(image.GetSpacing()) / 1000
+    assert row["Volume [mL]"] == pytest.approx(4 / 3 * math.pi * np.prod(radii) / 1000, rel=0.02)
+    assert row["Voxel count"] == np.count_nonzero(mask)
+    assert row["Volume [mL]"] == pytest.approx(np.count_nonzero(mask) * voxel_ml)
+    assert row["BSA [m2]"] == pytest.approx(2.0)
+    assert row["LA volume index [mL/m2]"] == pytest.approx(row["Volume [mL]"] / 2.0)
+    assert table_node.GetCellText(0, 0) == "Left atrium"
+    assert float(table_node.GetCellText(0, 3)) == pytest.approx(row["Volume [mL]"], rel=1e-5)
+    assert table_node.GetColumnUnitLabel("Volume [mL]") == "mL"
+
+    # An edit: erase the upper half of the atrium, as a Segment Editor stroke would.
+    edited = mask.copy()
+    edited[mask.shape[0] // 2:] = False
+    mrml.set_left_atrium_segment(edited, volume_node, segmentation_node)
+    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    assert row["Voxel count"] == np.count_nonzero(edited)
+    assert float(table_node.GetCellText(0, 3)) == pytest.approx(np.count_nonzero(edited) * voxel_ml, rel=1e-5)
+    assert table_node.GetCellText(0, 4) == ""  # no height or weight: no BSA
+
+
+def test_segmentation_saves_to_seg_nrrd_and_loads_back_identically(scene, phantom, tmp_path):
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segment_id = mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    path = str(tmp_path / "atrium.seg.nrrd")
+    writer = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    writer.SetFileName(path)
+    assert writer.WriteData(segmentation_node)
+
+    loaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(path)
+    assert reader.ReadData(loaded)
+    segment = loaded.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "Left atrium"
+    assert segment.GetTerminology() == LEFT_ATRIUM_TERMINOLOGY
+    np.testing.assert_array_equal(mrml.mask_from_segment(loaded, segment_id, volume_node), mask)
+
+
+def test_real_model_segments_the_sample_on_an_oblique_grid(scene, sample_image, sample_label, segmenter):
+    """The sample, resampled onto an oblique anisotropic grid, is segmented on that grid."""
+    rotation = sitk.VersorRigid3DTransform((0.0, 0.0, 0.0, 1.0))
+    rotation.SetRotation((0.3, 0.2, 1.0), 0.35)
+    direction = tuple(np.array(rotation.GetMatrix()).reshape(3, 3).ravel())
+    spacing = (1.1, 1.3, 1.6)
+    size = [int(n * s / t) for n, s, t in zip(sample_image.GetSize(), sample_image.GetSpacing(), spacing)]
+    centre = np.array(sample_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in sample_image.GetSize()]))
+    origin = centre - np.array(direction).reshape(3, 3) @ ((np.array(size) - 1) / 2 * np.array(spacing))
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetOrigin(origin.tolist())
+    grid.SetDirection(direction)
+    oblique_image = sitk.Resample(sample_image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    label_image = sitk.GetImageFromArray(sample_label.astype(np.uint8))
+    label_image.CopyInformation(sample_image)
+    oblique_label = sitk.GetArrayFromImage(sitk.Resample(label_image, grid, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+
+    volume_node = add_volume_node(scene, oblique_image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    mask = segmenter.segment(mrml.image_from_volume_node(volume_node))
+    segment_id = mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    predicted = mrml.mask_from_segment(segmentation_node, segment_id, volume_node)
+    assert predicted.shape == oblique_label.shape
+    assert dice(predicted, oblique_label) >= 0.85
