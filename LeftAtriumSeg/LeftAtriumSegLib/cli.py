@@ -1,4 +1,4 @@
-"""Command line: ``leftatriumseg segment | evaluate | train | ablate``.
+"""Command line: ``leftatriumseg segment | merge | evaluate | train | ablate``.
 
 Errors in the user's files are printed as one line naming the file; a batch goes on with
 the next case and the exit status is non-zero when any case failed.
@@ -57,46 +57,116 @@ def _progress_printer(args: argparse.Namespace, index: int, count: int):
     return lambda fraction: print(f"progress {(index + fraction) / count:.3f}", flush=True)
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 3/10, not {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: K must be between 1 and N")
+    return index, count
+
+
+def _collect_cases(args: argparse.Namespace):
+    from .io import find_cases, read_manifest  # noqa: PLC0415
+
+    cases = find_cases(args.inputs, args.series)
+    if args.manifest:
+        cases += read_manifest(args.manifest)
+    if not cases:
+        raise LeftAtriumSegError("no input images: give image files, folders or --manifest")
+    if args.shard:
+        # Every shard sees the same ordered list, so shards never overlap.
+        index, count = args.shard
+        cases = sorted(cases, key=lambda case: (case.case, str(case.path)))[index - 1 :: count]
+    return cases
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _measure_existing(path: Path):
+    """Volume of a complete output from an earlier run (outputs are only ever renamed into place)."""
+    import SimpleITK as sitk  # noqa: PLC0415
+
+    from .measurements import measure_volume  # noqa: PLC0415
+
+    image = sitk.ReadImage(str(path))
+    return measure_volume(sitk.GetArrayViewFromImage(image) > 0, image.GetSpacing())
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .io import SEGMENTATION_SUFFIX, case_name, find_images, read_image, write_label_map, write_segmentation  # noqa: PLC0415
+    from .io import SEGMENTATION_SUFFIX, read_case, remove_stale_partials, write_label_map, write_segmentation  # noqa: PLC0415
     from .pipeline import Segmenter  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
-    volumes_path = output_dir / "volumes.csv"
-    if volumes_path.exists() and not args.overwrite:
-        raise LeftAtriumSegError(f"{volumes_path}: output exists (use --overwrite to replace it)")
-    images = find_images(args.inputs)
-    if not images:
-        raise LeftAtriumSegError(f"no image files found in {', '.join(map(str, args.inputs))}")
+    volumes_path = output_dir / (f"volumes.shard-{args.shard[0]}-of-{args.shard[1]}.csv" if args.shard else "volumes.csv")
+    cases = _collect_cases(args)
+    remove_stale_partials(output_dir)
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args))
     suffix = SEGMENTATION_SUFFIX if args.format == "seg.nrrd" else ".nii.gz"
     writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
-    rows, failures = [], 0
-    progress = tqdm(images, desc="segmenting", unit="case", disable=args.quiet, dynamic_ncols=True)
-    for index, path in enumerate(progress):
-        case = case_name(path)
-        output_path = output_dir / f"{case}{suffix}"
-        row = {"case": case, "input": str(path), "output": str(output_path), "model": segmenter.model_label}
+    # Rows of earlier runs into this folder stay, unless this run has the same case.
+    earlier = _read_rows(volumes_path)
+    rows, failures, seen = [], 0, set()
+    progress = tqdm(cases, desc="segmenting", unit="case", disable=args.quiet, dynamic_ncols=True)
+    for index, case in enumerate(progress):
+        output_path = output_dir / f"{case.case}{suffix}"
+        row = {"case": case.case, "input": str(case.path), "output": str(output_path), "model": segmenter.model_label}
         try:
-            image = read_image(path)
-            mask, volume = segmenter.segment_and_measure(image, _progress_printer(args, index, len(images)))
-            writer(mask, image, output_path, overwrite=args.overwrite)
-        except (LeftAtriumSegError, FileExistsError, ValueError) as error:
+            if case.case in seen:
+                raise LeftAtriumSegError(f"{case.path}: another input has the same case name {case.case!r}")
+            seen.add(case.case)
+            if output_path.exists() and not args.overwrite:
+                volume, status = _measure_existing(output_path), "skipped: output exists"
+            else:
+                image = read_case(case)
+                mask, volume = segmenter.segment_and_measure(image, _progress_printer(args, index, len(cases)))
+                writer(mask, image, output_path, overwrite=args.overwrite)
+                status = "ok"
+        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
-            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            message = str(error) if str(case.path) in str(error) else f"{case.path}: {error}"
             progress.write(f"error: {message}", file=sys.stderr)
             rows.append({**row, "output": "", "status": "failed", "error": message})
-            continue
-        rows.append({**row, "status": "ok", "error": "", "voxel_count": volume.voxel_count,
-                     "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
-        if not args.quiet:
-            progress.write(f"{case}: left atrium {volume.volume_ml:.1f} mL -> {output_path}")
-    _write_csv(rows, volumes_path, VOLUME_COLUMNS)
+        else:
+            rows.append({**row, "status": status, "error": "", "voxel_count": volume.voxel_count,
+                         "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
+            if not args.quiet:
+                progress.write(f"{case.case}: left atrium {volume.volume_ml:.1f} mL ({status}) -> {output_path}")
+        # Rewritten after every case: a run stopped halfway still has a correct table.
+        _write_csv([r for r in earlier if r["case"] not in seen] + rows, volumes_path, VOLUME_COLUMNS)
     if not args.quiet:
-        print(f"{len(rows) - failures} of {len(rows)} cases segmented; volumes in {volumes_path}")
+        print(f"{len(rows) - failures} of {len(rows)} cases done; volumes in {volumes_path}")
     return 1 if failures else 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Combine the per-shard tables of one output folder into volumes.csv."""
+    output_dir = Path(args.output_dir)
+    shards = sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
+    if not shards:
+        raise LeftAtriumSegError(f"{output_dir}: no volumes.shard-K-of-N.csv files to merge")
+    counts = {path.name.rsplit("-of-", 1)[1] for path in shards}
+    if len(counts) != 1:
+        raise LeftAtriumSegError(f"{output_dir}: shard tables of different runs ({', '.join(p.name for p in shards)})")
+    expected = int(counts.pop().split(".")[0])
+    missing = sorted(set(range(1, expected + 1)) - {int(p.name.split("-")[1]) for p in shards})
+    rows = [row for path in shards for row in _read_rows(path)]
+    rows.sort(key=lambda row: row["case"])
+    _write_csv(rows, output_dir / "volumes.csv", VOLUME_COLUMNS)
+    failed = sum(row["status"] == "failed" for row in rows)
+    print(f"merged {len(shards)} shard tables, {len(rows)} cases ({failed} failed) into {output_dir / 'volumes.csv'}")
+    if missing:
+        print(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -147,18 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment images and report left-atrium volumes")
-    segment.add_argument("inputs", nargs="+", help="3D image files (NIfTI, NRRD, MHA, ...) or folders of them")
+    segment.add_argument("inputs", nargs="*", help="3D image files (NIfTI, NRRD, MHA, ...), folders of them, or DICOM folders")
+    segment.add_argument("--manifest", help="CSV with an 'image' column (and optional 'case', 'series_uid')")
+    segment.add_argument("--series", help="DICOM series instance UID to read from a folder holding several")
     segment.add_argument("--output-dir", required=True, help="folder for masks and volumes.csv")
+    segment.add_argument("--shard", type=_parse_shard, metavar="K/N",
+                         help="segment only the K-th of N equal shares of the cases (e.g. a job array task)")
     segment.add_argument("--format", choices=("seg.nrrd", "nii.gz"), default="seg.nrrd",
                          help="Slicer segmentation or NIfTI label map (default %(default)s)")
     segment.add_argument("--model", default=None, help="model file (default: the bundled model)")
     segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="segment again and replace existing outputs (default: cases with an output are skipped)")
     segment.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
     segment.add_argument("--progress-lines", action="store_true",
                          help="print 'progress F' lines (0-1) on standard output, for programs that run this one")
     _add_cleanup_arguments(segment)
     segment.set_defaults(handler=run_segment)
+
+    merge = commands.add_parser("merge", help="combine the volumes.shard-K-of-N.csv tables of a sharded run")
+    merge.add_argument("output_dir", help="the --output-dir the shards wrote to")
+    merge.set_defaults(handler=run_merge)
 
     evaluate = commands.add_parser("evaluate", help="Dice, HD95, ASSD and volume error against reference labels")
     evaluate.add_argument("--predictions", required=True, help="folder of predicted masks")
@@ -195,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model = DEFAULT_MODEL_PATH
     try:
         return args.handler(args)
-    except (LeftAtriumSegError, FileExistsError, ValueError) as error:
+    except (LeftAtriumSegError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,12 +6,15 @@ interrupted run never leaves a half-written output under its final name.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
+import socket
 import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,8 @@ from .errors import InputImageError
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 20.0
+MAX_VOXELS = 2e8  # about 800 MB as float32; a 512 x 512 x 300 scan has 7.9e7
+MIN_DISTINCT_INTENSITIES = 8  # fewer is a label map or a mask, not an MRI
 
 # Terminology of the left atrium as Slicer writes it (DICOM master list, SNOMED CT codes).
 LEFT_ATRIUM_SEGMENT = {
@@ -52,26 +57,66 @@ def case_name(path: str | Path) -> str:
     return Path(name).stem
 
 
-def find_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand folders into the image files they hold (sorted); files are kept as given."""
-    images: list[Path] = []
+@dataclass(frozen=True)
+class CaseInput:
+    """One case to segment: an image file, or a DICOM folder and the series in it."""
+
+    case: str
+    path: Path
+    series_uid: str | None = None
+
+
+def dicom_series_ids(folder: Path) -> tuple[str, ...]:
+    """Series instance UIDs of the DICOM files directly in ``folder`` (none: empty)."""
+    # GDCM warns on standard error for every folder without DICOM files; that is no news here.
+    warnings_were_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_on)
+
+
+def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[CaseInput]:
+    """Turn files and folders into cases.
+
+    A folder holding DICOM files is one case (named after the folder); any other folder
+    contributes the image files directly inside it, sorted.
+    """
+    cases: list[CaseInput] = []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            images.extend(sorted(p for p in entry.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)))
+            if dicom_series_ids(entry):
+                cases.append(CaseInput(entry.name, entry, series_uid))
+            else:
+                cases.extend(CaseInput(case_name(p), p) for p in sorted(entry.iterdir())
+                             if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
         else:
-            images.append(entry)
-    return images
+            cases.append(CaseInput(case_name(entry), entry))
+    return cases
+
+
+def read_manifest(path: str | Path) -> list[CaseInput]:
+    """Cases from a CSV with an ``image`` column (file or DICOM folder, relative to the CSV)
+    and optional ``case`` and ``series_uid`` columns."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputImageError(f"{path}: cannot read manifest ({error})") from None
+    if not rows or "image" not in rows[0]:
+        raise InputImageError(f"{path}: manifest needs a header row with an 'image' column")
+    cases = []
+    for row in rows:
+        image = (path.parent / row["image"]).resolve()
+        cases.append(CaseInput(row.get("case") or case_name(image), image, row.get("series_uid") or None))
+    return cases
 
 
 def check_image(image: sitk.Image, path: str | Path) -> None:
-    """Raise ``InputImageError`` unless ``image`` is a usable 3D scalar volume."""
-    if image.GetDimension() != 3:
-        raise InputImageError(f"{path}: image is {image.GetDimension()}D, a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputImageError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel, a scalar volume is needed")
-    size = image.GetSize()
-    if min(size) < 2:
-        raise InputImageError(f"{path}: image of size {size} is a single slice, a 3D volume is needed")
+    """Raise ``InputImageError`` unless ``image`` is a usable 3D scalar MRI volume."""
+    _check_header(image.GetSize(), image.GetNumberOfComponentsPerPixel(), Path(path))
     spacing = image.GetSpacing()
     if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
         raise InputImageError(
@@ -83,6 +128,9 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
         raise InputImageError(f"{path}: image contains NaN or infinite intensities")
     if voxels.min() == voxels.max():
         raise InputImageError(f"{path}: image has constant intensity, there is nothing to segment")
+    distinct = len(np.unique(voxels[::3, ::3, ::3]))
+    if distinct < MIN_DISTINCT_INTENSITIES:
+        raise InputImageError(f"{path}: image has only {distinct} distinct intensities: a label map, not an MRI?")
 
 
 def _check_gzip_stream(path: Path) -> None:
@@ -93,7 +141,25 @@ def _check_gzip_stream(path: Path) -> None:
             while stream.read(1 << 22):
                 pass
     except (OSError, EOFError, zlib.error) as error:
-        raise InputImageError(f"{path}: file is truncated or corrupt ({error})") from None
+        raise InputImageError(f"{path}: file is truncated, corrupt or not gzip-compressed as its name says ({error})") from None
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """ITK's messages run over several lines; the first meaningful one is enough."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "ERROR" in line or "Could not" in line), lines[-1] if lines else "unreadable")[:160]
+
+
+def _check_header(size: tuple[int, ...], components: int, path: Path) -> None:
+    """Checks that need only the header, made before any voxel is read."""
+    if len(size) != 3:
+        raise InputImageError(f"{path}: image is {len(size)}D, a 3D volume is needed")
+    if components != 1:
+        raise InputImageError(f"{path}: image has {components} components per voxel, a scalar volume is needed")
+    if min(size) < 2:
+        raise InputImageError(f"{path}: image of size {size} is a single slice, a 3D volume is needed")
+    if np.prod(size, dtype=float) > MAX_VOXELS:
+        raise InputImageError(f"{path}: image of size {size} is larger than {MAX_VOXELS:.0e} voxels")
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -102,17 +168,49 @@ def read_image(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise InputImageError(f"{path}: file not found")
     if path.is_dir():
-        raise InputImageError(f"{path}: is a folder, not an image file")
+        raise InputImageError(f"{path}: is a folder without DICOM files, not an image file")
     if path.name.lower().endswith(".gz"):
         _check_gzip_stream(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_header(reader.GetSize(), reader.GetNumberOfComponents(), path)
+        image = reader.Execute()
     except RuntimeError as error:
-        # ITK's message is several lines; its first meaningful one is enough for the user.
-        reason = next((line.strip() for line in str(error).splitlines() if "ERROR" in line or "Could not" in line), "unreadable")
-        raise InputImageError(f"{path}: cannot read image (corrupt or unsupported format: {reason[:160]})") from None
+        raise InputImageError(f"{path}: cannot read image (corrupt or unsupported format: {_itk_reason(error)})") from None
     check_image(image, path)
     return image
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
+    series = dicom_series_ids(folder)
+    if not series:
+        raise InputImageError(f"{folder}: no DICOM series found")
+    if series_uid is None and len(series) > 1:
+        raise InputImageError(f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); choose one with --series")
+    if series_uid is not None and series_uid not in series:
+        raise InputImageError(f"{folder}: has no DICOM series {series_uid} (found {', '.join(series)})")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0]))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputImageError(f"{folder}: cannot read DICOM series ({_itk_reason(error)})") from None
+    check_image(image, folder)
+    return image
+
+
+def read_case(case: CaseInput) -> sitk.Image:
+    """The image of a case, from a file or a DICOM folder."""
+    if case.path.is_dir() and dicom_series_ids(case.path):
+        return read_dicom_series(case.path, case.series_uid)
+    return read_image(case.path)
+
+
+def _partial_prefix() -> str:
+    return f".partial-{socket.gethostname()}-{os.getpid()}-"
 
 
 @contextmanager
@@ -120,12 +218,13 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     Refuses to replace an existing file unless ``overwrite``. On failure the temporary file
-    is removed and ``path`` is untouched.
+    is removed and ``path`` is untouched. A process killed meanwhile leaves only the hidden
+    temporary file, which ``remove_stale_partials`` clears on the next run.
     """
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix="-" + path.name, dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-" + path.name, dir=path.parent)
     os.close(handle)
     try:
         yield Path(temporary)
@@ -133,6 +232,34 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete temporary files left in ``folder`` by killed processes of this host.
+
+    Files of live processes (other shards writing to the same folder) and of other hosts
+    are left alone. Returns what was removed.
+    """
+    removed: list[Path] = []
+    if os.name != "posix" or not folder.is_dir():  # os.kill(pid, 0) only probes on POSIX
+        return removed
+    host_prefix = f".partial-{socket.gethostname()}-"
+    for path in folder.glob(host_prefix + "*"):
+        pid = path.name[len(host_prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:

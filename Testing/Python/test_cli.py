@@ -96,9 +96,18 @@ def hostile_inputs(tmp_path):
     absurd = sitk.Image(sample)
     absurd.SetSpacing((1e6, 1.0, 1.0))
     _write(absurd, folder / "absurd_spacing.nii.gz")
+    (folder / "empty.nii").write_bytes(b"")
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    _write(label, folder / "label_as_image.nii.gz")
+    (folder / "huge_header.mha").write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 100000 100000 100000\nElementSpacing = 1 1 1\n"
+        b"ElementType = MET_FLOAT\nElementDataFile = LOCAL\n" + bytes(64))
     expected = {
+        "empty": "cannot read image",
+        "label_as_image": "label map",
+        "huge_header": "larger than",
         "corrupt": "corrupt",
-        "truncated": "truncated or corrupt",
+        "truncated": "truncated",
         "slice2d": "2D",
         "series4d": "4D",
         "constant": "constant intensity",
@@ -131,11 +140,14 @@ def test_bad_inputs_fail_one_line_each_and_the_good_case_goes_on(hostile_inputs,
     assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
 
 
-def test_existing_outputs_are_not_overwritten_without_asking(sample_run, capsys):
-    before = (sample_run / "volumes.csv").read_bytes()
-    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(sample_run), "--format", "nii.gz", "--quiet"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert (sample_run / "volumes.csv").read_bytes() == before
+def test_a_second_run_skips_complete_outputs_and_keeps_them(sample_run):
+    mask_path = sample_run / "la_007_crop.nii.gz"
+    before_mask, before_row = mask_path.read_bytes(), _read_volumes(sample_run)["la_007_crop"]
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(sample_run), "--format", "nii.gz", "--quiet"]) == 0
+    row = _read_volumes(sample_run)["la_007_crop"]
+    assert mask_path.read_bytes() == before_mask
+    assert row["status"] == "skipped: output exists"
+    assert row["volume_ml"] == before_row["volume_ml"]
 
 
 def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):

@@ -1,0 +1,135 @@
+"""Cohort runs: DICOM folders, manifests, shards and merge, and resume after a kill."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import SAMPLE_IMAGE
+
+from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.io import find_cases, read_case, remove_stale_partials
+
+
+def _rows(path):
+    with open(path) as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def write_dicom_series(image: sitk.Image, folder, series_uid: str) -> None:
+    """Write ``image`` as one DICOM file per axial slice, with its geometry in the tags."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        tags = {
+            "0008|0060": "MR",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
+            "0020|0037": "\\".join(map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))),
+            "0018|0050": str(image.GetSpacing()[2]),
+            "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
+        }
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{series_uid[-2:]}_{k:04d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def test_dicom_folder_with_two_series_is_listed_then_chosen(tmp_path, sample_image):
+    folder = tmp_path / "patient"
+    small = sample_image[:, :, 20:60]
+    write_dicom_series(small, folder, "1.2.826.0.1.3680043.2.1125.11")
+    write_dicom_series(sitk.Flip(small, [True, False, False]), folder, "1.2.826.0.1.3680043.2.1125.12")
+    [case] = find_cases([folder])
+    assert case.case == "patient"
+    with pytest.raises(Exception, match="holds 2 DICOM series.*--series"):
+        read_case(case)
+    [chosen] = find_cases([folder], series_uid="1.2.826.0.1.3680043.2.1125.11")
+    image = read_case(chosen)
+    assert image.GetSize() == small.GetSize()
+    assert image.GetSpacing() == pytest.approx(small.GetSpacing(), abs=1e-4)
+    assert image.GetOrigin() == pytest.approx(small.GetOrigin(), abs=1e-3)
+    assert image.GetDirection() == pytest.approx(small.GetDirection(), abs=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(sitk.Cast(small, sitk.sitkInt16)))
+
+
+def _cohort(folder, count):
+    folder.mkdir()
+    for index in range(count):
+        (folder / f"case_{index}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    return folder
+
+
+def test_shards_split_a_manifest_and_merge_into_one_table(tmp_path):
+    images = _cohort(tmp_path / "images", 3)
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("case,image\n" + "".join(f"p{i},images/case_{i}.nii.gz\n" for i in range(3)))
+    output = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert main(["segment", "--manifest", str(manifest), "--output-dir", str(output), "--shard", shard,
+                     "--format", "nii.gz", "--quiet"]) == 0
+    shard_rows = [_rows(output / "volumes.shard-1-of-2.csv"), _rows(output / "volumes.shard-2-of-2.csv")]
+    assert sorted(shard_rows[0]) == ["p0", "p2"] and sorted(shard_rows[1]) == ["p1"]
+    assert main(["merge", str(output)]) == 0
+    merged = _rows(output / "volumes.csv")
+    assert sorted(merged) == ["p0", "p1", "p2"]
+    assert len({row["volume_ml"] for row in merged.values()}) == 1  # the same image thrice
+    assert images.exists()
+
+
+def test_merge_reports_missing_shards(tmp_path, capsys):
+    (tmp_path / "volumes.shard-1-of-3.csv").write_text("case,status\nx,ok\n")
+    assert main(["merge", str(tmp_path)]) == 1
+    assert "shards 2, 3 of 3" in capsys.readouterr().err
+
+
+def test_killed_run_leaves_no_half_written_output_and_resumes(tmp_path):
+    images = _cohort(tmp_path / "images", 4)
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(images), "--output-dir", str(output),
+               "--format", "nii.gz", "--quiet"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (output / "case_0.nii.gz").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted(p.name for p in output.glob("case_*.nii.gz"))
+    assert 1 <= len(finished) < 4, "the kill should land mid-run"
+    for name in finished:  # whatever carries a final name is complete
+        assert sitk.ReadImage(str(output / name)).GetSize() == sitk.ReadImage(str(SAMPLE_IMAGE)).GetSize()
+
+    assert subprocess.run(command, timeout=300).returncode == 0
+    rows = _rows(output / "volumes.csv")
+    assert sorted(rows) == [f"case_{i}" for i in range(4)]
+    for name in finished:
+        assert rows[name.split(".")[0]]["status"] == "skipped: output exists"
+    assert len({row["volume_ml"] for row in rows.values()}) == 1
+    assert not list(output.glob(".partial-*"))
+
+
+def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".partial-{host}-{dead.pid}-abc-x.nii.gz"
+    live = tmp_path / f".partial-{host}-{os.getpid()}-abc-y.nii.gz"
+    other_host = tmp_path / f".partial-otherhost-{dead.pid}-abc-z.nii.gz"
+    for path in (stale, live, other_host):
+        path.write_bytes(b"partial")
+    assert remove_stale_partials(tmp_path) == [stale]
+    assert live.exists() and other_host.exists()
