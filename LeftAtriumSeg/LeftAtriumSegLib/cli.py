@@ -1,4 +1,4 @@
-"""Command line: ``leftatriumseg segment | merge | evaluate | train | ablate``.
+"""Command line: ``leftatriumseg segment | merge | report | evaluate | train | ablate``.
 
 Errors in the user's files are printed as one line naming the file; a batch goes on with
 the next case and the exit status is non-zero when any case failed.
@@ -169,6 +169,60 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
+    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg."""
+    if not path:
+        return {}
+    try:
+        return {row["case"]: (float(row["height_cm"]), float(row["weight_kg"])) for row in _read_rows(Path(path))}
+    except (KeyError, ValueError) as error:
+        raise LeftAtriumSegError(f"{path}: needs numeric columns case, height_cm, weight_kg ({error})") from None
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from .evaluation import files_by_case, same_grid  # noqa: PLC0415
+    from .io import find_cases, read_case  # noqa: PLC0415
+    from .report import report_case, write_html_report  # noqa: PLC0415
+
+    output_dir = Path(args.output_dir)
+    report_path = output_dir / "report.html"
+    if report_path.exists() and not args.overwrite:
+        raise LeftAtriumSegError(f"{report_path}: output exists (use --overwrite to replace it)")
+    predictions = files_by_case(Path(args.predictions))
+    labels = files_by_case(Path(args.labels)) if args.labels else {}
+    clinical = _read_clinical(args.clinical)
+    cases = [case for case in find_cases(args.images) if case.case in predictions]
+    if not cases:
+        raise LeftAtriumSegError(f"no image in {', '.join(args.images)} has a prediction in {args.predictions}")
+    reports, failures = [], 0
+    for case in tqdm(cases, desc="report", unit="case", disable=args.quiet, dynamic_ncols=True):
+        try:
+            image = read_case(case)
+            masks = []
+            for path in (predictions[case.case], labels.get(case.case)):
+                if path is None:
+                    masks.append(None)
+                    continue
+                mask_image = sitk.ReadImage(str(path))
+                if not same_grid(mask_image, image):
+                    raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
+                masks.append(sitk.GetArrayFromImage(mask_image) > 0)
+            height_weight = clinical.get(case.case, (None, None))
+            reports.append(report_case(case.case, image, masks[0], masks[1], output_dir, args.overwrite, *height_weight))
+        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
+            failures += 1
+            message = str(error) if str(case.path) in str(error) else f"{case.path}: {error}"
+            print(f"error: {message}", file=sys.stderr)
+    if reports:
+        write_html_report(report_path, reports, args.overwrite)
+        if not args.quiet:
+            print(f"report of {len(reports)} case(s): {report_path}")
+    return 1 if failures else 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_folders, summarise  # noqa: PLC0415
 
@@ -238,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="combine the volumes.shard-K-of-N.csv tables of a sharded run")
     merge.add_argument("output_dir", help="the --output-dir the shards wrote to")
     merge.set_defaults(handler=run_merge)
+
+    report = commands.add_parser("report", help="montages, slice GIFs, surface meshes and an HTML report")
+    report.add_argument("--images", nargs="+", required=True, help="the images that were segmented (files or folders)")
+    report.add_argument("--predictions", required=True, help="folder of segment's outputs (.seg.nrrd or .nii.gz)")
+    report.add_argument("--labels", help="folder of reference label maps, drawn in green and scored")
+    report.add_argument("--clinical", help="CSV with case, height_cm, weight_kg for BSA and LAVI")
+    report.add_argument("--output-dir", required=True)
+    report.add_argument("--overwrite", action="store_true", help="replace existing pictures and report")
+    report.add_argument("--quiet", action="store_true")
+    report.set_defaults(handler=run_report)
 
     evaluate = commands.add_parser("evaluate", help="Dice, HD95, ASSD and volume error against reference labels")
     evaluate.add_argument("--predictions", required=True, help="folder of predicted masks")

@@ -17,7 +17,8 @@ from .postprocessing import CleanupSettings, clean_mask
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
 
 
-def _files_by_case(folder: Path) -> dict[str, Path]:
+def files_by_case(folder: Path) -> dict[str, Path]:
+    """Image and segmentation files of a folder by case name (file name without suffix)."""
     suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
     return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
 
@@ -29,7 +30,7 @@ def _read_mask(path: Path) -> sitk.Image:
     return image
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
@@ -38,11 +39,11 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 def evaluate_folders(predictions: Path, labels: Path) -> list[dict]:
     """Metrics for every case present in both folders (matched by file name)."""
-    predicted, reference = _files_by_case(predictions), _files_by_case(labels)
+    predicted, reference = files_by_case(predictions), files_by_case(labels)
     rows = []
     for case in sorted(predicted.keys() & reference.keys()):
         prediction_image, label_image = _read_mask(predicted[case]), _read_mask(reference[case])
-        if not _same_grid(prediction_image, label_image):
+        if not same_grid(prediction_image, label_image):
             raise ValueError(f"{predicted[case]}: not on the grid of its label {reference[case]}")
         rows.append({"case": case, **segmentation_metrics(
             sitk.GetArrayViewFromImage(prediction_image) > 0,
@@ -71,9 +72,9 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
     ``probabilities`` holds float probability maps on each label's grid, as cross-validation
     writes them, so every variant is scored on the same held-out predictions.
     """
-    reference = _files_by_case(labels)
+    reference = files_by_case(labels)
     cases = []
-    for case, path in _files_by_case(probabilities).items():
+    for case, path in files_by_case(probabilities).items():
         label = sitk.ReadImage(str(reference[case]))
         cases.append((sitk.GetArrayFromImage(sitk.ReadImage(str(path))), sitk.GetArrayViewFromImage(label) > 0,
                       label.GetSpacing()))

@@ -1,0 +1,264 @@
+"""Pictures and a report of segmentations, for batch work and for sharing outside Slicer.
+
+Per case: a montage of axial slices through the atrium with contours, an animated GIF
+scrolling through the slices, a surface mesh (STL, physical LPS coordinates in mm) and a
+rendering of it. Per batch: one self-contained HTML report (plotly, inlined once).
+Images are shown in LPS order: patient's left on the viewer's right, anterior at the top.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or wanted
+import imageio.v3 as iio  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import trimesh  # noqa: E402
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from skimage import measure  # noqa: E402
+
+from .io import atomic_output  # noqa: E402
+from .measurements import body_surface_area_m2, grade_lavi, measure_volume  # noqa: E402
+from .metrics import dice  # noqa: E402
+
+PREDICTION_RGB = (255, 64, 48)
+REFERENCE_RGB = (64, 220, 96)
+
+
+@dataclass
+class CaseReport:
+    case: str
+    volume_ml: float
+    montage_png: Path
+    slices_gif: Path
+    surface_stl: Path
+    surface_png: Path
+    mesh_volume_ml: float
+    vertices_mm: np.ndarray = field(repr=False)
+    faces: np.ndarray = field(repr=False)
+    reference_ml: float | None = None
+    dice: float | None = None
+    height_cm: float | None = None
+    weight_kg: float | None = None
+
+    @property
+    def lavi_ml_per_m2(self) -> float | None:
+        if self.height_cm and self.weight_kg:
+            return self.volume_ml / body_surface_area_m2(self.height_cm, self.weight_kg)
+        return None
+
+
+def to_display(image: sitk.Image) -> np.ndarray:
+    """``(Z, Y, X)`` array of ``image`` reoriented to LPS."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+def _window(slices: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(slices, [1, 99.5])
+    return np.clip((slices - low) / max(high - low, 1e-6), 0, 1)
+
+
+def atrium_slices(mask: np.ndarray, reference: np.ndarray | None, count: int = 12) -> list[int]:
+    """Up to ``count`` evenly spaced axial slice indices that hold prediction or reference."""
+    present = mask.any(axis=(1, 2)) if reference is None else (mask | reference).any(axis=(1, 2))
+    holding = np.flatnonzero(present)
+    if len(holding) <= count:
+        return holding.tolist()
+    return holding[np.round(np.linspace(0, len(holding) - 1, count)).astype(int)].tolist()
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """In-plane boundary pixels of a ``(..., Y, X)`` mask."""
+    structure = np.zeros((3,) * mask.ndim, bool)
+    centre = (1,) * (mask.ndim - 2)
+    structure[centre] = ndimage.generate_binary_structure(2, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure)
+
+
+def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB ``(Z, Y, X, 3)``: grey slices with prediction (red) and reference (green) contours."""
+    grey = (_window(image.astype(np.float32)) * 255).astype(np.uint8)
+    frames = np.repeat(grey[..., None], 3, axis=-1)
+    if reference is not None:
+        frames[_boundary(reference)] = REFERENCE_RGB
+    frames[_boundary(mask)] = PREDICTION_RGB
+    return frames
+
+
+def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
+                  title: str, overwrite: bool = False) -> list[int]:
+    """PNG montage of the slices through the atrium; returns the slice indices shown."""
+    indices = atrium_slices(mask, reference)
+    columns = 4
+    rows = max(1, math.ceil(len(indices) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.6), squeeze=False)
+    frames = overlay_frames(image[indices], mask[indices], None if reference is None else reference[indices])
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index, frame in zip(axes.ravel(), indices, frames):
+        axis.imshow(frame)
+        axis.set_title(f"slice {index}", fontsize=10)
+    legend = "red: prediction" + ("   green: reference" if reference is not None else "")
+    figure.suptitle(f"{title}\n{legend}", fontsize=11)
+    figure.tight_layout()
+    with atomic_output(path, overwrite) as temporary:
+        figure.savefig(temporary, format="png", dpi=80)
+    plt.close(figure)
+    return indices
+
+
+def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
+                    overwrite: bool = False, frame_ms: int = 80) -> int:
+    """Animated GIF of every axial slice with contours; returns the number of frames."""
+    frames = overlay_frames(image, mask, reference)
+    with atomic_output(path, overwrite) as temporary:
+        iio.imwrite(temporary, frames, extension=".gif", duration=frame_ms, loop=0)
+    return len(frames)
+
+
+def surface_mesh(mask: np.ndarray, image: sitk.Image) -> trimesh.Trimesh:
+    """Closed surface of a ``(Z, Y, X)`` mask on ``image``'s grid, vertices in LPS mm."""
+    padded = np.pad(mask.astype(np.float32), 1)
+    vertices_zyx, faces, _, _ = measure.marching_cubes(padded, level=0.5)
+    ijk = vertices_zyx[:, ::-1] - 1.0
+    to_physical = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    vertices = ijk @ to_physical.T + np.array(image.GetOrigin())
+    if np.linalg.det(to_physical) < 0:  # a mirroring grid turns the faces inside out
+        faces = faces[:, ::-1]
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    if mesh.volume < 0:  # marching cubes' winding depends on the axis order: face outwards
+        mesh.invert()
+    return mesh
+
+
+def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: str, overwrite: bool = False) -> None:
+    """STL of the mesh and a shaded rendering of it."""
+    with atomic_output(stl_path, overwrite) as temporary:
+        mesh.export(temporary, file_type="stl")
+    figure = plt.figure(figsize=(5, 5))
+    axis = figure.add_subplot(projection="3d")
+    normals = mesh.face_normals
+    shade = 0.35 + 0.65 * np.clip(normals @ np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8]), 0, 1)
+    colours = np.outer(shade, np.array(PREDICTION_RGB) / 255)
+    axis.add_collection3d(Poly3DCollection(mesh.vertices[mesh.faces], facecolors=colours, linewidths=0))
+    low, high = mesh.bounds
+    centre, half = (low + high) / 2, (high - low).max() / 2
+    for setter, c in zip((axis.set_xlim, axis.set_ylim, axis.set_zlim), centre):
+        setter(c - half, c + half)
+    axis.set_xlabel("L (mm)")
+    axis.set_ylabel("P (mm)")
+    axis.set_zlabel("S (mm)")
+    axis.set_title(title)
+    with atomic_output(png_path, overwrite) as temporary:
+        figure.savefig(temporary, format="png", dpi=80)
+    plt.close(figure)
+
+
+def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.ndarray | None, output_dir: Path,
+                overwrite: bool = False, height_cm: float | None = None, weight_kg: float | None = None) -> CaseReport:
+    """Every picture of one case; ``mask`` and ``reference`` are ``(Z, Y, X)`` on ``image``'s grid."""
+    volume_ml = measure_volume(mask, image.GetSpacing()).volume_ml
+    reference_ml = None if reference is None else measure_volume(reference, image.GetSpacing()).volume_ml
+
+    def display(array: np.ndarray) -> np.ndarray:
+        as_image = sitk.GetImageFromArray(array.astype(np.uint8))
+        as_image.CopyInformation(image)
+        return to_display(as_image) > 0
+
+    shown_image = to_display(image)
+    shown_mask = display(mask)
+    shown_reference = None if reference is None else display(reference)
+    paths = {kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
+    write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, f"{case}: {volume_ml:.1f} mL", overwrite)
+    write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, overwrite)
+    mesh = surface_mesh(mask, image)
+    write_surface(paths["surface.stl"], paths["surface.png"], mesh, f"{case}: {volume_ml:.1f} mL", overwrite)
+    return CaseReport(
+        case, volume_ml, paths["montage.png"], paths["slices.gif"], paths["surface.stl"], paths["surface.png"],
+        float(mesh.volume) / 1000.0, np.asarray(mesh.vertices), np.asarray(mesh.faces), reference_ml,
+        None if reference is None else dice(mask, reference), height_cm, weight_kg,
+    )
+
+
+def _embedded_image(path: Path, alt: str, mime: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
+
+
+def _figure_html(figure: go.Figure, first: bool) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=bool(first), config={"responsive": True})
+
+
+def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False) -> None:
+    """One self-contained HTML page: table, pictures, interactive meshes, agreement plots."""
+    has_reference = all(c.reference_ml is not None for c in cases)
+    has_lavi = any(c.lavi_ml_per_m2 is not None for c in cases)
+    header = "<tr><th>case</th><th>LA volume (mL)</th>"
+    header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
+    header += "<th>reference (mL)</th><th>Dice</th>" if has_reference else ""
+    body = []
+    for c in cases:
+        row = f"<tr><td>{html.escape(c.case)}</td><td>{c.volume_ml:.1f}</td>"
+        if has_lavi:
+            lavi = c.lavi_ml_per_m2
+            row += (f"<td>{body_surface_area_m2(c.height_cm, c.weight_kg):.2f}</td><td>{lavi:.1f}</td>"
+                    f"<td>{grade_lavi(lavi)}</td>") if lavi is not None else "<td></td><td></td><td></td>"
+        if has_reference:
+            row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>"
+        body.append(row + "</tr>")
+    sections = []
+    first_figure = True
+    if has_reference and cases:
+        predicted = np.array([c.volume_ml for c in cases])
+        reference = np.array([c.reference_ml for c in cases])
+        names = [c.case for c in cases]
+        scatter = go.Figure(go.Scatter(x=reference, y=predicted, mode="markers", text=names, name="cases"))
+        limit = [0, float(max(predicted.max(), reference.max()) * 1.1)]
+        scatter.add_trace(go.Scatter(x=limit, y=limit, mode="lines", name="identity", line={"dash": "dash"}))
+        scatter.update_layout(title="Predicted vs reference volume", xaxis_title="reference (mL)",
+                              yaxis_title="predicted (mL)", width=520, height=460)
+        mean, difference = (predicted + reference) / 2, predicted - reference
+        bias, spread = float(difference.mean()), float(1.96 * difference.std(ddof=1)) if len(cases) > 1 else 0.0
+        bland = go.Figure(go.Scatter(x=mean, y=difference, mode="markers", text=names, name="cases"))
+        for level, label in ((bias, f"bias {bias:+.1f} mL"), (bias + spread, "+1.96 SD"), (bias - spread, "-1.96 SD")):
+            bland.add_hline(y=level, line_dash="dot", annotation_text=label)
+        bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
+                            yaxis_title="predicted - reference (mL)", width=520, height=460)
+        sections.append('<h2>Agreement with reference</h2><div class="row">'
+                        + _figure_html(scatter, True) + _figure_html(bland, False) + "</div>")
+        first_figure = False
+    for c in cases:
+        mesh = go.Figure(go.Mesh3d(x=c.vertices_mm[:, 0], y=c.vertices_mm[:, 1], z=c.vertices_mm[:, 2],
+                                   i=c.faces[:, 0], j=c.faces[:, 1], k=c.faces[:, 2],
+                                   color="rgb(255,64,48)", flatshading=False))
+        mesh.update_layout(title=f"{c.case}: surface (drag to rotate)", width=520, height=460,
+                           scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)",
+                                  "zaxis_title": "S (mm)"})
+        sections.append(
+            f'<h2 id="{html.escape(c.case)}">{html.escape(c.case)}: {c.volume_ml:.1f} mL</h2><div class="row">'
+            + _embedded_image(c.montage_png, f"{c.case} montage", "image/png")
+            + _embedded_image(c.slices_gif, f"{c.case} slices", "image/gif")
+            + _figure_html(mesh, first_figure) + "</div>")
+        first_figure = False
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>LeftAtriumSeg report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} .row{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}}
+img{{max-width:520px}}</style></head><body>
+<h1>LeftAtriumSeg report</h1>
+<p>{len(cases)} case(s). Red contours: prediction; green: reference. Volumes are voxel count times voxel volume.</p>
+<table>{header}{''.join(body)}</table>
+{''.join(sections)}
+</body></html>"""
+    with atomic_output(path, overwrite) as temporary:
+        temporary.write_text(page, encoding="utf-8")

@@ -1,0 +1,95 @@
+"""Pictures and the HTML report: meshes with the right volume, montages on the atrium, a page
+that renders in a real browser."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, ellipsoid_phantom
+from PIL import Image
+
+from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
+from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_mesh_encloses_the_voxel_volume_of_a_phantom_on_an_oblique_grid():
+    image, mask, _ = ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
+    mesh = surface_mesh(mask, image)
+    assert mesh.is_watertight
+    assert mesh.volume > 0  # faces point outwards
+    voxel_ml = measure_volume(mask, image.GetSpacing()).volume_ml
+    assert mesh.volume / 1000 == pytest.approx(voxel_ml, rel=0.03)
+    # Vertices are physical: the mesh centre is the phantom's centre.
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    np.testing.assert_allclose(mesh.centroid, centre, atol=0.5)
+
+
+def test_montage_shows_only_and_evenly_the_slices_that_hold_the_atrium(tmp_path):
+    mask = np.zeros((60, 40, 40), bool)
+    mask[17:43, 10:30, 10:30] = True
+    indices = atrium_slices(mask, None, count=12)
+    assert len(indices) == 12 and indices[0] == 17 and indices[-1] == 42
+    assert all(mask[i].any() for i in indices)
+    image = np.random.default_rng(0).normal(100, 10, mask.shape)
+    shown = write_montage(tmp_path / "m.png", image, mask, None, "phantom")
+    assert shown == indices
+    pixels = np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+    assert red.sum() > 12 * 40  # a contour drawn in every panel
+
+
+def test_case_pictures_are_written_and_never_overwritten_unasked(tmp_path, sample_image, sample_label):
+    report = report_case("sample", sample_image, sample_label, sample_label, tmp_path)
+    for path in (report.montage_png, report.slices_gif, report.surface_stl, report.surface_png):
+        assert path.stat().st_size > 1000
+    assert report.dice == 1.0
+    assert report.mesh_volume_ml == pytest.approx(report.volume_ml, rel=0.05)
+    frames = Image.open(report.slices_gif).n_frames
+    assert frames == sample_image.GetSize()[2]
+    with pytest.raises(FileExistsError):
+        report_case("sample", sample_image, sample_label, None, tmp_path)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is installed by .ci/run (apt package chromium)")
+def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_path):
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    # A prediction that differs from the reference: the sample's label, eroded.
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    sitk.WriteImage(sitk.BinaryErode(label, [1, 1, 1]), str(predictions / "la_007_crop.nii.gz"))
+    shutil.copy(SAMPLE_LABEL, labels / "la_007_crop.nii.gz")
+    (tmp_path / "clinical.csv").write_text("case,height_cm,weight_kg\nla_007_crop,172,70\n")
+    output = tmp_path / "report"
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions), "--labels", str(labels),
+                 "--clinical", str(tmp_path / "clinical.csv"), "--output-dir", str(output), "--quiet"]) == 0
+    page = (output / "report.html").read_text()
+    predicted_ml = measure_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "la_007_crop.nii.gz"))) > 0,
+                                  label.GetSpacing()).volume_ml
+    lavi = predicted_ml / body_surface_area_m2(172, 70)
+    assert f"<td>{predicted_ml:.1f}</td>" in page and f"<td>{lavi:.1f}</td><td>{grade_lavi(lavi)}</td>" in page
+    assert "Bland-Altman" in page and "<script" in page
+
+    screenshot = tmp_path / "shot.png"
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--window-size=1400,1800", "--virtual-time-budget=15000", f"--screenshot={screenshot}",
+         (output / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    errors = [line for line in console if "Uncaught" in line or "Error:" in line]
+    assert not errors, errors
+    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    assert pixels.std() > 20, "blank page"
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 110) & (pixels[..., 2] < 110)
+    assert red.sum() > 2000, "the rendered mesh and contours are missing"
+    # The plotly figures drew their axes (the scatter's title text is rendered into the page).
+    assert "Predicted vs reference volume" in page
