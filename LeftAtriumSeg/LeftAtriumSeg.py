@@ -363,6 +363,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             errors.append(bytes(process.readAllStandardError()).decode(errors="replace"))
 
         def finished(exitCode, exitStatus):
+            if self._process is not process:  # cancelled: the scene stays as it was
+                return
             readOutput()
             readErrors()
             resultPath = self._workDir / "out" / "input.nii.gz"
@@ -389,7 +391,6 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         if self._process is None:
             return
         process, self._process = self._process, None
-        process.disconnect("finished(int,QProcess::ExitStatus)")
         process.kill()
         process.waitForFinished(3000)
         self._removeWorkDir()

@@ -87,8 +87,9 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
     return results
 
 
-def ablation_variants(defaults: CleanupSettings = CleanupSettings()) -> list[tuple[str, CleanupSettings]]:
+def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str, CleanupSettings]]:
     """Each cleanup step removed or changed alone from the defaults, plus nothing at all."""
+    defaults = defaults or CleanupSettings()
     variants = [("defaults", defaults),
                 ("threshold only", CleanupSettings(defaults.threshold, False, 0.0, False, 0.0)),
                 ("no largest component", replace(defaults, keep_largest_component=False)),

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .inference import slice_stacks
 from .model_file import ModelConfig, save_model
 from .network import UNet2D
 from .preprocessing import normalise_intensity, to_model_frame

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ORIGIN_MM, OBLIQUE_DIRECTION, ellipsoid_phantom, make_image
+from conftest import ellipsoid_phantom
 
 from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame, to_reference_grid
