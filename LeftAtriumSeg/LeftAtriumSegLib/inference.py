@@ -44,7 +44,7 @@ def predict_slices(
     z_indices = list(z_indices)
     probabilities = np.empty((len(z_indices), height, width), dtype=np.float32)
     for start in range(0, len(z_indices), batch_size):
-        batch = stacks[z_indices[start : start + batch_size]].to(device)
+        batch = stacks[z_indices[start : start + batch_size]].to(device).contiguous(memory_format=torch.channels_last)
         logits = network(batch)[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
         probabilities[start : start + batch_size] = torch.sigmoid(logits).cpu().numpy()
         if progress is not None:

@@ -79,7 +79,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
         network.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: model settings do not match its weights ({error})") from None
-    return network.to(device).eval(), config
+    # channels_last: oneDNN's fast path for 2D convolutions on CPUs (about 2x at inference).
+    return network.to(device, memory_format=torch.channels_last).eval(), config
 
 
 def parameter_count(network: torch.nn.Module) -> int:
