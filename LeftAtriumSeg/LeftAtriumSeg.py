@@ -183,16 +183,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
-            p = self._parameterNode
-            if not p.outputSegmentation:
-                p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", p.inputVolume.GetName() + " left atrium")
-            if not p.measurementTable:
-                p.measurementTable = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLTableNode", p.inputVolume.GetName() + " left atrium volume")
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
-            self.logic.startSegmentation(p, onProgress=self._onProgress, onFinished=self._onFinished)
+            self.logic.startSegmentation(self._parameterNode, onProgress=self._onProgress, onFinished=self._onFinished)
             self._setStatus(_("Segmenting..."))
             self._updateButtons()
 
@@ -417,9 +410,18 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         return self.updateMeasurements(p)
 
     def setResult(self, mask, parameterNode) -> None:
+        """Put the mask into the output segmentation; output nodes are created only now, so a
+        cancelled or failed run adds nothing to the scene."""
         from LeftAtriumSegMRML import set_left_atrium_segment
 
-        set_left_atrium_segment(mask, parameterNode.inputVolume, parameterNode.outputSegmentation)
+        p = parameterNode
+        scene = p.inputVolume.GetScene()
+        if not p.outputSegmentation:
+            p.outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", p.inputVolume.GetName() + " left atrium")
+            p.outputSegmentation.CreateDefaultDisplayNodes()
+        if not p.measurementTable:
+            p.measurementTable = scene.AddNewNodeByClass("vtkMRMLTableNode", p.inputVolume.GetName() + " left atrium volume")
+        set_left_atrium_segment(mask, p.inputVolume, p.outputSegmentation)
 
     def updateMeasurements(self, parameterNode) -> dict:
         from LeftAtriumSegMRML import measure_left_atrium
@@ -459,8 +461,6 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         logic = LeftAtriumSegLogic()
         p = logic.getParameterNode()
         p.inputVolume = volumeNode
-        p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        p.measurementTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
         p.heightCm, p.weightKg = 180.0, 80.0
         row = logic.segmentInProcess(p)
 
