@@ -99,6 +99,13 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
                   title: str, overwrite: bool = False) -> list[int]:
     """PNG montage of the slices through the atrium; returns the slice indices shown."""
     indices = atrium_slices(mask, reference)
+    # Zoom on the atrium: its in-plane box over all slices, with context around it.
+    present = mask if reference is None else mask | reference
+    if present.any():
+        box = tuple(slice(max(int(a.min()) - margin, 0), int(a.max()) + margin + 1)
+                    for a, margin in zip(np.nonzero(present.any(axis=0)), (40, 40)))
+        image, mask = image[:, box[0], box[1]], mask[:, box[0], box[1]]
+        reference = None if reference is None else reference[:, box[0], box[1]]
     columns = 4
     rows = max(1, math.ceil(len(indices) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.6), squeeze=False)
