@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SAMPLE := LeftAtriumSeg/Resources/SampleData/la_007_crop.nii.gz
+SAMPLE := LeftAtriumSeg/Resources/SampleData/la_022_crop.nii.gz
 DEMO_OUTPUT := demo-output
 
 .PHONY: setup demo test bench clean

@@ -20,8 +20,8 @@ from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_PATH = MODULE_DIR / "Resources" / "requirements.txt"
-SAMPLE_IMAGE = MODULE_DIR / "Resources" / "SampleData" / "la_007_crop.nii.gz"
-SAMPLE_LABEL = MODULE_DIR / "Resources" / "SampleData" / "la_007_crop_label.nii.gz"
+SAMPLE_IMAGE = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop.nii.gz"
+SAMPLE_LABEL = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
 
 
 #
@@ -49,7 +49,7 @@ class LeftAtriumSeg(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """The bundled sample case (Decathlon Task02_Heart la_007, cropped) in Sample Data."""
+    """The bundled sample case (Decathlon Task02_Heart la_022, cropped) in Sample Data."""
     import SampleData
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
@@ -87,7 +87,7 @@ class LeftAtriumSegParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     keepLargestComponent: bool = True
-    componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = 5.0
+    componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = 20.0
     fillHoles: bool = True
     closingRadiusMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     heightCm: Annotated[float, WithinRange(0.0, 250.0)] = 0.0

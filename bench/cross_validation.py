@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--output", type=Path, help="also write the Markdown here")
+    parser.add_argument("--reuse-probabilities", action="store_true",
+                        help="score the probability maps a previous run of this script wrote, without inference")
     args = parser.parse_args()
 
     training = json.loads((args.run_dir / "training.json").read_text())
@@ -44,10 +46,14 @@ def main() -> None:
             image = sitk.ReadImage(str(args.data_dir / "imagesTr" / f"{case}.nii.gz"))
             label = sitk.ReadImage(str(args.data_dir / "labelsTr" / f"{case}.nii.gz"))
             start = time.perf_counter()
-            probability_map = predict_probability_map(image, network, config)
+            if args.reuse_probabilities:
+                probability_map = sitk.ReadImage(str(probability_dir / f"{case}.nii.gz"))
+            else:
+                probability_map = predict_probability_map(image, network, config)
             mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), defaults)
             seconds = time.perf_counter() - start
-            sitk.WriteImage(probability_map, str(probability_dir / f"{case}.nii.gz"), useCompression=True)
+            if not args.reuse_probabilities:
+                sitk.WriteImage(probability_map, str(probability_dir / f"{case}.nii.gz"), useCompression=True)
             metrics = segmentation_metrics(mask, sitk.GetArrayViewFromImage(label) > 0, image.GetSpacing())
             rows.append({"case": case, "fold": index, **metrics, "seconds": seconds})
             print(f"fold {index} {case}: Dice {metrics['dice']:.4f}", flush=True)
@@ -60,7 +66,8 @@ def main() -> None:
     mean = {key: float(np.mean([r[key] for r in rows])) for key in (*METRIC_COLUMNS, "reference_ml", "predicted_ml")}
     lines.append(f"| **mean** | | **{mean['dice']:.3f}** | **{mean['hd95_mm']:.2f}** | **{mean['assd_mm']:.2f}** "
                  f"| {mean['reference_ml']:.1f} | {mean['predicted_ml']:.1f} | **{mean['abs_volume_error_ml']:.2f}** |")
-    lines.append(f"\nMinimum Dice {min(r['dice'] for r in rows):.3f}; median inference + cleanup "
+    timing = "cleanup" if args.reuse_probabilities else "inference + cleanup"
+    lines.append(f"\nMinimum Dice {min(r['dice'] for r in rows):.3f}; median {timing} "
                  f"{np.median([r['seconds'] for r in rows]):.1f} s per case (in this process).\n")
 
     ablation = cleanup_ablation(probability_dir, args.data_dir / "labelsTr", ablation_variants(defaults))

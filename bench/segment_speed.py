@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 FULL_VOLUME = REPOSITORY.parent / "shared" / "data" / "msd_heart" / "imagesTr" / "la_003.nii.gz"
-SAMPLE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_007_crop.nii.gz"
+SAMPLE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop.nii.gz"
 
 
 def run_once(image: Path, threads: int | None) -> tuple[float, float]:

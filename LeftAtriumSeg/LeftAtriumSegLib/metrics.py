@@ -17,8 +17,14 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 
 def surface_distances_mm(a: np.ndarray, b: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Distances from every surface voxel of ``a`` to the surface of ``b``, and back (mm)."""
+    """Distances from every surface voxel of ``a`` to the surface of ``b``, and back (mm).
+
+    Computed on the bounding box of both masks plus one voxel: every surface voxel lies in
+    it, so the distances are those of the whole grid, at a fraction of the cost.
+    """
     sampling = spacing_mm[::-1]
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(a | b))
+    a, b = a[box], b[box]
     surface_a, surface_b = _surface(a), _surface(b)
     to_b = ndimage.distance_transform_edt(~surface_b, sampling=sampling)
     to_a = ndimage.distance_transform_edt(~surface_a, sampling=sampling)

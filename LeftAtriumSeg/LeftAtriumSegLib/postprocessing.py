@@ -18,7 +18,7 @@ class CleanupSettings:
 
     threshold: float = 0.5
     keep_largest_component: bool = True
-    component_gap_mm: float = 5.0  # keep other components this close to the largest one
+    component_gap_mm: float = 20.0  # keep other components this close to the largest one
     fill_holes: bool = True
     closing_radius_mm: float = 0.0
 

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-SAMPLE_IMAGE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_007_crop.nii.gz"
-SAMPLE_LABEL = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_007_crop_label.nii.gz"
+SAMPLE_IMAGE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop.nii.gz"
+SAMPLE_LABEL = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
 
 # A grid that exercises every part of the geometry: oblique direction, anisotropic
 # spacing, non-zero origin.

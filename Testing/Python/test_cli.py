@@ -29,7 +29,7 @@ def sample_run(tmp_path_factory):
 
 def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample_label):
     image = sitk.ReadImage(str(SAMPLE_IMAGE))
-    prediction = sitk.ReadImage(str(sample_run / "la_007_crop.nii.gz"))
+    prediction = sitk.ReadImage(str(sample_run / "la_022_crop.nii.gz"))
     assert prediction.GetSize() == image.GetSize()
     assert prediction.GetSpacing() == pytest.approx(image.GetSpacing())
     assert prediction.GetOrigin() == pytest.approx(image.GetOrigin())
@@ -39,7 +39,7 @@ def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample
     assert set(np.unique(predicted)) <= {0, 1}
     assert dice(predicted > 0, sample_label) >= 0.85
 
-    row = _read_volumes(sample_run)["la_007_crop"]
+    row = _read_volumes(sample_run)["la_022_crop"]
     reference_ml = np.count_nonzero(sample_label) * np.prod(image.GetSpacing()) / 1000
     assert row["status"] == "ok"
     assert float(row["volume_ml"]) == pytest.approx(reference_ml, abs=5.0)
@@ -50,19 +50,19 @@ def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample
 def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "la_007_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (labels / "la_022_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
     output = tmp_path / "evaluation.csv"
     assert main(["evaluate", "--predictions", str(sample_run), "--labels", str(labels), "--output", str(output)]) == 0
     rows = list(csv.DictReader(open(output)))
-    assert [row["case"] for row in rows] == ["la_007_crop", "mean"]
+    assert [row["case"] for row in rows] == ["la_022_crop", "mean"]
     assert float(rows[0]["dice"]) >= 0.85
     assert float(rows[0]["hd95_mm"]) < 10
-    assert "la_007_crop" in capsys.readouterr().out
+    assert "la_022_crop" in capsys.readouterr().out
 
 
 def test_default_output_is_a_slicer_segmentation(tmp_path, sample_label):
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet"]) == 0
-    segmentation = slicerio.read_segmentation(str(tmp_path / "la_007_crop.seg.nrrd"))
+    segmentation = slicerio.read_segmentation(str(tmp_path / "la_022_crop.seg.nrrd"))
     segment = slicerio.segment_from_name(segmentation, "Left atrium")
     assert segment["terminology"]["type"][1] == "82471001"
     mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)  # (i, j, k) -> (z, y, x)
@@ -141,10 +141,10 @@ def test_bad_inputs_fail_one_line_each_and_the_good_case_goes_on(hostile_inputs,
 
 
 def test_a_second_run_skips_complete_outputs_and_keeps_them(sample_run):
-    mask_path = sample_run / "la_007_crop.nii.gz"
-    before_mask, before_row = mask_path.read_bytes(), _read_volumes(sample_run)["la_007_crop"]
+    mask_path = sample_run / "la_022_crop.nii.gz"
+    before_mask, before_row = mask_path.read_bytes(), _read_volumes(sample_run)["la_022_crop"]
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(sample_run), "--format", "nii.gz", "--quiet"]) == 0
-    row = _read_volumes(sample_run)["la_007_crop"]
+    row = _read_volumes(sample_run)["la_022_crop"]
     assert mask_path.read_bytes() == before_mask
     assert row["status"] == "skipped: output exists"
     assert row["volume_ml"] == before_row["volume_ml"]

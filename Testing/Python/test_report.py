@@ -62,14 +62,14 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     labels.mkdir()
     # A prediction that differs from the reference: the sample's label, eroded.
     label = sitk.ReadImage(str(SAMPLE_LABEL))
-    sitk.WriteImage(sitk.BinaryErode(label, [1, 1, 1]), str(predictions / "la_007_crop.nii.gz"))
-    shutil.copy(SAMPLE_LABEL, labels / "la_007_crop.nii.gz")
-    (tmp_path / "clinical.csv").write_text("case,height_cm,weight_kg\nla_007_crop,172,70\n")
+    sitk.WriteImage(sitk.BinaryErode(label, [1, 1, 1]), str(predictions / "la_022_crop.nii.gz"))
+    shutil.copy(SAMPLE_LABEL, labels / "la_022_crop.nii.gz")
+    (tmp_path / "clinical.csv").write_text("case,height_cm,weight_kg\nla_022_crop,172,70\n")
     output = tmp_path / "report"
     assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions), "--labels", str(labels),
                  "--clinical", str(tmp_path / "clinical.csv"), "--output-dir", str(output), "--quiet"]) == 0
     page = (output / "report.html").read_text()
-    predicted_ml = measure_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "la_007_crop.nii.gz"))) > 0,
+    predicted_ml = measure_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "la_022_crop.nii.gz"))) > 0,
                                   label.GetSpacing()).volume_ml
     lavi = predicted_ml / body_surface_area_m2(172, 70)
     assert f"<td>{predicted_ml:.1f}</td>" in page and f"<td>{lavi:.1f}</td><td>{grade_lavi(lavi)}</td>" in page
