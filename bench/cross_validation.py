@@ -35,7 +35,7 @@ def main() -> None:
                         help="score the probability maps a previous run of this script wrote, without inference")
     args = parser.parse_args()
 
-    training = json.loads((args.run_dir / "training.json").read_text())
+    training = json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
     probability_dir = args.run_dir / "probabilities"
     probability_dir.mkdir(exist_ok=True)
     defaults = CleanupSettings()
@@ -77,7 +77,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.output:
-        args.output.write_text(report + "\n")
+        args.output.write_text(report + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def _cleanup_from(args: argparse.Namespace):
 def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None) -> None:
     from .io import atomic_output  # noqa: PLC0415
 
-    with atomic_output(path, overwrite=True) as temporary, open(temporary, "w", newline="") as handle:
+    with atomic_output(path, overwrite=True) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns or rows[0]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -85,7 +85,7 @@ def _collect_cases(args: argparse.Namespace):
 def _read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

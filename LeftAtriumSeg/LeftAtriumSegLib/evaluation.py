@@ -60,7 +60,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

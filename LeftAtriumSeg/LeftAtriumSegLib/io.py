@@ -101,7 +101,7 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
     and optional ``case`` and ``series_uid`` columns."""
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputImageError(f"{path}: cannot read manifest ({error})") from None

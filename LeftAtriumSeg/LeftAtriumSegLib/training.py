@@ -61,7 +61,7 @@ class TrainingSettings:
 def read_decathlon_cases(folder: str | Path) -> list[Case]:
     """Cases listed under ``training`` in ``folder/dataset.json``."""
     folder = Path(folder)
-    listing = json.loads((folder / "dataset.json").read_text())
+    listing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     cases = []
     for entry in listing["training"]:
         image_path = (folder / entry["image"]).resolve()
@@ -265,7 +265,7 @@ def train_model(
                 probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), network, config)
                 sitk.WriteImage(probability_map, str(probability_dir / f"{case.case_id}.nii.gz"), useCompression=True)
             summary["folds"].append({"validation": sorted(held_out), "training_seconds": round(seconds, 1)})
-            (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+            (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
-    (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -32,14 +32,14 @@ def _ui_widgets():
 
 
 def _cmake_list(name):
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     block = re.search(rf"set\({name}\n(.*?)\n\s*\)", text, re.S).group(1)
     return [line.strip().replace("${MODULE_NAME}", "LeftAtriumSeg") for line in block.splitlines() if line.strip()]
 
 
 def test_every_widget_the_module_uses_exists_with_its_class():
     widgets = _ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "LeftAtriumSeg.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "LeftAtriumSeg.py").read_text(encoding="utf-8")))
     assert used, "the module code uses no widgets?"
     for name in used:
         assert name in widgets, f"{name} is used by LeftAtriumSeg.py but missing from the .ui"
@@ -48,7 +48,7 @@ def test_every_widget_the_module_uses_exists_with_its_class():
 
 
 def test_every_parameter_has_a_widget_and_every_bound_widget_a_parameter():
-    source = (MODULE / "LeftAtriumSeg.py").read_text()
+    source = (MODULE / "LeftAtriumSeg.py").read_text(encoding="utf-8")
     parameter_class = next(node for node in ast.parse(source).body
                            if isinstance(node, ast.ClassDef) and node.name == "LeftAtriumSegParameterNode")
     parameters = {statement.target.id for statement in parameter_class.body if isinstance(statement, ast.AnnAssign)}
@@ -73,7 +73,7 @@ def test_cmake_lists_every_script_and_resource_that_exists_and_nothing_else():
 
 
 def test_extension_metadata_is_complete_and_points_into_the_repository():
-    text = (REPOSITORY / "CMakeLists.txt").read_text()
+    text = (REPOSITORY / "CMakeLists.txt").read_text(encoding="utf-8")
     for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf'set\(EXTENSION_{field} "[^"]+"\)', text), field
     assert 'EXTENSION_CATEGORY "Segmentation"' in text
@@ -81,8 +81,8 @@ def test_extension_metadata_is_complete_and_points_into_the_repository():
     screenshot = re.search(r'EXTENSION_SCREENSHOTURLS "[^"]+/main/([^"]+)"', text).group(1)
     assert (REPOSITORY / icon).is_file() and (REPOSITORY / screenshot).is_file()
     assert "add_subdirectory(LeftAtriumSeg)" in text
-    assert "WITH_GENERIC_TESTS" in (MODULE / "CMakeLists.txt").read_text()
-    assert "slicer_add_python_unittest" in (REPOSITORY / "Testing" / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicer_add_python_unittest" in (REPOSITORY / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_extension_icon_is_128_pixels_square():

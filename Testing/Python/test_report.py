@@ -68,7 +68,7 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     output = tmp_path / "report"
     assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions), "--labels", str(labels),
                  "--clinical", str(tmp_path / "clinical.csv"), "--output-dir", str(output), "--quiet"]) == 0
-    page = (output / "report.html").read_text()
+    page = (output / "report.html").read_text(encoding="utf-8")
     predicted_ml = measure_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "la_022_crop.nii.gz"))) > 0,
                                   label.GetSpacing()).volume_ml
     lavi = predicted_ml / body_surface_area_m2(172, 70)
