@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .inference import predict_probability_map
 from .model_file import ModelConfig, save_model
 from .network import UNet2D
 from .preprocessing import normalise_intensity, to_model_frame
@@ -224,8 +225,6 @@ def train_model(
     and the cleanup ablation. Training on every case writes ``model.safetensors``.
     Returns a summary (cases, folds, wall times) that is also written as ``training.json``.
     """
-    from .inference import predict_probability_map  # noqa: PLC0415 - avoids a cycle at import
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
