@@ -183,9 +183,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
+            self.logic.startSegmentation(self._parameterNode, onProgress=self._onProgress, onFinished=self._onFinished)
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
-            self.logic.startSegmentation(self._parameterNode, onProgress=self._onProgress, onFinished=self._onFinished)
             self._setStatus(_("Segmenting..."))
             self._updateButtons()
 
@@ -426,10 +426,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
     def updateMeasurements(self, parameterNode) -> dict:
         from LeftAtriumSegMRML import measure_left_atrium
 
-        from LeftAtriumSegLib.model_file import load_model
+        from LeftAtriumSegLib.model_file import read_model_config
 
         p = parameterNode
-        _network, config = load_model(self.modelPath(p))
+        config = read_model_config(self.modelPath(p))
         return measure_left_atrium(p.outputSegmentation, p.inputVolume, p.measurementTable,
                                    f"{config.name} {config.version}", p.heightCm, p.weightKg)
 

@@ -56,11 +56,11 @@ def save_model(path: str | Path, network: UNet2D, config: ModelConfig) -> None:
     partial.replace(path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet2D, ModelConfig]:
-    """Read a model file into an evaluation-mode network on ``device``.
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The settings stored in a model file, without reading its weights.
 
     Raises ``ModelFileError`` naming the file for anything that is not a readable
-    LeftAtriumSeg model.
+    LeftAtriumSeg model file.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,17 +68,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
     if metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a LeftAtriumSeg model (format {metadata.get('format')!r})")
     try:
-        config = ModelConfig.from_json(metadata["config"])
+        return ModelConfig.from_json(metadata["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: unreadable model settings ({error})") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet2D, ModelConfig]:
+    """Read a model file into an evaluation-mode network on ``device``.
+
+    Raises ``ModelFileError`` naming the file for anything that is not a readable
+    LeftAtriumSeg model.
+    """
+    config = read_model_config(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
         network = config.build_network()
         network.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ModelFileError(f"{path}: model settings do not match its weights ({error})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not load ({error})") from None
     # channels_last: oneDNN's fast path for 2D convolutions on CPUs (about 2x at inference).
     return network.to(device, memory_format=torch.channels_last).eval(), config
 

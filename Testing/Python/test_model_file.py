@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from LeftAtriumSegLib.errors import ModelFileError
-from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
+from LeftAtriumSegLib.model_file import ModelConfig, load_model, read_model_config, save_model
 from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
 
 
@@ -17,7 +17,7 @@ def test_save_and_load_round_trip(tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_model(path, network, config)
     loaded, loaded_config = load_model(path)
-    assert loaded_config == config
+    assert loaded_config == config == read_model_config(path)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), network(x))
