@@ -157,3 +157,17 @@ def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and str(model) in error and "safetensors" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_lines_for_the_slicer_module(tmp_path):
+    """The exact command the Slicer module runs in its background process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path),
+         "--format", "nii.gz", "--quiet", "--progress-lines", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    fractions = [float(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("progress ")]
+    assert len(fractions) >= 3
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert (tmp_path / "la_022_crop.nii.gz").exists()
