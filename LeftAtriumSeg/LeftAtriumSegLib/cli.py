@@ -18,6 +18,15 @@ from .errors import LeftAtriumSegError
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "voxel_count", "volume_mm3", "volume_ml", "model")
 
 
+# What one case of a batch may raise without stopping the others: the user's files, not bugs.
+CASE_ERRORS = (LeftAtriumSegError, ValueError, RuntimeError, OSError)
+
+
+def _error_line(path: Path, error: Exception) -> str:
+    """``PATH: problem``, naming the file once."""
+    return str(error) if str(path) in str(error) else f"{path}: {error}"
+
+
 def _add_cleanup_arguments(parser: argparse.ArgumentParser) -> None:
     from .postprocessing import CleanupSettings  # noqa: PLC0415
 
@@ -130,9 +139,9 @@ def run_segment(args: argparse.Namespace) -> int:
                 mask, volume = segmenter.segment_and_measure(image, _progress_printer(args, index, len(cases)))
                 writer(mask, image, output_path, overwrite=args.overwrite)
                 status = "ok"
-        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
+        except CASE_ERRORS as error:
             failures += 1
-            message = str(error) if str(case.path) in str(error) else f"{case.path}: {error}"
+            message = _error_line(case.path, error)
             progress.write(f"error: {message}", file=sys.stderr)
             rows.append({**row, "output": "", "status": "failed", "error": message})
         else:
@@ -212,10 +221,9 @@ def run_report(args: argparse.Namespace) -> int:
                 masks.append(sitk.GetArrayFromImage(mask_image) > 0)
             height_weight = clinical.get(case.case, (None, None))
             reports.append(report_case(case.case, image, masks[0], masks[1], output_dir, args.overwrite, *height_weight))
-        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
+        except CASE_ERRORS as error:
             failures += 1
-            message = str(error) if str(case.path) in str(error) else f"{case.path}: {error}"
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {_error_line(case.path, error)}", file=sys.stderr)
     if reports:
         write_html_report(report_path, reports, args.overwrite)
         if not args.quiet:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -57,13 +56,6 @@ def summarise(rows: list[dict]) -> dict:
     """Mean of each metric over the cases (NaN distances are left out of their mean)."""
     return {"case": "mean", **{key: float(np.nanmean([row[key] for row in rows]))
                                 for key in rows[0] if key != "case"}}
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]]) -> list[dict]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .inference import predict_probability_map
-from .model_file import ModelConfig, save_model
+from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
 from .preprocessing import normalise_intensity, to_model_frame
 
@@ -235,6 +235,7 @@ def train_model(
         "cases": [case.case_id for case in cases],
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
+        "parameters": parameter_count(config.build_network()),
         "torch_threads": torch.get_num_threads(),
         "preparation_seconds": round(time.perf_counter() - start, 1),
     }
