@@ -55,6 +55,8 @@ class TrainingSettings:
     foreground_fraction: float = 2 / 3  # share of crops centred on atrium
     max_rotation_deg: float = 15.0
     max_scaling: float = 0.15
+    max_gain_change: float = 0.15  # intensity x U(1 - g, 1 + g)
+    max_offset: float = 0.15  # intensity + U(-o, o), in z-score units
     seed: int = 0
     checkpoint_every: int = 500
 
@@ -147,8 +149,9 @@ def sample_batch(
     image_batch = F.grid_sample(image_batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
     label_batch = (F.grid_sample(label_batch, grid, mode="bilinear", align_corners=False) >= 0.5).float()
     # Contrast and brightness jitter: scanners and sequences differ in both.
-    gain = torch.from_numpy(rng.uniform(0.85, 1.15, (settings.batch_size, 1, 1, 1)).astype(np.float32))
-    offset = torch.from_numpy(rng.uniform(-0.15, 0.15, (settings.batch_size, 1, 1, 1)).astype(np.float32))
+    shape = (settings.batch_size, 1, 1, 1)
+    gain = torch.from_numpy(rng.uniform(1 - settings.max_gain_change, 1 + settings.max_gain_change, shape).astype(np.float32))
+    offset = torch.from_numpy(rng.uniform(-settings.max_offset, settings.max_offset, shape).astype(np.float32))
     return image_batch * gain + offset, label_batch
 
 
