@@ -255,7 +255,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = TrainingSettings(iterations=args.iterations, seed=args.seed)
+    settings = TrainingSettings(iterations=args.iterations, seed=args.seed,
+                                max_gain_change=args.max_gain_change, max_offset=args.max_offset)
     config = ModelConfig(name=args.name, version=args.model_version)
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--folds", type=int, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
     train.add_argument("--iterations", type=int, default=1600)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-gain-change", type=float, default=0.15, help="intensity gain jitter (default %(default)s)")
+    train.add_argument("--max-offset", type=float, default=0.15,
+                       help="intensity offset jitter in z-score units (default %(default)s)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
