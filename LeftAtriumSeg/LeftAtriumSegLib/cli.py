@@ -255,8 +255,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = TrainingSettings(iterations=args.iterations, seed=args.seed,
-                                max_gain_change=args.max_gain_change, max_offset=args.max_offset)
+    # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
+    given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset}
+    settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version)
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
@@ -322,11 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", nargs="+", required=True, help="folders in the Decathlon layout (dataset.json)")
     train.add_argument("--output-dir", required=True)
     train.add_argument("--folds", type=int, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
-    train.add_argument("--iterations", type=int, default=1600)
+    train.add_argument("--iterations", type=int, help="training iterations (default: TrainingSettings, 1600)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-gain-change", type=float, default=0.15, help="intensity gain jitter (default %(default)s)")
-    train.add_argument("--max-offset", type=float, default=0.15,
-                       help="intensity offset jitter in z-score units (default %(default)s)")
+    train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings, 0.15)")
+    train.add_argument("--max-offset", type=float,
+                       help="intensity offset jitter in z-score units (default: TrainingSettings, 0.15)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
