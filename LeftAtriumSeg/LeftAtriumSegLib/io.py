@@ -187,7 +187,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
     series = dicom_series_ids(folder)
     if not series:
-        raise InputImageError(f"{folder}: no DICOM series found")
+        raise InputImageError(f"{folder}: is a folder without DICOM files, not an image file")
     if series_uid is None and len(series) > 1:
         raise InputImageError(f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); choose one with --series")
     if series_uid is not None and series_uid not in series:
@@ -204,7 +204,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
 
 def read_case(case: CaseInput) -> sitk.Image:
     """The image of a case, from a file or a DICOM folder."""
-    if case.path.is_dir() and dicom_series_ids(case.path):
+    if case.path.is_dir():  # read_dicom_series scans the folder once and says if it holds none
         return read_dicom_series(case.path, case.series_uid)
     return read_image(case.path)
 
