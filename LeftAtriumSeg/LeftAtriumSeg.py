@@ -313,26 +313,33 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         return Path(parameterNode.modelPath) if parameterNode.modelPath else DEFAULT_MODEL_PATH
 
-    def _cleanupArguments(self, p) -> list:
-        arguments = ["--threshold", str(p.threshold), "--component-gap-mm", str(p.componentGapMm),
-                     "--closing-radius-mm", str(p.closingRadiusMm)]
-        if not p.keepLargestComponent:
-            arguments.append("--no-largest-component")
-        if not p.fillHoles:
-            arguments.append("--no-fill-holes")
-        return arguments
+    @staticmethod
+    def cleanupSettings(parameterNode):
+        from LeftAtriumSegLib.postprocessing import CleanupSettings
+
+        p = parameterNode
+        return CleanupSettings(p.threshold, p.keepLargestComponent, p.componentGapMm, p.fillHoles, p.closingRadiusMm)
+
+    @staticmethod
+    def _checkedInputImage(parameterNode):
+        """The input volume as a SimpleITK image; bad input fails here with a one-line message."""
+        from LeftAtriumSegMRML import image_from_volume_node
+
+        from LeftAtriumSegLib.io import check_image
+
+        image = image_from_volume_node(parameterNode.inputVolume)
+        check_image(image, parameterNode.inputVolume.GetName())
+        return image
 
     def startSegmentation(self, parameterNode, onProgress, onFinished) -> None:
         """Segment in a background process; ``onFinished(error or None)`` runs on the GUI thread."""
         import SimpleITK as sitk
-        from LeftAtriumSegMRML import image_from_volume_node
 
-        from LeftAtriumSegLib.io import check_image
+        from LeftAtriumSegLib.cli import cleanup_arguments
         from LeftAtriumSegLib.model_file import load_model
 
         p = parameterNode
-        image = image_from_volume_node(p.inputVolume)
-        check_image(image, p.inputVolume.GetName())
+        image = self._checkedInputImage(p)
         load_model(self.modelPath(p))  # a bad model file fails here, with its own message
         self._workDir = Path(tempfile.mkdtemp(prefix="LeftAtriumSeg-"))
         inputPath = self._workDir / "input.nrrd"
@@ -344,7 +351,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         process.setProcessEnvironment(environment)
         arguments = ["-m", "LeftAtriumSegLib.cli", "segment", str(inputPath), "--output-dir", str(self._workDir / "out"),
                      "--format", "nii.gz", "--quiet", "--progress-lines", "--model", str(self.modelPath(p)),
-                     "--device", p.device, *self._cleanupArguments(p)]
+                     "--device", p.device, *cleanup_arguments(self.cleanupSettings(p))]
         errors = []
 
         def readOutput():
@@ -395,17 +402,11 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     def segmentInProcess(self, parameterNode) -> dict:
         """Segment synchronously in this process and measure; returns the table row."""
-        from LeftAtriumSegMRML import image_from_volume_node
-
-        from LeftAtriumSegLib.io import check_image
         from LeftAtriumSegLib.pipeline import Segmenter
-        from LeftAtriumSegLib.postprocessing import CleanupSettings
 
         p = parameterNode
-        image = image_from_volume_node(p.inputVolume)
-        check_image(image, p.inputVolume.GetName())
-        cleanup = CleanupSettings(p.threshold, p.keepLargestComponent, p.componentGapMm, p.fillHoles, p.closingRadiusMm)
-        segmenter = Segmenter.load(self.modelPath(p), p.device, cleanup)
+        image = self._checkedInputImage(p)
+        segmenter = Segmenter.load(self.modelPath(p), p.device, self.cleanupSettings(p))
         self.setResult(segmenter.segment(image), p)
         return self.updateMeasurements(p)
 

@@ -49,6 +49,17 @@ def _cleanup_from(args: argparse.Namespace):
                            args.fill_holes, args.closing_radius_mm)
 
 
+def cleanup_arguments(settings) -> list[str]:
+    """The ``segment`` options that reproduce ``settings`` (a CleanupSettings); the inverse of parsing them."""
+    arguments = ["--threshold", str(settings.threshold), "--component-gap-mm", str(settings.component_gap_mm),
+                 "--closing-radius-mm", str(settings.closing_radius_mm)]
+    if not settings.keep_largest_component:
+        arguments.append("--no-largest-component")
+    if not settings.fill_holes:
+        arguments.append("--no-fill-holes")
+    return arguments
+
+
 def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None) -> None:
     from .io import atomic_output  # noqa: PLC0415
 

@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import slicerio
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL
 
-from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.cli import _cleanup_from, build_parser, cleanup_arguments, main
 from LeftAtriumSegLib.metrics import dice
+from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 
 def _read_volumes(folder):
@@ -163,7 +164,7 @@ def test_progress_lines_for_the_slicer_module(tmp_path):
     """The exact command the Slicer module runs in its background process."""
     result = subprocess.run(
         [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path),
-         "--format", "nii.gz", "--quiet", "--progress-lines", "--device", "cpu"],
+         "--format", "nii.gz", "--quiet", "--progress-lines", "--device", "cpu", *cleanup_arguments(CleanupSettings())],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -171,3 +172,13 @@ def test_progress_lines_for_the_slicer_module(tmp_path):
     assert len(fractions) >= 3
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert (tmp_path / "la_022_crop.nii.gz").exists()
+
+
+@pytest.mark.parametrize("settings", [
+    CleanupSettings(),
+    CleanupSettings(threshold=0.35, keep_largest_component=False, component_gap_mm=7.5, fill_holes=False, closing_radius_mm=2.0),
+])
+def test_cleanup_arguments_parse_back_to_the_same_settings(settings):
+    """The Slicer module passes its cleanup settings to the background process this way."""
+    args = build_parser().parse_args(["segment", "x.nii.gz", "--output-dir", "out", *cleanup_arguments(settings)])
+    assert _cleanup_from(args) == settings
