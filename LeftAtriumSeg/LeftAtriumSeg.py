@@ -314,7 +314,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         return Path(parameterNode.modelPath) if parameterNode.modelPath else DEFAULT_MODEL_PATH
 
     @staticmethod
-    def cleanupSettings(parameterNode):
+    def _cleanupSettings(parameterNode):
         from LeftAtriumSegLib.postprocessing import CleanupSettings
 
         p = parameterNode
@@ -351,7 +351,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         process.setProcessEnvironment(environment)
         arguments = ["-m", "LeftAtriumSegLib.cli", "segment", str(inputPath), "--output-dir", str(self._workDir / "out"),
                      "--format", "nii.gz", "--quiet", "--progress-lines", "--model", str(self.modelPath(p)),
-                     "--device", p.device, *cleanup_arguments(self.cleanupSettings(p))]
+                     "--device", p.device, *cleanup_arguments(self._cleanupSettings(p))]
         errors = []
 
         def readOutput():
@@ -406,7 +406,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         p = parameterNode
         image = self._checkedInputImage(p)
-        segmenter = Segmenter.load(self.modelPath(p), p.device, self.cleanupSettings(p))
+        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p))
         self.setResult(segmenter.segment(image), p)
         return self.updateMeasurements(p)
 
