@@ -12,17 +12,15 @@ with the default cleanup and the cleanup ablation are printed as Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from LeftAtriumSegLib.evaluation import METRIC_COLUMNS, ablation_variants, cleanup_ablation
+from LeftAtriumSegLib.evaluation import METRIC_COLUMNS, ablation_variants, cleanup_ablation, held_out_cases
 from LeftAtriumSegLib.inference import predict_probability_map
 from LeftAtriumSegLib.metrics import segmentation_metrics
-from LeftAtriumSegLib.model_file import load_model
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 
 
@@ -35,28 +33,23 @@ def main() -> None:
                         help="score the probability maps a previous run of this script wrote, without inference")
     args = parser.parse_args()
 
-    training = json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
     probability_dir = args.run_dir / "probabilities"
     probability_dir.mkdir(exist_ok=True)
     defaults = CleanupSettings()
     rows = []
-    for index, fold in enumerate(training["folds"]):
-        network, config = load_model(args.run_dir / f"fold_{index}" / "model.safetensors")
-        for case in fold["validation"]:
-            image = sitk.ReadImage(str(args.data_dir / "imagesTr" / f"{case}.nii.gz"))
-            label = sitk.ReadImage(str(args.data_dir / "labelsTr" / f"{case}.nii.gz"))
-            start = time.perf_counter()
-            if args.reuse_probabilities:
-                probability_map = sitk.ReadImage(str(probability_dir / f"{case}.nii.gz"))
-            else:
-                probability_map = predict_probability_map(image, network, config)
-            mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), defaults)
-            seconds = time.perf_counter() - start
-            if not args.reuse_probabilities:
-                sitk.WriteImage(probability_map, str(probability_dir / f"{case}.nii.gz"), useCompression=True)
-            metrics = segmentation_metrics(mask, sitk.GetArrayViewFromImage(label) > 0, image.GetSpacing())
-            rows.append({"case": case, "fold": index, **metrics, "seconds": seconds})
-            print(f"fold {index} {case}: Dice {metrics['dice']:.4f}", flush=True)
+    for index, case, image, label, (network, config) in held_out_cases(args.run_dir, args.data_dir):
+        start = time.perf_counter()
+        if args.reuse_probabilities:
+            probability_map = sitk.ReadImage(str(probability_dir / f"{case}.nii.gz"))
+        else:
+            probability_map = predict_probability_map(image, network, config)
+        mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), defaults)
+        seconds = time.perf_counter() - start
+        if not args.reuse_probabilities:
+            sitk.WriteImage(probability_map, str(probability_dir / f"{case}.nii.gz"), useCompression=True)
+        metrics = segmentation_metrics(mask, sitk.GetArrayViewFromImage(label) > 0, image.GetSpacing())
+        rows.append({"case": case, "fold": index, **metrics, "seconds": seconds})
+        print(f"fold {index} {case}: Dice {metrics['dice']:.4f}", flush=True)
 
     lines = ["| case | fold | Dice | HD95 mm | ASSD mm | reference mL | predicted mL | abs. volume error mL |",
              "|---|---|---|---|---|---|---|---|"]

@@ -13,15 +13,14 @@ is given, so tighter crops shift them; this measures what that costs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from LeftAtriumSegLib.evaluation import held_out_cases
 from LeftAtriumSegLib.inference import predict_probability_map
 from LeftAtriumSegLib.metrics import dice
-from LeftAtriumSegLib.model_file import load_model
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 
 
@@ -43,26 +42,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 192, 160], help="in-plane crop sizes, voxels")
     args = parser.parse_args()
 
-    training = json.loads((args.run_dir / "training.json").read_text(encoding="utf-8"))
     cleanup = CleanupSettings()
     columns = ["full", *map(str, args.sizes)]
     rows = []
-    for index, fold in enumerate(training["folds"]):
-        network, config = load_model(args.run_dir / f"fold_{index}" / "model.safetensors")
-        for case in fold["validation"]:
-            image = sitk.ReadImage(str(args.data_dir / "imagesTr" / f"{case}.nii.gz"))
-            label = sitk.ReadImage(str(args.data_dir / "labelsTr" / f"{case}.nii.gz"))
-            k, j, i = np.nonzero(sitk.GetArrayFromImage(label))
-            centre_ij = (int(round(i.mean())), int(round(j.mean())))
-            scores = {}
-            for column in columns:
-                size = max(image.GetSize()) if column == "full" else int(column)
-                cropped_image, cropped_label = (crop_in_plane(x, centre_ij, size) for x in (image, label))
-                probability_map = predict_probability_map(cropped_image, network, config)
-                mask = clean_mask(sitk.GetArrayFromImage(probability_map), cropped_image.GetSpacing(), cleanup)
-                scores[column] = dice(mask, sitk.GetArrayFromImage(cropped_label) > 0)
-            rows.append((case, image.GetSize(), scores))
-            print(f"{case}: " + ", ".join(f"{c} {scores[c]:.3f}" for c in columns), flush=True)
+    for _, case, image, label, (network, config) in held_out_cases(args.run_dir, args.data_dir):
+        k, j, i = np.nonzero(sitk.GetArrayFromImage(label))
+        centre_ij = (int(round(i.mean())), int(round(j.mean())))
+        scores = {}
+        for column in columns:
+            size = max(image.GetSize()) if column == "full" else int(column)
+            cropped_image, cropped_label = (crop_in_plane(x, centre_ij, size) for x in (image, label))
+            probability_map = predict_probability_map(cropped_image, network, config)
+            mask = clean_mask(sitk.GetArrayFromImage(probability_map), cropped_image.GetSpacing(), cleanup)
+            scores[column] = dice(mask, sitk.GetArrayFromImage(cropped_label) > 0)
+        rows.append((case, image.GetSize(), scores))
+        print(f"{case}: " + ", ".join(f"{c} {scores[c]:.3f}" for c in columns), flush=True)
 
     print("\n| case | size | " + " | ".join(f"Dice {c}" for c in columns) + " |")
     print("|---|---|" + "---|" * len(columns))

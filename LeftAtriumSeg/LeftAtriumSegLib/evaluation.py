@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,6 +15,23 @@ from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
+
+
+def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, sitk.Image, sitk.Image, tuple]]:
+    """Every case a cross-validation run held out, with the model of the fold that never saw it.
+
+    ``run_dir`` is the output of ``train --folds K``; ``data_dir`` the Decathlon folder it used.
+    Yields ``(fold, case, image, label, (network, config))``; each fold's model is loaded once.
+    """
+    from .model_file import load_model  # noqa: PLC0415 - torch only where a model is needed
+
+    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
+    for index, fold in enumerate(training["folds"]):
+        model = load_model(run_dir / f"fold_{index}" / "model.safetensors")
+        for case in fold["validation"]:
+            image = sitk.ReadImage(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
+            label = sitk.ReadImage(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
+            yield index, case, image, label, model
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:
