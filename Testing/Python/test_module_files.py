@@ -3,9 +3,12 @@ every file that ships and nothing that does not exist."""
 
 import ast
 import re
+from dataclasses import asdict
 import xml.etree.ElementTree as ElementTree
 
 from conftest import REPOSITORY
+
+from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 MODULE = REPOSITORY / "LeftAtriumSeg"
 UI_FILE = MODULE / "Resources" / "UI" / "LeftAtriumSeg.ui"
@@ -47,11 +50,16 @@ def test_every_widget_the_module_uses_exists_with_its_class():
         assert widgets[name].get("class") == widget_class, name
 
 
-def test_every_parameter_has_a_widget_and_every_bound_widget_a_parameter():
+def _parameter_statements():
+    """The annotated assignments of the parameter node class (the module needs Slicer to import)."""
     source = (MODULE / "LeftAtriumSeg.py").read_text(encoding="utf-8")
     parameter_class = next(node for node in ast.parse(source).body
                            if isinstance(node, ast.ClassDef) and node.name == "LeftAtriumSegParameterNode")
-    parameters = {statement.target.id for statement in parameter_class.body if isinstance(statement, ast.AnnAssign)}
+    return {statement.target.id: statement for statement in parameter_class.body if isinstance(statement, ast.AnnAssign)}
+
+
+def test_every_parameter_has_a_widget_and_every_bound_widget_a_parameter():
+    parameters = set(_parameter_statements())
     bound = {}
     for name, widget in _ui_widgets().items():
         for prop in widget.findall("property"):
@@ -90,3 +98,12 @@ def test_extension_icon_is_128_pixels_square():
 
     with Image.open(REPOSITORY / "LeftAtriumSeg.png") as icon:
         assert icon.size == (128, 128)
+
+
+def test_cleanup_parameter_defaults_are_the_packages_defaults():
+    """The parameter node repeats CleanupSettings' defaults as literals; they must not drift."""
+    statements = _parameter_statements()
+    names = {"threshold": "threshold", "keep_largest_component": "keepLargestComponent",
+             "component_gap_mm": "componentGapMm", "fill_holes": "fillHoles", "closing_radius_mm": "closingRadiusMm"}
+    for field, default in asdict(CleanupSettings()).items():
+        assert ast.literal_eval(statements[names[field]].value) == default, field
