@@ -37,12 +37,12 @@ def main() -> None:
     probability_dir.mkdir(exist_ok=True)
     defaults = CleanupSettings()
     rows = []
-    for index, case, image, label, (network, config) in held_out_cases(args.run_dir, args.data_dir):
+    for index, case, image, label, (networks, config) in held_out_cases(args.run_dir, args.data_dir):
         start = time.perf_counter()
         if args.reuse_probabilities:
             probability_map = sitk.ReadImage(str(probability_dir / f"{case}.nii.gz"))
         else:
-            probability_map = predict_probability_map(image, network, config)
+            probability_map = predict_probability_map(image, networks, config)
         mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), defaults)
         seconds = time.perf_counter() - start
         if not args.reuse_probabilities:

@@ -45,14 +45,14 @@ def main() -> None:
     cleanup = CleanupSettings()
     columns = ["full", *map(str, args.sizes)]
     rows = []
-    for _, case, image, label, (network, config) in held_out_cases(args.run_dir, args.data_dir):
+    for _, case, image, label, (networks, config) in held_out_cases(args.run_dir, args.data_dir):
         k, j, i = np.nonzero(sitk.GetArrayFromImage(label))
         centre_ij = (int(round(i.mean())), int(round(j.mean())))
         scores = {}
         for column in columns:
             size = max(image.GetSize()) if column == "full" else int(column)
             cropped_image, cropped_label = (crop_in_plane(x, centre_ij, size) for x in (image, label))
-            probability_map = predict_probability_map(cropped_image, network, config)
+            probability_map = predict_probability_map(cropped_image, networks, config)
             mask = clean_mask(sitk.GetArrayFromImage(probability_map), cropped_image.GetSpacing(), cleanup)
             scores[column] = dice(mask, sitk.GetArrayFromImage(cropped_label) > 0)
         rows.append((case, image.GetSize(), scores))

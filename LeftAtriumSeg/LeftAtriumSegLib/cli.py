@@ -269,7 +269,8 @@ def run_train(args: argparse.Namespace) -> int:
     # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
     given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset}
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
-    config = ModelConfig(name=args.name, version=args.model_version)
+    config = ModelConfig(name=args.name, version=args.model_version,
+                         **({"views": tuple(args.views)} if args.views else {}))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     return 0
@@ -287,6 +288,8 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .preprocessing import VIEW_AXES  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(prog="leftatriumseg", description="Left-atrium segmentation of 3D cardiac MRI.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", required=True)
     train.add_argument("--folds", type=int, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
     train.add_argument("--iterations", type=int, help="training iterations (default: TrainingSettings.iterations)")
+    train.add_argument("--views", nargs="+", choices=sorted(VIEW_AXES),
+                       help="slicing directions, one network each; the first localises (default: ModelConfig.views)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings.max_gain_change)")
     train.add_argument("--max-offset", type=float,

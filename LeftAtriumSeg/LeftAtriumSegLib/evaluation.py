@@ -21,7 +21,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     """Every case a cross-validation run held out, with the model of the fold that never saw it.
 
     ``run_dir`` is the output of ``train --folds K``; ``data_dir`` the Decathlon folder it used.
-    Yields ``(fold, case, image, label, (network, config))``; each fold's model is loaded once.
+    Yields ``(fold, case, image, label, (networks, config))``; each fold's model is loaded once.
     """
     from .model_file import load_model  # noqa: PLC0415 - torch only where a model is needed
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from .network import UNet2D
 from .model_file import ModelConfig
-from .preprocessing import normalise_intensity, to_model_frame, to_reference_grid
+from .preprocessing import VIEW_AXES, from_view, normalise_intensity, to_model_frame, to_reference_grid, to_view
 
 ProgressCallback = Callable[[float], None]
 
 
 def slice_stacks(volume: torch.Tensor, slices: int) -> torch.Tensor:
-    """``(Z, H, W)`` -> ``(Z, slices, H, W)``: each axial slice with its neighbours, edges repeated."""
+    """``(Z, H, W)`` -> ``(Z, slices, H, W)``: each slice with its neighbours, edges repeated."""
     half = slices // 2
     padded = torch.cat([volume[:1].expand(half, -1, -1), volume, volume[-1:].expand(half, -1, -1)])
     return padded.unfold(0, slices, 1).permute(0, 3, 1, 2)
@@ -32,8 +32,8 @@ def predict_slices(
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
 ) -> np.ndarray:
-    """Probabilities, float32 ``(len(z_indices), Y, X)``, for chosen axial slices of a
-    normalised ``(Z, Y, X)`` volume (neighbouring slices are read from the whole volume)."""
+    """Probabilities, float32 ``(len(z_indices), Y, X)``, for chosen slices of a normalised
+    ``(Z, Y, X)`` volume, slicing along its first axis (neighbours are read from the whole volume)."""
     device = next(network.parameters()).device
     volume = torch.from_numpy(np.ascontiguousarray(normalised))
     height, width = volume.shape[1:]
@@ -57,51 +57,62 @@ def _scaled(progress: ProgressCallback | None, start: float, end: float) -> Prog
 
 
 def predict_frame_probabilities(
-    network: UNet2D,
+    networks: Mapping[str, UNet2D],
     normalised: np.ndarray,
     slices: int,
     localiser_stride: int = 4,
     margin_voxels: int = 16,
     progress: ProgressCallback | None = None,
 ) -> np.ndarray:
-    """Left-atrium probabilities, float32 ``(Z, Y, X)``, for a normalised model-frame volume.
+    """Left-atrium probabilities, float32 ``(Z, Y, X)``, for a normalised model-frame volume:
+    the mean over ``networks``, one per view (slicing direction, see ``VIEW_AXES``).
 
-    A coarse pass over every ``localiser_stride``-th slice finds the atrium; the fine pass
-    then covers only its box, widened by ``margin_voxels`` (and the stride along z).
-    Voxels outside the box get probability 0. When the coarse pass finds nothing, every
-    slice is predicted whole.
+    The first view localises: a coarse pass over every ``localiser_stride``-th of its slices
+    finds the atrium. Every view then predicts only the atrium's box, widened by
+    ``margin_voxels`` (and by the stride along the localiser's slicing axis); voxels outside
+    it get probability 0. When the coarse pass finds nothing, every view predicts the whole
+    volume.
     """
-    depth = normalised.shape[0]
-    coarse_z = list(range(localiser_stride // 2, depth, localiser_stride))
-    coarse = predict_slices(network, normalised, slices, coarse_z, progress=_scaled(progress, 0.0, 0.3))
+    views = list(networks)
+    localiser = to_view(normalised, views[0])
+    depth = localiser.shape[0]
+    coarse_indices = list(range(localiser_stride // 2, depth, localiser_stride))
+    coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices, progress=_scaled(progress, 0.0, 0.2))
     hits = np.nonzero(coarse >= 0.5)
     if len(hits[0]) == 0:
-        return predict_slices(network, normalised, slices, range(depth), progress=_scaled(progress, 0.3, 1.0))
-    z_hits = np.array(coarse_z)[hits[0]]
-    z_margin = margin_voxels // 2 + localiser_stride
-    box = (
-        slice(max(int(z_hits.min()) - z_margin, 0), min(int(z_hits.max()) + z_margin + 1, depth)),
-        *(slice(max(int(h.min()) - margin_voxels, 0), min(int(h.max()) + margin_voxels + 1, n))
-          for h, n in zip(hits[1:], normalised.shape[1:])),
-    )
+        localiser_box = tuple(slice(0, n) for n in localiser.shape)
+    else:
+        slice_hits = np.array(coarse_indices)[hits[0]]
+        slice_margin = margin_voxels // 2 + localiser_stride
+        localiser_box = (
+            slice(max(int(slice_hits.min()) - slice_margin, 0), min(int(slice_hits.max()) + slice_margin + 1, depth)),
+            *(slice(max(int(h.min()) - margin_voxels, 0), min(int(h.max()) + margin_voxels + 1, n))
+              for h, n in zip(hits[1:], localiser.shape[1:])),
+        )
+    box = tuple(localiser_box[VIEW_AXES[views[0]].index(axis)] for axis in range(3))  # in (Z, Y, X)
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
-    probabilities[box] = predict_slices(
-        network, normalised[:, box[1], box[2]], slices, range(box[0].start, box[0].stop),
-        progress=_scaled(progress, 0.3, 1.0),
-    )
+    for index, view in enumerate(views):
+        slice_range, rows, columns = (box[axis] for axis in VIEW_AXES[view])
+        # Neighbouring slices outside the box still feed the network's input stack.
+        volume = to_view(normalised, view)[:, rows, columns]
+        share = 0.8 / len(views)
+        predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
+                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share))
+        probabilities[box] += from_view(predicted, view)
+    probabilities[box] /= len(views)
     return probabilities
 
 
 def predict_probability_map(
     image: sitk.Image,
-    network: UNet2D,
+    networks: Mapping[str, UNet2D],
     config: ModelConfig,
     progress: ProgressCallback | None = None,
 ) -> sitk.Image:
     """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32)."""
     framed = to_model_frame(image, config.frame)
     normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed))
-    probabilities = predict_frame_probabilities(network, normalised, config.slices, progress=progress)
+    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress)
     probability_frame = sitk.GetImageFromArray(probabilities)
     probability_frame.CopyInformation(framed)
     return to_reference_grid(probability_frame, image)

@@ -10,14 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ModelFileError
 from .network import UNet2D
-from .preprocessing import ModelFrame
+from .preprocessing import VIEW_AXES, ModelFrame
 
-FORMAT = "leftatriumseg-model-1"
+# Format 2: one network per slicing view, tensors named "VIEW.parameter".
+FORMAT = "leftatriumseg-model-2"
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,25 @@ class ModelConfig:
 
     name: str = "LeftAtriumSeg"
     version: str = "0"
-    slices: int = 5  # neighbouring axial slices given to the network as channels
+    slices: int = 5  # neighbouring slices given to the network as channels
     features: tuple[int, ...] = (16, 32, 64, 128, 256)
     frame: ModelFrame = field(default_factory=ModelFrame)
+    # One network per slicing direction (keys of VIEW_AXES); their probabilities are averaged.
+    # The first view also localises the atrium.
+    views: tuple[str, ...] = ("axial", "coronal")
+
+    def __post_init__(self) -> None:
+        unknown = [view for view in self.views if view not in VIEW_AXES]
+        if unknown or not self.views or len(set(self.views)) != len(self.views):
+            raise ValueError(f"views must be distinct names among {sorted(VIEW_AXES)}, got {list(self.views)}")
 
     def build_network(self) -> UNet2D:
+        """One view's network."""
         return UNet2D(in_channels=self.slices, features=self.features)
+
+    def build_networks(self) -> nn.ModuleDict:
+        """A network for each of ``views``, keyed by view."""
+        return nn.ModuleDict({view: self.build_network() for view in self.views})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -43,15 +58,18 @@ class ModelConfig:
         return cls(
             frame=ModelFrame(frame["orientation"], tuple(frame["spacing_mm"])),
             features=tuple(values.pop("features")),
+            views=tuple(values.pop("views")),
             **values,
         )
 
 
-def save_model(path: str | Path, network: UNet2D, config: ModelConfig) -> None:
-    """Write weights and config to ``path`` (written beside it first, then renamed)."""
+def save_model(path: str | Path, networks: nn.ModuleDict, config: ModelConfig) -> None:
+    """Write the views' networks and config to ``path`` (written beside it first, then renamed)."""
     path = Path(path)
+    if list(networks) != list(config.views):
+        raise ValueError(f"networks for {list(networks)} do not match the config's views {list(config.views)}")
     partial = path.with_name(path.name + ".partial")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in networks.state_dict().items()}
     save_file(state, str(partial), metadata={"format": FORMAT, "config": config.to_json()})
     partial.replace(path)
 
@@ -71,15 +89,16 @@ def read_model_config(path: str | Path) -> ModelConfig:
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
     if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a LeftAtriumSeg model (format {metadata.get('format')!r})")
+        raise ModelFileError(
+            f"{path}: not a LeftAtriumSeg model in format {FORMAT!r} (found {metadata.get('format')!r})")
     try:
         return ModelConfig.from_json(metadata["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: unreadable model settings ({error})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet2D, ModelConfig]:
-    """Read a model file into an evaluation-mode network on ``device``.
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.ModuleDict, ModelConfig]:
+    """Read a model file into evaluation-mode networks, one per view, on ``device``.
 
     Raises ``ModelFileError`` naming the file for anything that is not a readable
     LeftAtriumSeg model.
@@ -88,12 +107,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     try:
         with safe_open(str(path), framework="pt") as handle:
             state = {name: handle.get_tensor(name) for name in handle.keys()}
-        network = config.build_network()
-        network.load_state_dict(state)
+        networks = config.build_networks()
+        networks.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
     # channels_last: oneDNN's fast path for 2D convolutions on CPUs (about 2x at inference).
-    return network.to(device, memory_format=torch.channels_last).eval(), config
+    return networks.to(device, memory_format=torch.channels_last).eval(), config
 
 
 def parameter_count(network: torch.nn.Module) -> int:

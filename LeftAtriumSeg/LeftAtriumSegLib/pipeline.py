@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from torch import nn
 
 from .inference import ProgressCallback, predict_probability_map
 from .measurements import VolumeMeasurement, measure_volume
 from .model_file import ModelConfig, load_model
-from .network import UNet2D
 from .postprocessing import CleanupSettings, clean_mask
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "leftatriumseg.safetensors"
@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 class Segmenter:
     """A loaded model plus cleanup settings, ready to segment any number of images."""
 
-    network: UNet2D
+    networks: nn.ModuleDict  # one network per view of the config
     config: ModelConfig
     cleanup: CleanupSettings
     model_path: Path
@@ -39,8 +39,8 @@ class Segmenter:
     @classmethod
     def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
              cleanup: CleanupSettings | None = None) -> "Segmenter":
-        network, config = load_model(model_path, resolve_device(device))
-        return cls(network, config, cleanup or CleanupSettings(), Path(model_path))
+        networks, config = load_model(model_path, resolve_device(device))
+        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path))
 
     @property
     def model_label(self) -> str:
@@ -48,7 +48,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> np.ndarray:
         """Boolean ``(Z, Y, X)`` left-atrium mask on exactly ``image``'s grid."""
-        probability_map = predict_probability_map(image, self.network, self.config, progress)
+        probability_map = predict_probability_map(image, self.networks, self.config, progress)
         return clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
 
     def segment_and_measure(self, image: sitk.Image, progress: ProgressCallback | None = None

@@ -1,8 +1,8 @@
 """Bring images into the model's frame and normalise intensities.
 
 The model frame is a fixed anatomical orientation (axis codes as in
-``SimpleITK.DICOMOrient``) at a fixed voxel spacing; the network sees axial slices of it.
-Arrays taken from SimpleITK images are indexed ``[z, y, x]``.
+``SimpleITK.DICOMOrient``) at a fixed voxel spacing. Arrays taken from SimpleITK images are
+indexed ``[z, y, x]``; a *view* reorders them so that its slicing axis comes first.
 """
 
 from __future__ import annotations
@@ -11,6 +11,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+
+# Axis order that turns a model-frame array ``(Z, Y, X)`` into ``(slice, row, column)`` of a
+# view; in the LPS frame z runs inferior-superior, y anterior-posterior, x right-left.
+VIEW_AXES: dict[str, tuple[int, int, int]] = {
+    "axial": (0, 1, 2),
+    "coronal": (1, 0, 2),
+    "sagittal": (2, 0, 1),
+}
+
+
+def to_view(volume: np.ndarray, view: str) -> np.ndarray:
+    """A model-frame ``(Z, Y, X)`` array as the view's ``(slice, row, column)`` array (no copy)."""
+    return volume.transpose(VIEW_AXES[view])
+
+
+def from_view(volume: np.ndarray, view: str) -> np.ndarray:
+    """Inverse of ``to_view``."""
+    return volume.transpose(np.argsort(VIEW_AXES[view]))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Data come as folders in the Medical Segmentation Decathlon layout (``dataset.json``,
 ``imagesTr/``, ``labelsTr/``). Every case is brought into the model frame once and kept in
-memory; batches are random crops of slice stacks, rotated, scaled and intensity-jittered.
+memory; each view's network is trained on its own slicing of it, with batches of random
+crops of slice stacks, rotated, scaled and intensity-jittered.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from .inference import predict_probability_map
 from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
-from .preprocessing import normalise_intensity, to_model_frame
+from .preprocessing import normalise_intensity, to_model_frame, to_view
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,20 @@ class Case:
 
 @dataclass
 class PreparedCase:
-    """A case in the model frame: normalised image and 0/1 label, both ``(Z, Y, X)``."""
+    """A normalised image and its 0/1 label, both ``(slice, row, column)``: the model frame's
+    ``(Z, Y, X)`` as prepared, a view's order after ``in_view``."""
 
     case_id: str
     image: np.ndarray
     label: np.ndarray
-    foreground_slices: np.ndarray  # z indices holding atrium
+
+    def __post_init__(self) -> None:
+        self.foreground_slices = np.flatnonzero(self.label.any(axis=(1, 2)))  # slices holding atrium
+
+    def in_view(self, view: str) -> "PreparedCase":
+        """The case sliced along ``view``'s axis (a contiguous copy: crops are read often)."""
+        return PreparedCase(self.case_id, np.ascontiguousarray(to_view(self.image, view)),
+                            np.ascontiguousarray(to_view(self.label, view)))
 
 
 @dataclass(frozen=True)
@@ -79,12 +89,10 @@ def prepare_case(case: Case, config: ModelConfig) -> PreparedCase:
     image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
     # Labels go through linear interpolation and a 0.5 cut: smoother than nearest neighbour.
     label = to_model_frame(sitk.Cast(sitk.ReadImage(str(case.label_path)) > 0, sitk.sitkFloat32), config.frame)
-    label_array = (sitk.GetArrayViewFromImage(label) >= 0.5).astype(np.uint8)
     return PreparedCase(
         case.case_id,
         normalise_intensity(sitk.GetArrayViewFromImage(image)),
-        label_array,
-        np.flatnonzero(label_array.any(axis=(1, 2))),
+        (sitk.GetArrayViewFromImage(label) >= 0.5).astype(np.uint8),
     )
 
 
@@ -178,12 +186,18 @@ def train_network(
     cases: Sequence[PreparedCase],
     config: ModelConfig,
     settings: TrainingSettings,
+    view: str = "axial",
     checkpoint_path: Path | None = None,
     description: str = "training",
     show_progress: bool = True,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> UNet2D:
-    """Train a fresh network on ``cases`` and return it in evaluation mode."""
+    """Train a fresh network for ``view`` on model-frame ``cases``; return it in evaluation mode.
+
+    Checkpoints are single-view model files.
+    """
+    cases = [case.in_view(view) for case in cases]
+    checkpoint_config = replace(config, views=(view,))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     # channels_last: oneDNN's fast path for 2D convolutions on CPUs (1.4x per step here).
@@ -205,15 +219,28 @@ def train_network(
         if on_iteration is not None:
             on_iteration(iteration, loss.item())
         if checkpoint_path is not None and (iteration + 1) % settings.checkpoint_every == 0:
-            save_model(checkpoint_path, network, config)
+            save_model(checkpoint_path, nn.ModuleDict({view: network}), checkpoint_config)
     return network.eval()
 
 
-def timed(function: Callable, *args, **kwargs):
-    """Call ``function`` and return ``(result, seconds)``."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
+def train_networks(
+    cases: Sequence[PreparedCase],
+    config: ModelConfig,
+    settings: TrainingSettings,
+    output_dir: Path,
+    description: str = "",
+    show_progress: bool = True,
+) -> tuple[nn.ModuleDict, dict[str, float]]:
+    """One network per view of ``config``, and each one's training time in seconds."""
+    networks, seconds = nn.ModuleDict(), {}
+    for view in config.views:
+        start = time.perf_counter()
+        networks[view] = train_network(
+            cases, config, settings, view, checkpoint_path=output_dir / f"checkpoint_{view}.safetensors",
+            description=f"{description}{view}", show_progress=show_progress,
+        )
+        seconds[view] = round(time.perf_counter() - start, 1)
+    return networks, seconds
 
 
 def train_model(
@@ -229,7 +256,7 @@ def train_model(
     Cross-validation writes, per fold, ``fold_K/model.safetensors`` and the held-out cases'
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
     and the cleanup ablation. Training on every case writes ``model.safetensors``.
-    Returns a summary (cases, folds, wall times) that is also written as ``training.json``.
+    Returns a summary (cases, folds, wall times per view) that is also written as ``training.json``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -241,17 +268,15 @@ def train_model(
         "cases": [case.case_id for case in cases],
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
-        "parameters": parameter_count(config.build_network()),
+        "parameters": parameter_count(config.build_networks()),
         "torch_threads": torch.get_num_threads(),
         "preparation_seconds": round(time.perf_counter() - start, 1),
     }
     if folds == 0:
-        network, seconds = timed(
-            train_network, list(prepared.values()), config, settings,
-            checkpoint_path=output_dir / "checkpoint.safetensors", show_progress=show_progress,
-        )
-        save_model(output_dir / "model.safetensors", network, config)
-        summary["training_seconds"] = round(seconds, 1)
+        networks, seconds = train_networks(list(prepared.values()), config, settings, output_dir,
+                                           show_progress=show_progress)
+        save_model(output_dir / "model.safetensors", networks, config)
+        summary["training_seconds"] = seconds
     else:
         summary["folds"] = []
         probability_dir = output_dir / "probabilities"
@@ -260,17 +285,15 @@ def train_model(
             held_out = {case.case_id for case in validation}
             fold_dir = output_dir / f"fold_{index}"
             fold_dir.mkdir(exist_ok=True)
-            network, seconds = timed(
-                train_network,
+            networks, seconds = train_networks(
                 [prepared[case_id] for case_id in prepared if case_id not in held_out],
-                config, settings, checkpoint_path=fold_dir / "checkpoint.safetensors",
-                description=f"fold {index + 1}/{folds}", show_progress=show_progress,
+                config, settings, fold_dir, description=f"fold {index + 1}/{folds} ", show_progress=show_progress,
             )
-            save_model(fold_dir / "model.safetensors", network, config)
+            save_model(fold_dir / "model.safetensors", networks, config)
             for case in validation:
-                probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), network, config)
+                probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), networks.eval(), config)
                 sitk.WriteImage(probability_map, str(probability_dir / f"{case.case_id}.nii.gz"), useCompression=True)
-            summary["folds"].append({"validation": sorted(held_out), "training_seconds": round(seconds, 1)})
+            summary["folds"].append({"validation": sorted(held_out), "training_seconds": seconds})
             (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

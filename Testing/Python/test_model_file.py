@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from LeftAtriumSegLib.errors import ModelFileError
@@ -12,16 +13,40 @@ from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = ModelConfig(name="tiny", version="7", slices=3, features=(4, 8))
-    network = config.build_network().eval()
+    config = ModelConfig(name="tiny", version="7", slices=3, features=(4, 8), views=("sagittal", "axial"))
+    networks = config.build_networks().eval()
     path = tmp_path / "tiny.safetensors"
-    save_model(path, network, config)
+    save_model(path, networks, config)
     loaded, loaded_config = load_model(path)
     assert loaded_config == config == read_model_config(path)
+    assert list(loaded) == ["sagittal", "axial"]
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), network(x))
+        for view in config.views:
+            torch.testing.assert_close(loaded[view](x), networks[view](x))
+        assert not torch.allclose(loaded["sagittal"](x), loaded["axial"](x))  # each view has its own weights
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_networks_must_match_the_views(tmp_path):
+    config = ModelConfig(features=(4, 8), views=("axial",))
+    with pytest.raises(ValueError, match="do not match"):
+        save_model(tmp_path / "m.safetensors", ModelConfig(features=(4, 8), views=("coronal",)).build_networks(), config)
+    with pytest.raises(ValueError, match="views must be"):
+        ModelConfig(views=("oblique",))
+
+
+def test_model_with_unknown_view_is_refused(tmp_path):
+    config = ModelConfig(features=(4, 8), views=("axial",))
+    path = tmp_path / "m.safetensors"
+    save_model(path, config.build_networks(), config)
+    with safe_open(str(path), framework="pt") as handle:
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    metadata["config"] = metadata["config"].replace('"axial"', '"oblique"')
+    save_file(state, str(path), metadata=metadata)
+    with pytest.raises(ModelFileError, match="unreadable model settings"):
+        load_model(path)
 
 
 class _Exploit:
@@ -67,6 +92,7 @@ def test_missing_model_file(tmp_path):
 
 
 def test_shipped_model_loads():
-    network, config = load_model(DEFAULT_MODEL_PATH)
+    networks, config = load_model(DEFAULT_MODEL_PATH)
     assert config.frame.spacing_mm == (1.25, 1.25, 1.25)
-    assert not network.training
+    assert list(networks) == list(config.views)
+    assert not networks.training
