@@ -1,4 +1,4 @@
-"""A 2.5D U-Net: a stack of neighbouring axial slices in, one slice's logits out."""
+"""A 2.5D U-Net: a stack of neighbouring slices in, the centre slice's logits out."""
 
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ import SimpleITK as sitk
 
 
 # Axis order that turns a model-frame array ``(Z, Y, X)`` into ``(slice, row, column)`` of a
-# view; in the LPS frame z runs inferior-superior, y anterior-posterior, x right-left.
+# view; in the LPS frame z runs inferior-superior, y anterior-posterior, x right-left. The names
+# are the header's: where a header mislabels the anatomy (Task02_Heart's "axial" slices are
+# anatomically sagittal), so do they.
 VIEW_AXES: dict[str, tuple[int, int, int]] = {
     "axial": (0, 1, 2),
     "coronal": (1, 0, 2),
