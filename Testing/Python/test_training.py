@@ -1,9 +1,11 @@
 """Training machinery on synthetic data: folds by image, and a loss that falls."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from conftest import ellipsoid_phantom
 
 from LeftAtriumSegLib.model_file import ModelConfig
@@ -50,3 +52,18 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     settings = TrainingSettings(iterations=150, batch_size=8, crop_size=32, warmup_iterations=5, learning_rate=1e-2)
     train_network(prepared, config, settings, show_progress=False, on_iteration=lambda _, loss: losses.append(loss))
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+
+
+def test_training_is_reproducible_with_a_fixed_seed(tmp_path):
+    _write_dataset(tmp_path, 2)
+    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path)]
+    settings = TrainingSettings(iterations=4, batch_size=4, crop_size=16, warmup_iterations=1)
+
+    def weights(seed):
+        network = train_network(prepared, config, replace(settings, seed=seed), "coronal", show_progress=False)
+        return torch.cat([tensor.flatten().float() for tensor in network.state_dict().values()])
+
+    first = weights(0)
+    assert torch.equal(first, weights(0))
+    assert not torch.equal(first, weights(1))
