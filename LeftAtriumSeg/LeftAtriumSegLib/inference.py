@@ -9,9 +9,16 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .network import UNet2D
 from .model_file import ModelConfig
-from .preprocessing import VIEW_AXES, from_view, normalise_intensity, to_model_frame, to_reference_grid, to_view
+from .network import UNet2D
+from .preprocessing import (
+    VIEW_AXES,
+    from_view,
+    normalise_intensity,
+    to_model_frame,
+    to_reference_grid,
+    to_view,
+)
 
 ProgressCallback = Callable[[float], None]
 

@@ -49,7 +49,7 @@ class PreparedCase:
     def __post_init__(self) -> None:
         self.foreground_slices = np.flatnonzero(self.label.any(axis=(1, 2)))  # slices holding atrium
 
-    def in_view(self, view: str) -> "PreparedCase":
+    def in_view(self, view: str) -> PreparedCase:
         """The case sliced along ``view``'s axis (a contiguous copy: crops are read often)."""
         return PreparedCase(self.case_id, np.ascontiguousarray(to_view(self.image, view)),
                             np.ascontiguousarray(to_view(self.label, view)))

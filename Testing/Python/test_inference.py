@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from LeftAtriumSegLib.inference import predict_frame_probabilities
 from LeftAtriumSegLib.preprocessing import VIEW_AXES, from_view, to_view
+from torch import nn
 
 
 class CentreSliceLogits(nn.Module):
