@@ -98,11 +98,11 @@ def predict_frame_probabilities(
         )
     box = tuple(localiser_box[VIEW_AXES[views[0]].index(axis)] for axis in range(3))  # in (Z, Y, X)
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
+    share = 0.8 / len(views)  # of the progress, per view
     for index, view in enumerate(views):
         slice_range, rows, columns = (box[axis] for axis in VIEW_AXES[view])
         # Neighbouring slices outside the box still feed the network's input stack.
         volume = to_view(normalised, view)[:, rows, columns]
-        share = 0.8 / len(views)
         predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
                                    progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share))
         probabilities[box] += from_view(predicted, view)
