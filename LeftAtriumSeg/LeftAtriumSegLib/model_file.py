@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import ModelFileError
+from .io import atomic_output
 from .network import UNet2D
 from .preprocessing import VIEW_AXES, ModelFrame
 
@@ -64,14 +65,16 @@ class ModelConfig:
 
 
 def save_model(path: str | Path, networks: nn.ModuleDict, config: ModelConfig) -> None:
-    """Write the views' networks and config to ``path`` (written beside it first, then renamed)."""
+    """Write the views' networks and config to ``path`` (written beside it first, then renamed).
+
+    An existing file at ``path`` is replaced: training rewrites its checkpoints.
+    """
     path = Path(path)
     if list(networks) != list(config.views):
         raise ValueError(f"networks for {list(networks)} do not match the config's views {list(config.views)}")
-    partial = path.with_name(path.name + ".partial")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in networks.state_dict().items()}
-    save_file(state, str(partial), metadata={"format": FORMAT, "config": config.to_json()})
-    partial.replace(path)
+    with atomic_output(path, overwrite=True) as partial:
+        save_file(state, str(partial), metadata={"format": FORMAT, "config": config.to_json()})
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

@@ -1,6 +1,8 @@
 """Model files load without executing code and fail with one clear line."""
 
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -25,7 +27,10 @@ def test_save_and_load_round_trip(tmp_path):
         for view in config.views:
             torch.testing.assert_close(loaded[view](x), networks[view](x))
         assert not torch.allclose(loaded["sagittal"](x), loaded["axial"](x))  # each view has its own weights
-    assert not list(tmp_path.glob("*.partial"))
+    assert sorted(tmp_path.iterdir()) == [path]  # no temporary file left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable by others, as any file the user writes
 
 
 def test_networks_must_match_the_views(tmp_path):
