@@ -6,4 +6,4 @@ intensity normalisation), ``network`` (2.5D U-Net), ``model_file`` (safetensors 
 ``measurements`` (volume, BSA, LAVI), ``metrics`` (Dice, HD95, ASSD), ``training`` and ``cli``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

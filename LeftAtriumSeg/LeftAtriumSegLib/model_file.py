@@ -34,7 +34,7 @@ class ModelConfig:
     frame: ModelFrame = field(default_factory=ModelFrame)
     # One network per slicing direction (keys of VIEW_AXES); their probabilities are averaged.
     # The first view also localises the atrium.
-    views: tuple[str, ...] = ("axial", "coronal")
+    views: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
     def __post_init__(self) -> None:
         unknown = [view for view in self.views if view not in VIEW_AXES]
