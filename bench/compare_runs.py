@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
+from LeftAtriumSegLib.evaluation import files_by_case
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 
@@ -38,15 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     runs = dict(args.runs)
     columns = [*runs, "mean of maps"]
-    cases = sorted(path.name.split(".")[0] for path in (next(iter(runs.values())) / "probabilities").glob("*.nii.gz"))
+    maps_by_run = [files_by_case(folder / "probabilities") for folder in runs.values()]
+    labels = files_by_case(args.data_dir / "labelsTr")
+    cases = list(maps_by_run[0])
 
     dice = np.empty((len(cases), len(columns)))
     volume_error_ml = np.empty((len(cases), len(columns)))  # signed: prediction - reference
     for row, case in enumerate(cases):
-        label = sitk.ReadImage(str(args.data_dir / "labelsTr" / f"{case}.nii.gz"))
+        label = sitk.ReadImage(str(labels[case]))
         reference = sitk.GetArrayViewFromImage(label) > 0
-        maps = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "probabilities" / f"{case}.nii.gz")))
-                for folder in runs.values()]
+        maps = [sitk.GetArrayFromImage(sitk.ReadImage(str(run_maps[case]))) for run_maps in maps_by_run]
         for column, probability in enumerate([*maps, np.mean(maps, axis=0)]):
             mask = clean_mask(probability, label.GetSpacing(), CleanupSettings())
             metrics = segmentation_metrics(mask, reference, label.GetSpacing())
