@@ -3,7 +3,8 @@
     .venv/bin/python bench/compare_runs.py DATA_DIR NAME=RUN_DIR [NAME=RUN_DIR ...]
 
 Each RUN_DIR holds ``probabilities/CASE.nii.gz``, as ``leftatriumseg train --folds K`` and
-``bench/cross_validation.py`` write them; DATA_DIR is the Decathlon folder with ``labelsTr/``.
+``bench/cross_validation.py`` write them; DATA_DIR is the Decathlon folder with ``labelsTr/``
+(runs trained on several data sets are scored on DATA_DIR's cases only).
 Prints, per case, the Dice and the signed volume error (prediction minus reference, mL) of
 each run's maps and of the mean of all runs' maps, cleaned up with the defaults; then how often
 the runs agree on the sign of a case's volume error, and how their signed errors correlate.
@@ -40,7 +41,7 @@ def main() -> None:
     columns = [*runs, "mean of maps"]
     maps_by_run = [files_by_case(folder / "probabilities") for folder in runs.values()]
     labels = files_by_case(args.data_dir / "labelsTr")
-    cases = list(maps_by_run[0])
+    cases = sorted(labels.keys() & maps_by_run[0].keys())  # a run over several data sets: this set's cases
 
     dice = np.empty((len(cases), len(columns)))
     volume_error_ml = np.empty((len(cases), len(columns)))  # signed: prediction - reference

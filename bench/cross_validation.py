@@ -4,9 +4,10 @@
 
 RUN_DIR is the output of ``leftatriumseg train --folds K``: its ``training.json`` says which
 cases each fold held out, ``fold_K/model.safetensors`` is that fold's model. Every held-out
-case is segmented by its own fold's model through ``predict_probability_map`` (as
+case of DATA_DIR is segmented by its own fold's model through ``predict_probability_map`` (as
 ``segment`` does); the probability maps go to RUN_DIR/probabilities, the per-case metrics
-with the default cleanup and the cleanup ablation are printed as Markdown.
+with the default cleanup and the cleanup ablation are printed as Markdown. A run trained on
+several data sets is scored one set at a time: run this once per DATA_DIR.
 """
 
 from __future__ import annotations

@@ -18,20 +18,26 @@ METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
 
 
 def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, sitk.Image, sitk.Image, tuple]]:
-    """Every case a cross-validation run held out, with the model of the fold that never saw it.
+    """Every case of ``data_dir`` a cross-validation run held out, with the model of the fold that never saw it.
 
-    ``run_dir`` is the output of ``train --folds K``; ``data_dir`` the Decathlon folder it used.
+    ``run_dir`` is the output of ``train --folds K``; ``data_dir`` one of the Decathlon folders it
+    used (a run trained on several is scored one folder at a time).
     Yields ``(fold, case, image, label, (networks, config))``; each fold's model is loaded once.
     """
     from .model_file import load_model  # noqa: PLC0415 - torch only where a model is needed
 
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
-    for index, fold in enumerate(training["folds"]):
-        model = load_model(run_dir / f"fold_{index}" / "model.safetensors")
-        for case in fold["validation"]:
-            image = sitk.ReadImage(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
-            label = sitk.ReadImage(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
-            yield index, case, image, label, model
+    held_out = [(index, case) for index, fold in enumerate(training["folds"]) for case in fold["validation"]
+                if (data_dir / "labelsTr" / f"{case}.nii.gz").is_file()]
+    if not held_out:
+        raise ValueError(f"{data_dir}: holds none of the cases that {run_dir} held out")
+    model_fold = None
+    for index, case in held_out:
+        if index != model_fold:
+            model, model_fold = load_model(run_dir / f"fold_{index}" / "model.safetensors"), index
+        image = sitk.ReadImage(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
+        label = sitk.ReadImage(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
+        yield index, case, image, label, model
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:
@@ -80,12 +86,15 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
     """Mean metrics over cases for each cleanup variant, from stored probability maps.
 
     ``probabilities`` holds float probability maps on each label's grid, as cross-validation
-    writes them, so every variant is scored on the same held-out predictions.
+    writes them, so every variant is scored on the same held-out predictions. Only cases with a
+    label in ``labels`` are scored: a run over several data sets is scored one set at a time.
     """
-    reference = files_by_case(labels)
+    reference, maps = files_by_case(labels), files_by_case(probabilities)
+    if not reference.keys() & maps.keys():
+        raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
     cases = []
-    for case, path in files_by_case(probabilities).items():
-        label = sitk.ReadImage(str(reference[case]))
+    for case in sorted(reference.keys() & maps.keys()):
+        path, label = maps[case], sitk.ReadImage(str(reference[case]))
         cases.append((sitk.GetArrayFromImage(sitk.ReadImage(str(path))), sitk.GetArrayViewFromImage(label) > 0,
                       label.GetSpacing()))
     results = []

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation
+
+
+def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_mm)
+    sitk.WriteImage(image, str(path))
+
+
+def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path):
+    """A run over two data sets holds maps of both; each set's labels select its own cases."""
+    probabilities, labels = tmp_path / "probabilities", tmp_path / "labelsTr"
+    probabilities.mkdir(), labels.mkdir()
+    reference = np.zeros((20, 20, 20), np.uint8)
+    reference[5:15, 5:15, 5:15] = 1
+    half = np.zeros((20, 20, 20), np.float32)
+    half[5:15, 5:15, 5:10] = 0.9  # half of the reference box: Dice 2/3
+    _write(half, probabilities / "set_a_case.nii.gz")
+    _write(np.ones((20, 20, 20), np.float32), probabilities / "set_b_case.nii.gz")  # Dice 0.25 if scored
+    _write(reference, labels / "set_a_case.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+
+    [defaults] = cleanup_ablation(probabilities, labels, ablation_variants()[:1])
+
+    assert defaults["dice"] == pytest.approx(2 / 3)
+    assert defaults["abs_volume_error_ml"] == pytest.approx(10 * 10 * 5 * 2.0 / 1000)
+
+
+def test_ablation_without_a_single_labelled_map_names_the_folders(tmp_path):
+    probabilities, labels = tmp_path / "probabilities", tmp_path / "labelsTr"
+    probabilities.mkdir(), labels.mkdir()
+    _write(np.zeros((8, 8, 8), np.float32), probabilities / "a.nii.gz")
+    _write(np.zeros((8, 8, 8), np.uint8), labels / "b.nii.gz")
+    with pytest.raises(ValueError, match="no probability map has a label"):
+        cleanup_ablation(probabilities, labels, ablation_variants()[:1])
