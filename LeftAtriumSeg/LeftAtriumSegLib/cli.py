@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -261,6 +262,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
+    from .model_card import write_model_card  # noqa: PLC0415
     from .model_file import ModelConfig  # noqa: PLC0415
     from .training import TrainingSettings, train_model  # noqa: PLC0415
 
@@ -271,8 +273,10 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
-    summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet)
+    summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
+                          command=shlex.join(["leftatriumseg", *args.argv]))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
+    print(f"model card: {write_model_card(args.output_dir)}")
     return 0
 
 
@@ -360,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # as typed, for the model card of a training run
     if getattr(args, "model", "") is None:
         from .pipeline import DEFAULT_MODEL_PATH  # noqa: PLC0415
 

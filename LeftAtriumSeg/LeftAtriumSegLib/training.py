@@ -250,13 +250,15 @@ def train_model(
     settings: TrainingSettings,
     folds: int = 0,
     show_progress: bool = True,
+    command: str = "",
 ) -> dict:
     """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
 
     Cross-validation writes, per fold, ``fold_K/model.safetensors`` and the held-out cases'
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
     and the cleanup ablation. Training on every case writes ``model.safetensors``.
-    Returns a summary (cases, folds, wall times per view) that is also written as ``training.json``.
+    Returns a summary (cases, folds, wall times per view, ``command`` as given) that is also
+    written as ``training.json``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +266,7 @@ def train_model(
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config) for case in tqdm(cases, desc="preparing", disable=not show_progress)}
     summary: dict = {
+        "command": command,
         "data_folders": [str(folder) for folder in data_folders],
         "cases": [case.case_id for case in cases],
         "settings": settings.__dict__,

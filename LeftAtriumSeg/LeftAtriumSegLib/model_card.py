@@ -1,0 +1,126 @@
+"""The model card that ``leftatriumseg train`` writes beside its model: data, licences, split,
+settings, command, wall times, parameter count and, for a cross-validation run, the held-out
+metrics per data set.
+
+Everything is read back from the run folder (``training.json``, the model file, the held-out
+probability maps) and from the data folders it names, so a card can be rewritten for any run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .evaluation import files_by_case
+from .io import atomic_output
+from .metrics import segmentation_metrics
+from .postprocessing import CleanupSettings, clean_mask
+
+CARD_NAME = "MODEL_CARD.md"
+
+
+def held_out_metrics(run_dir: Path, data_folder: Path, settings: CleanupSettings) -> list[dict]:
+    """Per-case metrics of the held-out probability maps of ``data_folder``'s cases, cleaned with ``settings``."""
+    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
+    fold_of = {case: index for index, fold in enumerate(training["folds"]) for case in fold["validation"]}
+    maps, labels = files_by_case(run_dir / "probabilities"), files_by_case(data_folder / "labelsTr")
+    rows = []
+    for case in sorted(maps.keys() & labels.keys() & fold_of.keys()):
+        label = sitk.ReadImage(str(labels[case]))
+        probability_map = sitk.ReadImage(str(maps[case]))
+        mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), label.GetSpacing(), settings)
+        rows.append({"case": case, "fold": fold_of[case],
+                     **segmentation_metrics(mask, sitk.GetArrayViewFromImage(label) > 0, label.GetSpacing())})
+    return rows
+
+
+def _dataset_lines(training: dict) -> list[str]:
+    lines = ["| folder | data set | cases | licence | reference |", "|---|---|---|---|---|"]
+    for folder in map(Path, training["data_folders"]):
+        listing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        lines.append(f"| `{folder.name}` | {listing.get('description', listing.get('name', ''))} "
+                     f"| {len(listing['training'])} | {listing.get('licence', 'not stated in dataset.json')} "
+                     f"| {listing.get('reference', '')} |")
+    return lines
+
+
+def _metrics_lines(rows: list[dict]) -> list[str]:
+    lines = ["| case | fold | Dice | HD95 mm | ASSD mm | reference mL | predicted mL | abs. volume error mL |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['fold']} | {r['dice']:.3f} | {r['hd95_mm']:.2f} | {r['assd_mm']:.2f} "
+              f"| {r['reference_ml']:.1f} | {r['predicted_ml']:.1f} | {r['abs_volume_error_ml']:.2f} |" for r in rows]
+    mean = {key: float(np.nanmean([r[key] for r in rows]))
+            for key in ("dice", "hd95_mm", "assd_mm", "reference_ml", "predicted_ml", "abs_volume_error_ml")}
+    lines.append(f"| **mean** | | **{mean['dice']:.3f}** | **{mean['hd95_mm']:.2f}** | **{mean['assd_mm']:.2f}** "
+                 f"| {mean['reference_ml']:.1f} | {mean['predicted_ml']:.1f} | **{mean['abs_volume_error_ml']:.2f}** |")
+    lines.append(f"\nMinimum Dice {min(r['dice'] for r in rows):.3f} ({len(rows)} cases).")
+    return lines
+
+
+def model_card(run_dir: Path) -> str:
+    """The Markdown card of the training run in ``run_dir``."""
+    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
+    config, settings = training["config"], training["settings"]
+    cleanup = CleanupSettings()
+    model_file = run_dir / "model.safetensors"
+    if "folds" in training:
+        what = (f"Cross-validation run, {len(training['folds'])} folds by case (identical images in one fold): "
+                "each fold's model is `fold_K/model.safetensors`.")
+    else:
+        digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+        what = f"Model file `{model_file.name}`, trained on every case listed below; SHA-256 `{digest}`."
+    lines = [
+        f"# Model card: {config['name']} {config['version']}",
+        "",
+        f"Written by `leftatriumseg train` on {datetime.date.today().isoformat()}. {what}",
+        "",
+        "## Model",
+        f"- Views {', '.join(config['views'])}: one 2.5D U-Net each (`LeftAtriumSegLib/network.py`), "
+        f"{config['slices']} neighbouring slices in, the centre slice's logits out, levels of "
+        f"{tuple(config['features'])} channels; **{training['parameters']:,} parameters** in all. "
+        "The views' probabilities are averaged; the first view localises the atrium.",
+        f"- Expected input: a 3D scalar MRI; it is reoriented to **{config['frame']['orientation']}** and resampled "
+        f"to **{' x '.join(str(s) for s in config['frame']['spacing_mm'])} mm**, clipped to its 0.5-99.5th "
+        "percentiles and z-scored; the probability map goes back onto the input's grid.",
+        f"- Cleanup defaults: threshold {cleanup.threshold}, largest component "
+        f"{'kept' if cleanup.keep_largest_component else 'not selected'} (plus components within "
+        f"{cleanup.component_gap_mm} mm), holes {'filled' if cleanup.fill_holes else 'kept'}, "
+        f"closing {cleanup.closing_radius_mm} mm.",
+        "",
+        "## Training data",
+        *_dataset_lines(training),
+        "",
+        "Respect each data set's licence and cite its reference when you use or share this model.",
+        "",
+        "## Training",
+        f"- Command: `{training.get('command', 'not recorded')}`",
+        "- Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()),
+        f"- torch threads {training['torch_threads']}; data preparation {training['preparation_seconds']} s; "
+        f"total wall time **{training.get('total_seconds', 'unfinished')} s**.",
+    ]
+    if "folds" in training:
+        for index, fold in enumerate(training["folds"]):
+            times = ", ".join(f"{view} {seconds} s" for view, seconds in fold["training_seconds"].items())
+            lines.append(f"- Fold {index}: held out {', '.join(fold['validation'])}; training {times}.")
+        lines += ["", "## Cross-validation (held-out cases, default cleanup)"]
+        for folder in map(Path, training["data_folders"]):
+            rows = held_out_metrics(run_dir, folder, cleanup)
+            lines += ["", f"### `{folder.name}`", "", *_metrics_lines(rows)]
+    else:
+        times = ", ".join(f"{view} {seconds} s" for view, seconds in training["training_seconds"].items())
+        lines.append(f"- Training per view: {times}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """Write ``run_dir/MODEL_CARD.md`` (replacing the run's previous card) and return its path."""
+    path = Path(run_dir) / CARD_NAME
+    text = model_card(Path(run_dir))
+    with atomic_output(path, overwrite=True) as partial:
+        partial.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,67 @@
+"""The card that ``train`` writes: its metrics are the held-out maps' own, its facts the run's."""
+
+import hashlib
+import json
+
+import numpy as np
+import SimpleITK as sitk
+from test_training import _write_dataset
+
+from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.model_card import model_card
+
+
+def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_mm)
+    sitk.WriteImage(image, str(path))
+
+
+def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path):
+    run, first, second = tmp_path / "run", tmp_path / "first", tmp_path / "second"
+    for folder, licence in ((first, "CC-BY-SA 4.0"), (second, None)):
+        (folder / "labelsTr").mkdir(parents=True)
+        listing = {"description": f"{folder.name} set", "training": [{}]}
+        if licence:
+            listing["licence"] = licence
+        (folder / "dataset.json").write_text(json.dumps(listing))
+    (run / "probabilities").mkdir(parents=True)
+    reference = np.zeros((20, 20, 20), np.uint8)
+    reference[5:15, 5:15, 5:15] = 1
+    half = np.zeros((20, 20, 20), np.float32)
+    half[5:15, 5:15, 5:10] = 0.9  # Dice 2/3, 1.0 mL missing at 2 mm slices
+    _write(reference, first / "labelsTr" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+    _write(half, run / "probabilities" / "a.nii.gz")
+    _write(reference, second / "labelsTr" / "b.nii.gz")
+    _write(reference.astype(np.float32), run / "probabilities" / "b.nii.gz")  # perfect
+    (run / "training.json").write_text(json.dumps({
+        "command": "leftatriumseg train --folds 2", "data_folders": [str(first), str(second)],
+        "settings": {"iterations": 7}, "parameters": 1234,
+        "config": {"name": "Test", "version": "9", "slices": 5, "features": [4, 8], "views": ["axial"],
+                   "frame": {"orientation": "LPS", "spacing_mm": [1.25, 1.25, 1.25]}},
+        "torch_threads": 2, "preparation_seconds": 1.0, "total_seconds": 5.0,
+        "folds": [{"validation": ["a"], "training_seconds": {"axial": 2.0}},
+                  {"validation": ["b"], "training_seconds": {"axial": 2.0}}]}))
+
+    card = model_card(run)
+
+    first_table, second_table = card.split("### `first`")[1].split("### `second`")
+    assert "| a | 0 | 0.667 |" in first_table and "| b |" not in first_table
+    assert "| **mean** | | **0.667** |" in first_table and "| **1.00** |" in first_table  # volume error 1.00 mL
+    assert "| b | 1 | 1.000 |" in second_table and "| a |" not in second_table
+    assert "| `first` | first set | 1 | CC-BY-SA 4.0 |" in card
+    assert "| `second` | second set | 1 | not stated in dataset.json |" in card
+    assert "`leftatriumseg train --folds 2`" in card and "**1,234 parameters**" in card
+
+
+def test_train_writes_the_model_and_its_card(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    output = tmp_path / "run"
+    arguments = ["train", "--data", str(tmp_path / "data"), "--output-dir", str(output), "--iterations", "1",
+                 "--views", "axial", "--model-version", "0.1", "--quiet"]
+    assert main(arguments) == 0
+    card = (output / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: LeftAtriumSeg 0.1")
+    assert hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() in card
+    assert " ".join(arguments) in card
+    assert "| `data` |" in card and "not stated in dataset.json" in card
