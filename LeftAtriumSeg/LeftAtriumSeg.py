@@ -43,7 +43,8 @@ class LeftAtriumSeg(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = _(
             "The bundled model is trained on the Medical Segmentation Decathlon Task02_Heart data "
-            "(King's College London, CC-BY-SA 4.0)."
+            "(King's College London, CC-BY-SA 4.0) and on 30 LGE-MRIs of the 2018 Atrial Segmentation "
+            "Challenge (Xiong et al., Medical Image Analysis 67, 2021)."
         )
         slicer.app.connect("startupCompleted()", registerSampleData)
 

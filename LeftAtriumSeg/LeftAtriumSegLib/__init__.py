@@ -3,7 +3,8 @@
 Stages (one module each): ``io`` (read, validate, write), ``preprocessing`` (model frame,
 intensity normalisation), ``network`` (2.5D U-Net), ``model_file`` (safetensors model files),
 ``inference`` (probability map on the input grid), ``postprocessing`` (mask cleanup),
-``measurements`` (volume, BSA, LAVI), ``metrics`` (Dice, HD95, ASSD), ``training`` and ``cli``.
+``measurements`` (volume, BSA, LAVI), ``metrics`` (Dice, HD95, ASSD), ``evaluation``,
+``training``, ``model_card`` and ``cli``.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
