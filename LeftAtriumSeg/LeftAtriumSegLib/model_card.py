@@ -24,10 +24,9 @@ from .postprocessing import CleanupSettings, clean_mask
 CARD_NAME = "MODEL_CARD.md"
 
 
-def held_out_metrics(run_dir: Path, data_folder: Path, settings: CleanupSettings) -> list[dict]:
-    """Per-case metrics of the held-out probability maps of ``data_folder``'s cases, cleaned with ``settings``."""
-    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
-    fold_of = {case: index for index, fold in enumerate(training["folds"]) for case in fold["validation"]}
+def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], settings: CleanupSettings) -> list[dict]:
+    """Per-case metrics of the held-out probability maps of ``data_folder``'s cases, cleaned with
+    ``settings``; ``fold_of`` maps each held-out case to its fold."""
     maps, labels = files_by_case(run_dir / "probabilities"), files_by_case(data_folder / "labelsTr")
     rows = []
     for case in sorted(maps.keys() & labels.keys() & fold_of.keys()):
@@ -67,13 +66,12 @@ def model_card(run_dir: Path) -> str:
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
     config, settings = training["config"], training["settings"]
     cleanup = CleanupSettings()
-    model_file = run_dir / "model.safetensors"
     if "folds" in training:
         what = (f"Cross-validation run, {len(training['folds'])} folds by case (identical images in one fold): "
                 "each fold's model is `fold_K/model.safetensors`.")
     else:
-        digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
-        what = f"Model file `{model_file.name}`, trained on every case listed below; SHA-256 `{digest}`."
+        digest = hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+        what = f"Model file `model.safetensors`, trained on every case listed below; SHA-256 `{digest}`."
     lines = [
         f"# Model card: {config['name']} {config['version']}",
         "",
@@ -108,8 +106,9 @@ def model_card(run_dir: Path) -> str:
             times = ", ".join(f"{view} {seconds} s" for view, seconds in fold["training_seconds"].items())
             lines.append(f"- Fold {index}: held out {', '.join(fold['validation'])}; training {times}.")
         lines += ["", "## Cross-validation (held-out cases, default cleanup)"]
+        fold_of = {case: index for index, fold in enumerate(training["folds"]) for case in fold["validation"]}
         for folder in map(Path, training["data_folders"]):
-            rows = held_out_metrics(run_dir, folder, cleanup)
+            rows = held_out_metrics(run_dir, folder, fold_of, cleanup)
             lines += ["", f"### `{folder.name}`", "", *_metrics_lines(rows)]
     else:
         times = ", ".join(f"{view} {seconds} s" for view, seconds in training["training_seconds"].items())

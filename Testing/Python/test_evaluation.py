@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation
 
 

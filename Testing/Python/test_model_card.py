@@ -4,17 +4,10 @@ import hashlib
 import json
 
 import numpy as np
-import SimpleITK as sitk
-from test_training import _write_dataset
-
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.model_card import model_card
-
-
-def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing_mm)
-    sitk.WriteImage(image, str(path))
+from test_evaluation import _write
+from test_training import _write_dataset
 
 
 def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path):
