@@ -82,25 +82,33 @@ def summarise(rows: list[dict]) -> dict:
                                 for key in rows[0] if key != "case"}}
 
 
+def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple]]:
+    """``(case, probability_map, reference_mask, spacing_mm)`` for every map with a label in ``labels``.
+
+    Arrays are ``(Z, Y, X)`` on the label's grid; a run over several data sets thus yields one
+    set's cases at a time.
+    """
+    reference, maps = files_by_case(labels), files_by_case(probabilities)
+    if not reference.keys() & maps.keys():
+        raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
+    for case in sorted(reference.keys() & maps.keys()):
+        label = sitk.ReadImage(str(reference[case]))
+        yield (case, sitk.GetArrayFromImage(sitk.ReadImage(str(maps[case]))), sitk.GetArrayFromImage(label) > 0,
+               label.GetSpacing())
+
+
 def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]]) -> list[dict]:
     """Mean metrics over cases for each cleanup variant, from stored probability maps.
 
     ``probabilities`` holds float probability maps on each label's grid, as cross-validation
     writes them, so every variant is scored on the same held-out predictions. Only cases with a
-    label in ``labels`` are scored: a run over several data sets is scored one set at a time.
+    label in ``labels`` are scored (``labelled_probability_maps``).
     """
-    reference, maps = files_by_case(labels), files_by_case(probabilities)
-    if not reference.keys() & maps.keys():
-        raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
-    cases = []
-    for case in sorted(reference.keys() & maps.keys()):
-        path, label = maps[case], sitk.ReadImage(str(reference[case]))
-        cases.append((sitk.GetArrayFromImage(sitk.ReadImage(str(path))), sitk.GetArrayViewFromImage(label) > 0,
-                      label.GetSpacing()))
+    cases = list(labelled_probability_maps(probabilities, labels))
     results = []
     for name, settings in variants:
         rows = [segmentation_metrics(clean_mask(probability, spacing, settings), label, spacing)
-                for probability, label, spacing in cases]
+                for _, probability, label, spacing in cases]
         results.append({"variant": name, **{key: float(np.nanmean([r[key] for r in rows])) for key in METRIC_COLUMNS},
                         "min_dice": float(min(r["dice"] for r in rows)), **asdict(settings)})
     return results

@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from .evaluation import files_by_case
+from .evaluation import labelled_probability_maps
 from .io import atomic_output
 from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
@@ -27,15 +26,10 @@ CARD_NAME = "MODEL_CARD.md"
 def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], settings: CleanupSettings) -> list[dict]:
     """Per-case metrics of the held-out probability maps of ``data_folder``'s cases, cleaned with
     ``settings``; ``fold_of`` maps each held-out case to its fold."""
-    maps, labels = files_by_case(run_dir / "probabilities"), files_by_case(data_folder / "labelsTr")
-    rows = []
-    for case in sorted(maps.keys() & labels.keys() & fold_of.keys()):
-        label = sitk.ReadImage(str(labels[case]))
-        probability_map = sitk.ReadImage(str(maps[case]))
-        mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), label.GetSpacing(), settings)
-        rows.append({"case": case, "fold": fold_of[case],
-                     **segmentation_metrics(mask, sitk.GetArrayViewFromImage(label) > 0, label.GetSpacing())})
-    return rows
+    return [{"case": case, "fold": fold_of[case],
+             **segmentation_metrics(clean_mask(probability_map, spacing_mm, settings), reference, spacing_mm)}
+            for case, probability_map, reference, spacing_mm
+            in labelled_probability_maps(run_dir / "probabilities", data_folder / "labelsTr") if case in fold_of]
 
 
 def _dataset_lines(training: dict) -> list[str]:
