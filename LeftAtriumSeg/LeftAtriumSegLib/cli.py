@@ -264,17 +264,19 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .model_card import write_model_card  # noqa: PLC0415
     from .model_file import ModelConfig  # noqa: PLC0415
+    from .pipeline import resolve_device  # noqa: PLC0415
     from .training import TrainingSettings, train_model  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
     # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
-    given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset}
+    given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset,
+             "random_orientation": args.random_orientation or None}
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
-                          command=shlex.join(["leftatriumseg", *args.argv]))
+                          command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     print(f"model card: {write_model_card(args.output_dir)}")
     return 0
@@ -348,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings.max_gain_change)")
     train.add_argument("--max-offset", type=float,
                        help="intensity offset jitter in z-score units (default: TrainingSettings.max_offset)")
+    train.add_argument("--random-orientation", action="store_true",
+                       help="train on every axis order and flip of the model frame (TrainingSettings.random_orientation)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
     train.add_argument("--quiet", action="store_true")

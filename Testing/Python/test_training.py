@@ -11,7 +11,7 @@ from conftest import ellipsoid_phantom
 from LeftAtriumSegLib.model_file import ModelConfig
 from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
-    TrainingSettings, make_folds, prepare_case, read_decathlon_cases, train_network,
+    TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_network,
 )
 
 
@@ -67,3 +67,28 @@ def test_training_is_reproducible_with_a_fixed_seed(tmp_path):
     first = weights(0)
     assert torch.equal(first, weights(0))
     assert not torch.equal(first, weights(1))
+
+
+def test_random_flips_give_all_sixteen_variants_and_keep_label_on_centre_slice():
+    rng = np.random.default_rng(0)
+    stack = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)  # no symmetry: every variant differs
+    seen = set()
+    for _ in range(400):
+        image, label = _random_flips(stack, stack[1].copy(), rng)
+        assert np.array_equal(image[1], label)
+        seen.add(image.tobytes())
+    assert len(seen) == 16  # 2 stack orders x 2 x 2 flips x 2 transposes
+
+
+def test_random_orientation_crops_keep_image_and_label_aligned(tmp_path):
+    _write_dataset(tmp_path, 1)
+    config = ModelConfig(slices=3, features=(4, 8))
+    case = prepare_case(read_decathlon_cases(tmp_path)[0], config)
+    case.image = case.label.astype(np.float32)  # the image is its own label
+    settings = TrainingSettings(batch_size=64, crop_size=16, random_orientation=True, max_rotation_deg=0.0,
+                                max_scaling=0.0, max_gain_change=0.0, max_offset=0.0)
+    slicings = [[case.in_view(view) for view in ("axial", "coronal", "sagittal")]]
+    images, labels = sample_batch(slicings, config, settings, np.random.default_rng(0))
+    assert images.shape == (64, 3, 16, 16) and labels.shape == (64, 1, 16, 16)
+    assert labels.sum() > 0
+    assert torch.equal((images[:, 1:2] >= 0.5).float(), labels)
