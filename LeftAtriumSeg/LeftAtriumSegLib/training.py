@@ -58,7 +58,7 @@ class PreparedCase:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    iterations: int = 2400
+    iterations: int = 4800
     batch_size: int = 16
     crop_size: int = 96
     learning_rate: float = 2e-3
@@ -76,6 +76,9 @@ class TrainingSettings:
     # call sagittal slices axial), and a network that saw one order misses the others. Off:
     # at 2,400 iterations it cut cross-validated Dice from 0.920 to 0.776 (model card).
     random_orientation: bool = False
+    # Forward pass in bfloat16 where autocast allows (convolutions): 0.21 instead of 0.35 s per
+    # step on this project's 2-core CPU (AVX512-BF16), so that 4,800 iterations fit the hour.
+    bfloat16: bool = True
     seed: int = 0
     checkpoint_every: int = 500
 
@@ -244,7 +247,9 @@ def train_network(
             group["lr"] = learning_rate_at(iteration, settings)
         images, labels = sample_batch(slicings, config, settings, rng)
         images = images.to(device, memory_format=torch.channels_last)
-        loss = dice_bce_loss(network(images), labels.to(device))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=settings.bfloat16):
+            logits = network(images)
+        loss = dice_bce_loss(logits.float(), labels.to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
