@@ -1,0 +1,229 @@
+"""Cross-validate training variants on a GPU machine that has torch but no SimpleITK.
+
+Run from the repository root on that machine, after ``export.py`` here (see README.md):
+
+    LAS_VARIANTS=v5_bf16_4800 python3 bench/gpu_cv/cv_gpu.py
+
+Reads the prepared cases from ``.gpu/data_*`` (or ``/root/lasdata_a``), trains every
+(variant, fold, view) network in parallel processes on the GPU, predicts each fold's held-out
+cases in the model frame, scores them there (also with each volume turned into 3 random other
+axis orders and flips), and writes to ``$OUT`` the scores (``gpu_cv.json``) and the held-out
+probability maps (``VARIANT_probabilities.npz``, uint8, model frame) that ``import_maps.py``
+puts back on each case's grid for scoring with the shipped code.
+"""
+import concurrent.futures as cf
+import json
+import lzma
+import os
+import sys
+import time
+import types
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+stub = types.ModuleType("SimpleITK")  # not installed there; only the numpy paths run
+
+
+def _stub_attribute(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return 0  # e.g. sitk.sitkLinear as a default argument
+
+
+stub.__getattr__ = _stub_attribute
+sys.modules["SimpleITK"] = stub
+for _name in ("slicerio", "nrrd", "pydicom"):
+    try:
+        __import__(_name)
+    except ImportError:
+        sys.modules[_name] = stub
+sys.path.insert(0, "LeftAtriumSeg")
+
+START = time.time()
+SHM = Path(os.environ.get("LAS_SHM", "/dev/shm/lasdata"))
+RESULTS = Path(os.environ.get("LAS_RESULTS", "/root/lasresults"))
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+TRAIN_DEADLINE_S = float(os.environ.get("LAS_TRAIN_DEADLINE", "390"))
+VIEWS = ("axial", "coronal", "sagittal")
+SMOKE = os.environ.get("LAS_SMOKE") == "1"
+
+
+def variants():
+    from LeftAtriumSegLib.training import TrainingSettings
+    base = TrainingSettings(iterations=2400, bfloat16=False)  # 1.4's settings
+    found = {
+        "v0_baseline": base,
+        "v1_orient": replace(base, random_orientation=True),
+        "v3_orient_4800": replace(base, random_orientation=True, iterations=4800),
+        "v4_base_4800": replace(base, iterations=4800),
+        "v5_bf16_4800": replace(base, iterations=4800, bfloat16=True),
+    }
+    if os.environ.get("LAS_VARIANTS"):
+        found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
+    if SMOKE:
+        found = {name: replace(s, iterations=3, batch_size=2) for name, s in list(found.items())[:2]}
+    return found
+
+
+def unpack(data_dirs):
+    SHM.mkdir(parents=True, exist_ok=True)
+    paths = {p.name: p for d in data_dirs for p in Path(d).glob("*.xz")}
+    with cf.ThreadPoolExecutor(16) as threads:
+        list(threads.map(unpack_one, paths.values()))
+
+
+def unpack_one(path):
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:4], "little")
+        header = json.loads(raw[4:4 + size])
+        flat = np.frombuffer(lzma.decompress(raw[4 + size:]), dtype=np.uint8)
+        count = int(np.prod(header["shape"]))
+        image = (header["lo"] + flat[:count].astype(np.float32) / 255 * (header["hi"] - header["lo"])).reshape(header["shape"])
+        np.save(SHM / f"{header['case']}_image.npy", image)
+        np.save(SHM / f"{header['case']}_label.npy", flat[count:].reshape(header["shape"]))
+
+
+def load_cases(case_ids):
+    from LeftAtriumSegLib.training import PreparedCase
+    return [PreparedCase(c, np.load(SHM / f"{c}_image.npy", mmap_mode="r"), np.load(SHM / f"{c}_label.npy"))
+            for c in case_ids]
+
+
+def train_job(variant, fold, view, train_ids, settings):
+    import torch
+    from LeftAtriumSegLib.model_file import ModelConfig
+    from LeftAtriumSegLib.training import train_network
+    from safetensors.torch import save_file
+    torch.set_num_threads(1)
+    start = time.time()
+    network = train_network(load_cases(train_ids), ModelConfig(), settings, view, show_progress=False,
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+    path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(path))
+    return variant, fold, view, round(time.time() - start, 1)
+
+
+def orientations(rng, count):
+    """``count`` random (permutation, flips) pairs other than the identity."""
+    perms = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    chosen = []
+    while len(chosen) < count:
+        perm, flips = perms[rng.integers(6)], tuple(bool(b) for b in rng.random(3) < 0.5)
+        if (perm, flips) != ((0, 1, 2), (False, False, False)) and (perm, flips) not in chosen:
+            chosen.append((perm, flips))
+    return chosen
+
+
+def eval_job(variant, fold, held_out_ids):
+    import torch
+    from LeftAtriumSegLib.inference import predict_frame_probabilities
+    from LeftAtriumSegLib.metrics import segmentation_metrics
+    from LeftAtriumSegLib.model_file import ModelConfig
+    from LeftAtriumSegLib.network import fold_batch_norms
+    from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
+    from safetensors.torch import load_file
+    torch.set_num_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = ModelConfig()
+    networks = {}
+    for view in VIEWS:
+        network = config.build_network()
+        network.load_state_dict(load_file(str(RESULTS / variant / f"fold{fold}_{view}.safetensors")))
+        networks[view] = fold_batch_norms(network).to(device, memory_format=torch.channels_last).eval()
+    spacing, cleanup = (1.25, 1.25, 1.25), CleanupSettings()
+    rows, maps = [], {}
+    for case in load_cases(held_out_ids):
+        image = np.array(case.image)
+        probability = predict_frame_probabilities(networks, image, config.slices)
+        maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
+        scores = segmentation_metrics(clean_mask(probability, spacing, cleanup), case.label.astype(bool), spacing)
+        row = {"variant": variant, "fold": fold, "case": case.case_id, **scores}
+        rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
+        probe = []
+        for perm, flips in orientations(rng, 3):
+            turned = np.ascontiguousarray(np.flip(image.transpose(perm), [a for a in range(3) if flips[a]]))
+            back = predict_frame_probabilities(networks, turned, config.slices)
+            back = np.flip(back, [a for a in range(3) if flips[a]]).transpose(np.argsort(perm))
+            probe.append(segmentation_metrics(clean_mask(np.ascontiguousarray(back), spacing, cleanup),
+                                              case.label.astype(bool), spacing)["dice"])
+        row["probe_dice"] = probe
+        rows.append(row)
+    return rows, maps
+
+
+def main():
+    folds = json.loads(Path(".gpu/folds.json").read_text())
+    all_ids = [c for fold in folds for c in fold]
+    unpack([d for d in (".gpu/data_a", ".gpu/data_b", "/root/lasdata_a") if Path(d).is_dir()])
+    print(f"unpacked {len(list(SHM.glob('*_image.npy')))} cases at {time.time() - START:.0f} s", flush=True)
+    settings = variants()
+    names = list(settings)
+    jobs = [(v, k, view, [c for c in all_ids if c not in folds[k]], settings[v])
+            for v in names for k in range(len(folds)) for view in VIEWS]
+    import multiprocessing as mp
+    pool = cf.ProcessPoolExecutor(max_workers=int(os.environ.get("LAS_WORKERS", "16")), mp_context=mp.get_context("spawn"))
+    futures = [pool.submit(train_job, *job) for job in jobs]
+    done = {v: 0 for v in names}
+    times = []
+    try:
+        for future in cf.as_completed(futures, timeout=None if SMOKE else max(1, TRAIN_DEADLINE_S - (time.time() - START))):
+            v, k, view, seconds = future.result()
+            done[v] += 1
+            times.append((v, k, view, seconds))
+            print(f"trained {v} fold {k} {view} in {seconds} s (at {time.time() - START:.0f} s)", flush=True)
+    except cf.TimeoutError:
+        print("training deadline reached", flush=True)
+    for process in list(pool._processes.values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    complete = [v for v in names if done[v] == len(folds) * 3]
+    print("complete variants:", complete, flush=True)
+    pool = cf.ProcessPoolExecutor(max_workers=12 if not SMOKE else 2, mp_context=mp.get_context("spawn"))
+    eval_futures = [pool.submit(eval_job, v, k, folds[k][:1] if SMOKE else folds[k])
+                    for v in complete for k in range(len(folds))]
+    rows, maps = [], {v: {} for v in complete}
+    for future in cf.as_completed(eval_futures):
+        r, m = future.result()
+        rows += r
+        maps[r[0]["variant"]].update(m)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "gpu_cv.json").write_text(json.dumps({"rows": rows, "train_seconds": times}, indent=1))
+    for v in complete:
+        np.savez_compressed(OUT / f"{v}_probabilities.npz", **maps[v])
+    msd = lambda c: c.startswith("la_")
+    for v in complete:
+        for name, keep in (("msd", msd), ("lge", lambda c: not msd(c))):
+            sel = [r for r in rows if r["variant"] == v and keep(r["case"])]
+            if not sel:
+                continue
+            dice = [r["dice"] for r in sel]
+            dv = [abs(r.get("volume_error_ml", r.get("abs_volume_error_ml", float("nan")))) for r in sel]
+            probe = [d for r in sel for d in r["probe_dice"]]
+            print(f"{v:16s} {name}: n={len(sel)} dice {np.mean(dice):.4f} min {np.min(dice):.4f} "
+                  f"|dV| {np.nanmean(dv):.2f} probe mean {np.mean(probe):.3f} min {np.min(probe):.3f}", flush=True)
+    print(f"total {time.time() - START:.0f} s", flush=True)
+    os._exit(0)  # leave unfinished training processes behind
+
+
+def speed_test():
+    """s/iteration of one network alone and of 16 trained at once, on data_a's cases."""
+    unpack([".gpu/data_a"])
+    ids = sorted(p.name[:-len("_image.npy")] for p in SHM.glob("*_image.npy"))
+    import multiprocessing as mp
+
+    from LeftAtriumSegLib.training import TrainingSettings
+    settings = TrainingSettings(iterations=200)
+    for workers in (1, 16):
+        start = time.time()
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            seconds = list(pool.map(train_job, ["speed"] * workers, [0] * workers, ["axial"] * workers, [ids] * workers,
+                                      [settings] * workers))
+        print(f"{workers} at once: {[s for *_, s in seconds]} s for 200 iterations; wall {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    speed_test() if os.environ.get("LAS_SPEED") == "1" else main()
