@@ -10,6 +10,12 @@ cases in the model frame, scores them there (also with each volume turned into 3
 axis orders and flips), and writes to ``$OUT`` the scores (``gpu_cv.json``) and the held-out
 probability maps (``VARIANT_probabilities.npz``, uint8, model frame) that ``import_maps.py``
 puts back on each case's grid for scoring with the shipped code.
+
+Environment: ``LAS_VARIANTS`` (comma-separated names from ``variants()``; default all),
+``LAS_TRAIN_DEADLINE`` (seconds after start when unfinished training is abandoned and only
+complete variants are scored; default 390, to fit a 10-minute call), ``LAS_WORKERS`` (parallel
+networks, default 16), ``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of
+the script), ``LAS_SPEED=1`` (seconds per 200 iterations, one network alone and 16 at once).
 """
 import concurrent.futures as cf
 import json
