@@ -271,7 +271,7 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
     given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset,
-             "random_orientation": args.random_orientation or None, "bfloat16": args.bfloat16}
+             "random_orientation": args.random_orientation, "bfloat16": args.bfloat16}
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
@@ -350,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings.max_gain_change)")
     train.add_argument("--max-offset", type=float,
                        help="intensity offset jitter in z-score units (default: TrainingSettings.max_offset)")
-    train.add_argument("--random-orientation", action="store_true",
-                       help="train on every axis order and flip of the model frame (TrainingSettings.random_orientation)")
+    train.add_argument("--random-orientation", action=argparse.BooleanOptionalAction, default=None,
+                       help="train on every axis order and flip of the model frame "
+                            "(default: TrainingSettings.random_orientation, off)")
     train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,
                        help="forward pass in bfloat16 (default: TrainingSettings.bfloat16, on)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -51,10 +51,11 @@ def test_train_writes_the_model_and_its_card(tmp_path):
     _write_dataset(tmp_path / "data", 2)
     output = tmp_path / "run"
     arguments = ["train", "--data", str(tmp_path / "data"), "--output-dir", str(output), "--iterations", "1",
-                 "--views", "axial", "--model-version", "0.1", "--random-orientation", "--device", "cpu", "--quiet"]
+                 "--views", "axial", "--model-version", "0.1", "--random-orientation", "--no-bfloat16", "--device", "cpu", "--quiet"]
     assert main(arguments) == 0
     training = json.loads((output / "training.json").read_text())
-    assert training["settings"]["random_orientation"] is True and training["device"] == "cpu"
+    assert training["settings"]["random_orientation"] is True and training["settings"]["bfloat16"] is False
+    assert training["device"] == "cpu"
     card = (output / "MODEL_CARD.md").read_text()
     assert card.startswith("# Model card: LeftAtriumSeg 0.1")
     assert hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() in card
