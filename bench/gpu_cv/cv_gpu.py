@@ -100,16 +100,16 @@ def load_cases(case_ids):
 
 def train_job(variant, fold, view, train_ids, settings):
     import torch
-    from LeftAtriumSegLib.model_file import ModelConfig
+    from LeftAtriumSegLib.model_file import ModelConfig, save_model
     from LeftAtriumSegLib.training import train_network
-    from safetensors.torch import save_file
+    from torch import nn
     torch.set_num_threads(1)
     start = time.time()
     network = train_network(load_cases(train_ids), ModelConfig(), settings, view, show_progress=False,
                             device="cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(path))
+    save_model(path, nn.ModuleDict({view: network}), ModelConfig(views=(view,)))
     return variant, fold, view, round(time.time() - start, 1)
 
 
@@ -128,18 +128,13 @@ def eval_job(variant, fold, held_out_ids):
     import torch
     from LeftAtriumSegLib.inference import predict_frame_probabilities
     from LeftAtriumSegLib.metrics import segmentation_metrics
-    from LeftAtriumSegLib.model_file import ModelConfig
-    from LeftAtriumSegLib.network import fold_batch_norms
+    from LeftAtriumSegLib.model_file import ModelConfig, load_model
     from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
-    from safetensors.torch import load_file
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = ModelConfig()
-    networks = {}
-    for view in VIEWS:
-        network = config.build_network()
-        network.load_state_dict(load_file(str(RESULTS / variant / f"fold{fold}_{view}.safetensors")))
-        networks[view] = fold_batch_norms(network).to(device, memory_format=torch.channels_last).eval()
+    networks = {view: load_model(RESULTS / variant / f"fold{fold}_{view}.safetensors", device)[0][view]
+                for view in VIEWS}
     spacing, cleanup = (1.25, 1.25, 1.25), CleanupSettings()
     rows, maps = [], {}
     for case in load_cases(held_out_ids):
