@@ -66,12 +66,25 @@ def variants():
         "v3_orient_4800": replace(base, random_orientation=True, iterations=4800),
         "v4_base_4800": replace(base, iterations=4800),
         "v5_bf16_4800": replace(base, iterations=4800, bfloat16=True),
+        "v6_msd_double": replace(base, iterations=4800, bfloat16=True),  # see MSD_REPEATS
+        # Same pixels per batch as 16 crops of 96, more context per crop.
+        "v7_crop128": replace(base, iterations=4800, bfloat16=True, crop_size=128, batch_size=9),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
     if SMOKE:
         found = {name: replace(s, iterations=3, batch_size=2) for name, s in list(found.items())[:2]}
     return found
+
+
+# Times each msd_heart case is listed among a variant's training cases (1 unless named): with 2,
+# about half of the crops come from msd_heart instead of a third.
+MSD_REPEATS = {"v6_msd_double": 2}
+
+
+def training_ids(variant, all_ids, held_out):
+    repeats = MSD_REPEATS.get(variant, 1)
+    return [c for c in all_ids if c not in held_out for _ in range(repeats if c.startswith("la_") else 1)]
 
 
 def unpack(data_dirs):
@@ -163,7 +176,7 @@ def main():
     print(f"unpacked {len(list(SHM.glob('*_image.npy')))} cases at {time.time() - START:.0f} s", flush=True)
     settings = variants()
     names = list(settings)
-    jobs = [(v, k, view, [c for c in all_ids if c not in folds[k]], settings[v])
+    jobs = [(v, k, view, training_ids(v, all_ids, folds[k]), settings[v])
             for v in names for k in range(len(folds)) for view in VIEWS]
     import multiprocessing as mp
     pool = cf.ProcessPoolExecutor(max_workers=int(os.environ.get("LAS_WORKERS", "16")), mp_context=mp.get_context("spawn"))
