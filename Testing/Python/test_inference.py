@@ -61,13 +61,13 @@ def test_views_are_averaged():
 def test_box_follows_the_largest_group_of_coarse_hits():
     """A small bright blob far from the atrium is left outside the predicted box (probability 0);
     a fragment within the margin stays in, and both it and the atrium are predicted voxel by voxel."""
-    shape = (30, 34, 90)
+    shape = (30, 34, 100)
     atrium = _off_centre_ellipsoid(shape)
     fragment = np.zeros(shape, dtype=bool)
     fragment[9:14, 15:20, 26:29] = True  # meets coarse slice 10, 6 voxels from the atrium
     decoy = np.zeros(shape, dtype=bool)
-    decoy[9:14, 15:20, 70:75] = True  # 50 voxels from the atrium, margin 16
+    decoy[9:14, 15:20, 80:85] = True  # 60 voxels from the atrium, margin 32
     normalised = np.where(atrium | fragment | decoy, 2.0, -2.0).astype(np.float32)
     probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5)}, normalised, slices=5)
     np.testing.assert_array_equal(probabilities >= 0.5, atrium | fragment)
-    assert not probabilities[:, :, 46:].any()
+    assert not probabilities[:, :, 70:].any()
