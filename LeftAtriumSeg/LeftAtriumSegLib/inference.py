@@ -39,9 +39,11 @@ def predict_slices(
     z_indices: Sequence[int],
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
+    bfloat16: bool = False,
 ) -> np.ndarray:
     """Probabilities, float32 ``(len(z_indices), Y, X)``, for chosen slices of a normalised
-    ``(Z, Y, X)`` volume, slicing along its first axis (neighbours are read from the whole volume)."""
+    ``(Z, Y, X)`` volume, slicing along its first axis (neighbours are read from the whole volume).
+    ``bfloat16`` runs the convolutions in bfloat16 (``torch.autocast``)."""
     device = next(network.parameters()).device
     volume = torch.from_numpy(np.ascontiguousarray(normalised))
     height, width = volume.shape[1:]
@@ -53,8 +55,9 @@ def predict_slices(
     probabilities = np.empty((len(z_indices), height, width), dtype=np.float32)
     for start in range(0, len(z_indices), batch_size):
         batch = stacks[z_indices[start : start + batch_size]].to(device).contiguous(memory_format=torch.channels_last)
-        logits = network(batch)[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
-        probabilities[start : start + batch_size] = torch.sigmoid(logits).cpu().numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            logits = network(batch)[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
+        probabilities[start : start + batch_size] = torch.sigmoid(logits.float()).cpu().numpy()
         if progress is not None:
             progress(min(start + batch_size, len(z_indices)) / len(z_indices))
     return probabilities
@@ -71,6 +74,7 @@ def predict_frame_probabilities(
     localiser_stride: int = 4,
     margin_voxels: int = 32,
     progress: ProgressCallback | None = None,
+    bfloat16: bool = False,
 ) -> np.ndarray:
     """Left-atrium probabilities, float32 ``(Z, Y, X)``, for a normalised model-frame volume:
     the mean over ``networks``, one per view (slicing direction, see ``VIEW_AXES``).
@@ -84,12 +88,14 @@ def predict_frame_probabilities(
 
     The margin also gives the networks context: in 1.5's cross-validation, 16 voxels lost up
     to 3 mL of atrium near the box's edge; 32 scored as well as the whole volume (model card).
+    ``bfloat16``: see ``predict_slices``.
     """
     views = list(networks)
     localiser = to_view(normalised, views[0])
     depth = localiser.shape[0]
     coarse_indices = list(range(localiser_stride // 2, depth, localiser_stride))
-    coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices, progress=_scaled(progress, 0.0, 0.2))
+    coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices,
+                            progress=_scaled(progress, 0.0, 0.2), bfloat16=bfloat16)
     # Stray hits away from the atrium used to stretch the box (1.5's cross-validation on
     # msd_heart: 1.97 instead of 1.61 million voxels on average). Distances here are in voxels;
     # coarse slices lie localiser_stride voxels apart.
@@ -113,7 +119,8 @@ def predict_frame_probabilities(
         # Neighbouring slices outside the box still feed the network's input stack.
         volume = to_view(normalised, view)[:, rows, columns]
         predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
-                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share))
+                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share),
+                                   bfloat16=bfloat16)
         probabilities[box] += from_view(predicted, view)
     probabilities[box] /= len(views)
     return probabilities
@@ -124,11 +131,13 @@ def predict_probability_map(
     networks: Mapping[str, UNet2D],
     config: ModelConfig,
     progress: ProgressCallback | None = None,
+    bfloat16: bool = False,
 ) -> sitk.Image:
-    """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32)."""
+    """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32).
+    ``bfloat16``: see ``predict_slices``."""
     framed = to_model_frame(image, config.frame)
     normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed))
-    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress)
+    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress, bfloat16=bfloat16)
     probability_frame = sitk.GetImageFromArray(probabilities)
     probability_frame.CopyInformation(framed)
     return to_reference_grid(probability_frame, image)

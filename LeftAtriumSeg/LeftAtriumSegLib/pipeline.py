@@ -35,12 +35,15 @@ class Segmenter:
     config: ModelConfig
     cleanup: CleanupSettings
     model_path: Path
+    # Convolutions in bfloat16: about 1.8x faster on CPUs with bfloat16 instructions (AVX512-BF16,
+    # AMX), slower on others; masks differ from float32 in a few voxels (model card).
+    bfloat16: bool = False
 
     @classmethod
     def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
-             cleanup: CleanupSettings | None = None) -> "Segmenter":
+             cleanup: CleanupSettings | None = None, bfloat16: bool = False) -> "Segmenter":
         networks, config = load_model(model_path, resolve_device(device))
-        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path))
+        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path), bfloat16)
 
     @property
     def model_label(self) -> str:
@@ -48,7 +51,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> np.ndarray:
         """Boolean ``(Z, Y, X)`` left-atrium mask on exactly ``image``'s grid."""
-        probability_map = predict_probability_map(image, self.networks, self.config, progress)
+        probability_map = predict_probability_map(image, self.networks, self.config, progress, self.bfloat16)
         return clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
 
     def segment_and_measure(self, image: sitk.Image, progress: ProgressCallback | None = None

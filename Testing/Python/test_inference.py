@@ -71,3 +71,26 @@ def test_box_follows_the_largest_group_of_coarse_hits():
     probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5)}, normalised, slices=5)
     np.testing.assert_array_equal(probabilities >= 0.5, atrium | fragment)
     assert not probabilities[:, :, 70:].any()
+
+
+class AutocastProbe(CentreSliceLogits):
+    """Records whether each forward pass ran under bfloat16 autocast."""
+
+    def __init__(self, slices: int):
+        super().__init__(slices)
+        self.autocast_seen: list[bool] = []
+
+    def forward(self, stacks: torch.Tensor) -> torch.Tensor:
+        self.autocast_seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return super().forward(stacks)
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_bfloat16_switches_autocast_for_every_pass(bfloat16):
+    atrium = _off_centre_ellipsoid()
+    probe = AutocastProbe(5)
+    probabilities = predict_frame_probabilities({"axial": probe}, np.where(atrium, 2.0, -2.0).astype(np.float32),
+                                                slices=5, bfloat16=bfloat16)
+    assert probe.autocast_seen and all(seen == bfloat16 for seen in probe.autocast_seen)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_array_equal(probabilities >= 0.5, atrium)
