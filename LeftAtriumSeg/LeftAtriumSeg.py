@@ -77,6 +77,7 @@ class LeftAtriumSegParameterNode:
     measurementTable - receives the volume measurements (created when empty).
     modelPath - a model file trained with the bundled script; empty for the bundled model.
     device - where the network runs.
+    bfloat16 - run the networks in bfloat16 (faster on CPUs with bfloat16 instructions).
     threshold, keepLargestComponent, componentGapMm, fillHoles, closingRadiusMm - cleanup.
     heightCm, weightKg - for body surface area and the LA volume index; 0 when unknown.
     """
@@ -86,6 +87,7 @@ class LeftAtriumSegParameterNode:
     measurementTable: vtkMRMLTableNode
     modelPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    bfloat16: bool = False
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     keepLargestComponent: bool = True
     componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = 20.0
@@ -352,7 +354,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         process.setProcessEnvironment(environment)
         arguments = ["-m", "LeftAtriumSegLib.cli", "segment", str(inputPath), "--output-dir", str(self._workDir / "out"),
                      "--format", "nii.gz", "--quiet", "--progress-lines", "--model", str(self.modelPath(p)),
-                     "--device", p.device, *cleanup_arguments(self._cleanupSettings(p))]
+                     "--device", p.device, *(["--bfloat16"] if p.bfloat16 else []),
+                     *cleanup_arguments(self._cleanupSettings(p))]
         errors = []
 
         def readOutput():
@@ -407,7 +410,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         p = parameterNode
         image = self._checkedInputImage(p)
-        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p))
+        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p), p.bfloat16)
         self.setResult(segmenter.segment(image), p)
         return self.updateMeasurements(p)
 
