@@ -14,7 +14,8 @@ puts back on each case's grid for scoring with the shipped code.
 Environment: ``LAS_VARIANTS`` (comma-separated names from ``variants()``; default all),
 ``LAS_TRAIN_DEADLINE`` (seconds after start when unfinished training is abandoned and only
 complete variants are scored; default 390, to fit a 10-minute call), ``LAS_WORKERS`` (parallel
-networks, default 16), ``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of
+networks, default 16), ``LAS_MARGINS`` (comma-separated localiser margins in voxels: each held-out
+case is also scored with each, as in the model card's "Localiser" table), ``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of
 the script), ``LAS_SPEED=1`` (seconds per 200 iterations, one network alone and 16 at once).
 """
 import concurrent.futures as cf
@@ -55,6 +56,7 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 TRAIN_DEADLINE_S = float(os.environ.get("LAS_TRAIN_DEADLINE", "390"))
 VIEWS = ("axial", "coronal", "sagittal")
 SMOKE = os.environ.get("LAS_SMOKE") == "1"
+MARGINS = [int(m) for m in os.environ.get("LAS_MARGINS", "").split(",") if m]
 
 
 def variants():
@@ -165,6 +167,13 @@ def eval_job(variant, fold, held_out_ids):
             probe.append(segmentation_metrics(clean_mask(np.ascontiguousarray(back), spacing, cleanup),
                                               case.label.astype(bool), spacing)["dice"])
         row["probe_dice"] = probe
+        row["margins"] = {}
+        for margin in MARGINS:
+            other = predict_frame_probabilities(networks, image, config.slices, margin_voxels=margin)
+            row["margins"][margin] = {
+                **segmentation_metrics(clean_mask(other, spacing, cleanup), case.label.astype(bool), spacing),
+                "box_voxels": int(np.prod([i.max() - i.min() + 1 for i in np.nonzero(other > 0)])),
+            }
         rows.append(row)
     return rows, maps
 
@@ -219,6 +228,12 @@ def main():
             probe = [d for r in sel for d in r["probe_dice"]]
             print(f"{v:16s} {name}: n={len(sel)} dice {np.mean(dice):.4f} min {np.min(dice):.4f} "
                   f"|dV| {np.nanmean(dv):.2f} probe mean {np.mean(probe):.3f} min {np.min(probe):.3f}", flush=True)
+            for margin in MARGINS:
+                scores = [r["margins"][margin] for r in sel]
+                print(f"{v:16s} {name} margin {margin}: dice {np.mean([m['dice'] for m in scores]):.4f} "
+                      f"min {np.min([m['dice'] for m in scores]):.4f} "
+                      f"|dV| {np.mean([m['abs_volume_error_ml'] for m in scores]):.2f} "
+                      f"box {np.mean([m['box_voxels'] for m in scores]):.0f} voxels", flush=True)
     print(f"total {time.time() - START:.0f} s", flush=True)
     os._exit(0)  # leave unfinished training processes behind
 
