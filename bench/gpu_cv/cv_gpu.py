@@ -14,9 +14,10 @@ puts back on each case's grid for scoring with the shipped code.
 Environment: ``LAS_VARIANTS`` (comma-separated names from ``variants()``; default all),
 ``LAS_TRAIN_DEADLINE`` (seconds after start when unfinished training is abandoned and only
 complete variants are scored; default 390, to fit a 10-minute call), ``LAS_WORKERS`` (parallel
-networks, default 16), ``LAS_MARGINS`` (comma-separated localiser margins in voxels: each held-out
-case is also scored with each, as in the model card's "Localiser" table), ``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of
-the script), ``LAS_SPEED=1`` (seconds per 200 iterations, one network alone and 16 at once).
+networks, default 16), ``LAS_MARGINS`` (comma-separated localiser margins in voxels: each
+held-out case is also scored with each, as in the model card's "Localiser" table),
+``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of the script),
+``LAS_SPEED=1`` (seconds per 200 iterations, one network alone and 16 at once).
 """
 import concurrent.futures as cf
 import json
@@ -97,14 +98,14 @@ def unpack(data_dirs):
 
 
 def unpack_one(path):
-        raw = path.read_bytes()
-        size = int.from_bytes(raw[:4], "little")
-        header = json.loads(raw[4:4 + size])
-        flat = np.frombuffer(lzma.decompress(raw[4 + size:]), dtype=np.uint8)
-        count = int(np.prod(header["shape"]))
-        image = (header["lo"] + flat[:count].astype(np.float32) / 255 * (header["hi"] - header["lo"])).reshape(header["shape"])
-        np.save(SHM / f"{header['case']}_image.npy", image)
-        np.save(SHM / f"{header['case']}_label.npy", flat[count:].reshape(header["shape"]))
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:4], "little")
+    header = json.loads(raw[4:4 + size])
+    flat = np.frombuffer(lzma.decompress(raw[4 + size:]), dtype=np.uint8)
+    count = int(np.prod(header["shape"]))
+    image = (header["lo"] + flat[:count].astype(np.float32) / 255 * (header["hi"] - header["lo"])).reshape(header["shape"])
+    np.save(SHM / f"{header['case']}_image.npy", image)
+    np.save(SHM / f"{header['case']}_label.npy", flat[count:].reshape(header["shape"]))
 
 
 def load_cases(case_ids):
@@ -153,25 +154,27 @@ def eval_job(variant, fold, held_out_ids):
     spacing, cleanup = (1.25, 1.25, 1.25), CleanupSettings()
     rows, maps = [], {}
     for case in load_cases(held_out_ids):
-        image = np.array(case.image)
+        image, reference = np.array(case.image), case.label.astype(bool)
+
+        def score(probability):
+            return segmentation_metrics(clean_mask(np.ascontiguousarray(probability), spacing, cleanup), reference, spacing)
+
         probability = predict_frame_probabilities(networks, image, config.slices)
         maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
-        scores = segmentation_metrics(clean_mask(probability, spacing, cleanup), case.label.astype(bool), spacing)
-        row = {"variant": variant, "fold": fold, "case": case.case_id, **scores}
+        row = {"variant": variant, "fold": fold, "case": case.case_id, **score(probability)}
         rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
         probe = []
         for perm, flips in orientations(rng, 3):
             turned = np.ascontiguousarray(np.flip(image.transpose(perm), [a for a in range(3) if flips[a]]))
             back = predict_frame_probabilities(networks, turned, config.slices)
             back = np.flip(back, [a for a in range(3) if flips[a]]).transpose(np.argsort(perm))
-            probe.append(segmentation_metrics(clean_mask(np.ascontiguousarray(back), spacing, cleanup),
-                                              case.label.astype(bool), spacing)["dice"])
+            probe.append(score(back)["dice"])
         row["probe_dice"] = probe
         row["margins"] = {}
         for margin in MARGINS:
             other = predict_frame_probabilities(networks, image, config.slices, margin_voxels=margin)
             row["margins"][margin] = {
-                **segmentation_metrics(clean_mask(other, spacing, cleanup), case.label.astype(bool), spacing),
+                **score(other),
                 "box_voxels": int(np.prod([i.max() - i.min() + 1 for i in np.nonzero(other > 0)])),
             }
         rows.append(row)
@@ -224,10 +227,10 @@ def main():
             if not sel:
                 continue
             dice = [r["dice"] for r in sel]
-            dv = [abs(r.get("volume_error_ml", r.get("abs_volume_error_ml", float("nan")))) for r in sel]
+            dv = [r["abs_volume_error_ml"] for r in sel]
             probe = [d for r in sel for d in r["probe_dice"]]
             print(f"{v:16s} {name}: n={len(sel)} dice {np.mean(dice):.4f} min {np.min(dice):.4f} "
-                  f"|dV| {np.nanmean(dv):.2f} probe mean {np.mean(probe):.3f} min {np.min(probe):.3f}", flush=True)
+                  f"|dV| {np.mean(dv):.2f} probe mean {np.mean(probe):.3f} min {np.min(probe):.3f}", flush=True)
             for margin in MARGINS:
                 scores = [r["margins"][margin] for r in sel]
                 print(f"{v:16s} {name} margin {margin}: dice {np.mean([m['dice'] for m in scores]):.4f} "
