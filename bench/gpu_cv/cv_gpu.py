@@ -72,6 +72,8 @@ def variants():
         "v6_msd_double": replace(base, iterations=4800, bfloat16=True),  # see MSD_REPEATS
         # Same pixels per batch as 16 crops of 96, more context per crop.
         "v7_crop128": replace(base, iterations=4800, bfloat16=True, crop_size=128, batch_size=9),
+        # Twice the shipped training (beyond the CPU hour): is the volume error optimisation-limited?
+        "v8_9600": replace(base, iterations=9600, bfloat16=True),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
