@@ -74,6 +74,9 @@ def variants():
         "v7_crop128": replace(base, iterations=4800, bfloat16=True, crop_size=128, batch_size=9),
         # Twice the shipped training (beyond the CPU hour): is the volume error optimisation-limited?
         "v8_9600": replace(base, iterations=9600, bfloat16=True),
+        # 1.5's settings with another seed: how far the scores move by chance alone.
+        "v5_seed1": replace(base, iterations=4800, bfloat16=True, seed=1),
+        "v5_seed2": replace(base, iterations=4800, bfloat16=True, seed=2),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
