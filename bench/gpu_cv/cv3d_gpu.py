@@ -19,49 +19,51 @@ import math
 import multiprocessing as mp
 import os
 import time
+from pathlib import Path
 
-import cv_gpu  # noqa: F401  (stubs SimpleITK, puts LeftAtriumSeg on the path)
+import cv_gpu  # first: stubs SimpleITK and puts LeftAtriumSeg on the path
 import numpy as np
+import torch
+import torch.nn.functional as F
 from cv_gpu import OUT, SHM, load_cases, unpack
+from torch import nn
 
 TRAIN_SECONDS = float(os.environ.get("LAS3D_TRAIN_S", "400"))
 PATCH, STRIDE, BATCH = 96, 48, 2
+WINDOW = int(PATCH * 1.5)  # read around a crop so that rotation and zoom find real image
 
 
-def build_network():
-    import torch
-    from torch import nn
+def conv_block(inputs: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(inputs, outputs, 3, padding=1), nn.InstanceNorm3d(outputs, affine=True), nn.LeakyReLU(0.01),
+        nn.Conv3d(outputs, outputs, 3, padding=1), nn.InstanceNorm3d(outputs, affine=True), nn.LeakyReLU(0.01),
+    )
 
-    def block(inputs, outputs):
-        return nn.Sequential(
-            nn.Conv3d(inputs, outputs, 3, padding=1), nn.InstanceNorm3d(outputs, affine=True), nn.LeakyReLU(0.01),
-            nn.Conv3d(outputs, outputs, 3, padding=1), nn.InstanceNorm3d(outputs, affine=True), nn.LeakyReLU(0.01),
-        )
 
-    class UNet3D(nn.Module):
-        def __init__(self, features=(16, 32, 64, 128, 256)):
-            super().__init__()
-            self.encoders, channels = nn.ModuleList(), 1
-            for width in features:
-                self.encoders.append(block(channels, width))
-                channels = width
-            self.upsamplers, self.decoders = nn.ModuleList(), nn.ModuleList()
-            for width in reversed(features[:-1]):
-                self.upsamplers.append(nn.ConvTranspose3d(channels, width, 2, stride=2))
-                self.decoders.append(block(2 * width, width))
-                channels = width
-            self.head = nn.Conv3d(channels, 1, 1)
+class UNet3D(nn.Module):
+    """``(N, 1, D, H, W)`` image to ``(N, 1, D, H, W)`` logits; D, H, W multiples of 16."""
 
-        def forward(self, x):
-            skips = []
-            for index, encoder in enumerate(self.encoders):
-                x = encoder(x if index == 0 else torch.max_pool3d(x, 2))
-                skips.append(x)
-            for upsampler, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1])):
-                x = decoder(torch.cat([upsampler(x), skip], 1))
-            return self.head(x)
+    def __init__(self, features=(16, 32, 64, 128, 256)):
+        super().__init__()
+        self.encoders, channels = nn.ModuleList(), 1
+        for width in features:
+            self.encoders.append(conv_block(channels, width))
+            channels = width
+        self.upsamplers, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for width in reversed(features[:-1]):
+            self.upsamplers.append(nn.ConvTranspose3d(channels, width, 2, stride=2))
+            self.decoders.append(conv_block(2 * width, width))
+            channels = width
+        self.head = nn.Conv3d(channels, 1, 1)
 
-    return UNet3D()
+    def forward(self, x):
+        skips = []
+        for index, encoder in enumerate(self.encoders):
+            x = encoder(x if index == 0 else torch.max_pool3d(x, 2))
+            skips.append(x)
+        for upsampler, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1])):
+            x = decoder(torch.cat([upsampler(x), skip], 1))
+        return self.head(x)
 
 
 def padded(volume, size=PATCH):
@@ -70,7 +72,7 @@ def padded(volume, size=PATCH):
     return np.pad(volume, pads, mode="edge"), pads
 
 
-def sample_batch(cases, foregrounds, rng, torch, device):
+def sample_batch(cases, foregrounds, rng, device):
     """``BATCH`` augmented crops, images and labels ``(BATCH, 1, PATCH, PATCH, PATCH)`` on ``device``;
     ``foregrounds[i]`` holds case i's atrium voxel indices ``(n, 3)``."""
     images, labels = [], []
@@ -81,23 +83,21 @@ def sample_batch(cases, foregrounds, rng, torch, device):
             centre = foregrounds[which][rng.integers(len(foregrounds[which]))]
         else:
             centre = np.array([rng.integers(n) for n in image.shape])
-        # Read a window of 1.5 patches so that rotation and zoom find real image, edge-padded.
-        window = int(PATCH * 1.5)
-        index = [np.clip(np.arange(c - window // 2, c - window // 2 + window), 0, n - 1) for c, n in zip(centre, image.shape)]
+        index = [np.clip(np.arange(c - WINDOW // 2, c - WINDOW // 2 + WINDOW), 0, n - 1) for c, n in zip(centre, image.shape)]
         images.append(np.asarray(image)[np.ix_(*index)])
         labels.append(label[np.ix_(*index)])
     image_batch = torch.from_numpy(np.stack(images)[:, None].astype(np.float32)).to(device)
     label_batch = torch.from_numpy(np.stack(labels)[:, None].astype(np.float32)).to(device)
     angles = np.deg2rad(rng.uniform(-15, 15, BATCH))
-    scales = (PATCH / window) * rng.uniform(0.85, 1.15, BATCH)
+    scales = (PATCH / WINDOW) * rng.uniform(0.85, 1.15, BATCH)
     theta = np.zeros((BATCH, 3, 4), np.float32)
     for i in range(BATCH):
         c, s = math.cos(angles[i]) * scales[i], math.sin(angles[i]) * scales[i]
         # grid's (x, y, z) are the array's (X, Y, Z): rotate in the in-plane (X, Y) about the first axis
         theta[i, :, :3] = [[c, -s, 0], [s, c, 0], [0, 0, scales[i]]]
-    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).to(device), [BATCH, 1, PATCH, PATCH, PATCH], align_corners=False)
-    image_batch = torch.nn.functional.grid_sample(image_batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    label_batch = (torch.nn.functional.grid_sample(label_batch, grid, mode="bilinear", align_corners=False) >= 0.5).float()
+    grid = F.affine_grid(torch.from_numpy(theta).to(device), [BATCH, 1, PATCH, PATCH, PATCH], align_corners=False)
+    image_batch = F.grid_sample(image_batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    label_batch = (F.grid_sample(label_batch, grid, mode="bilinear", align_corners=False) >= 0.5).float()
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (BATCH, 1, 1, 1, 1)).astype(np.float32)).to(device)
     offset = torch.from_numpy(rng.uniform(-0.6, 0.6, (BATCH, 1, 1, 1, 1)).astype(np.float32)).to(device)
     return image_batch * gain + offset, label_batch
@@ -108,7 +108,7 @@ def starts(length):
     return sorted(set(list(range(0, last + 1, STRIDE)) + [last]))
 
 
-def predict(network, image, torch, device):
+def predict(network, image, device):
     volume, pads = padded(np.asarray(image, dtype=np.float32))
     total = np.zeros(volume.shape, np.float32)
     count = np.zeros(volume.shape, np.float32)
@@ -126,7 +126,6 @@ def predict(network, image, torch, device):
 
 
 def fold_job(fold, train_ids, held_out_ids):
-    import torch
     from LeftAtriumSegLib.metrics import segmentation_metrics
     from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
     from LeftAtriumSegLib.training import dice_bce_loss
@@ -136,7 +135,7 @@ def fold_job(fold, train_ids, held_out_ids):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cases = load_cases(train_ids)
     foregrounds = [np.argwhere(case.label) for case in cases]
-    network = build_network().to(device)
+    network = UNet3D().to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-4)
     start, iteration, losses = time.time(), 0, []
     network.train()
@@ -145,7 +144,7 @@ def fold_job(fold, train_ids, held_out_ids):
         rate = 1e-3 * min(1.0, (iteration + 1) / 100) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimiser.param_groups:
             group["lr"] = rate
-        images, labels = sample_batch(cases, foregrounds, rng, torch, device)
+        images, labels = sample_batch(cases, foregrounds, rng, device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = network(images)
         loss = dice_bce_loss(logits.float(), labels)
@@ -158,7 +157,7 @@ def fold_job(fold, train_ids, held_out_ids):
     spacing = (1.25, 1.25, 1.25)
     rows, maps = [], {}
     for case in load_cases(held_out_ids):
-        probability = predict(network, case.image, torch, device)
+        probability = predict(network, case.image, device)
         maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
         mask = clean_mask(np.ascontiguousarray(probability), spacing, CleanupSettings())
         rows.append({"fold": fold, "case": case.case_id, **segmentation_metrics(mask, case.label.astype(bool), spacing)})
@@ -166,7 +165,7 @@ def fold_job(fold, train_ids, held_out_ids):
 
 
 def main():
-    folds = json.loads(open(".gpu/folds.json").read())
+    folds = json.loads(Path(".gpu/folds.json").read_text())
     all_ids = [c for fold in folds for c in fold]
     unpack([d for d in (".gpu/data_a", ".gpu/data_b", "/root/lasdata_a") if os.path.isdir(d)])
     print(f"unpacked {len(list(SHM.glob('*_image.npy')))} cases", flush=True)
