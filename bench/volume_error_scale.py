@@ -1,5 +1,5 @@
-"""How fine a boundary a volume-error target asks for, and how far two reference masks of one
-image disagree.
+"""How fine a boundary a volume-error target asks for, how far two reference masks of one image
+disagree, and how much training's resampling of the masks changes their volume.
 
     .venv/bin/python bench/volume_error_scale.py DATA_DIR [--target-ml 3]
 
@@ -7,7 +7,9 @@ DATA_DIR is a Decathlon folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``).
 reference mask: its volume (mL) and surface area (cm2, marching cubes on the voxel grid, which
 reads about 8% above the smooth surface: 1.08x for a voxelised sphere of radius 23 voxels), and
 so how many mL a uniform shift of the whole boundary by 1 mm adds; a mean absolute volume error
-of ``target-ml`` then stands for a mean boundary shift of target / (mL per mm). Then, for each
+of ``target-ml`` then stands for a mean boundary shift of target / (mL per mm); and the volume
+change when training brings the mask into the model frame (``training.prepare_case``: linear
+interpolation, cut at 0.5). Then, for each
 image that carries two or more reference masks (la_005 and la_026 in msd_heart), the masks'
 agreement: Dice, HD95, ASSD and volume difference, the same metrics a prediction gets.
 """
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.metrics import segmentation_metrics
+from LeftAtriumSegLib.model_file import ModelConfig
+from LeftAtriumSegLib.preprocessing import to_model_frame
 from LeftAtriumSegLib.training import case_groups, read_decathlon_cases
 from skimage import measure
 
@@ -37,22 +41,32 @@ def surface_area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -
     return float(measure.mesh_surface_area(vertices, faces))
 
 
+def model_frame_volume_ml(path: Path) -> float:
+    """Volume of the mask as training prepares it (``training.prepare_case``)."""
+    framed = to_model_frame(sitk.Cast(sitk.ReadImage(str(path)) > 0, sitk.sitkFloat32), ModelConfig().frame)
+    return np.count_nonzero(sitk.GetArrayViewFromImage(framed) >= 0.5) * float(np.prod(framed.GetSpacing())) / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--target-ml", type=float, default=3.0)
     args = parser.parse_args()
     cases = read_decathlon_cases(args.data_dir)
-    ml_per_mm = []
-    print(f"{'case':24s} {'volume mL':>9s} {'area cm2':>8s} {'mL per mm':>9s} {f'{args.target_ml:g} mL as mm':>12s}")
+    ml_per_mm, frame_change_ml = [], []
+    print(f"{'case':24s} {'volume mL':>9s} {'area cm2':>8s} {'mL per mm':>9s} {f'{args.target_ml:g} mL as mm':>12s} "
+          f"{'model frame mL':>14s}")
     for case in cases:
         mask, spacing_mm = read_mask(case.label_path)
         volume_ml = np.count_nonzero(mask) * float(np.prod(spacing_mm)) / 1000
         area_mm2 = surface_area_mm2(mask, spacing_mm)
         ml_per_mm.append(area_mm2 / 1000)  # a shell of area A and thickness 1 mm holds A mm3
-        print(f"{case.case_id:24s} {volume_ml:9.1f} {area_mm2 / 100:8.0f} {ml_per_mm[-1]:9.1f} {args.target_ml / ml_per_mm[-1]:12.2f}")
+        frame_change_ml.append(model_frame_volume_ml(case.label_path) - volume_ml)
+        print(f"{case.case_id:24s} {volume_ml:9.1f} {area_mm2 / 100:8.0f} {ml_per_mm[-1]:9.1f} "
+              f"{args.target_ml / ml_per_mm[-1]:12.2f} {frame_change_ml[-1]:+14.2f}")
     print(f"mean: {np.mean(ml_per_mm):.1f} mL per mm; {args.target_ml:g} mL stands for a mean boundary shift of "
-          f"{np.mean(args.target_ml / np.array(ml_per_mm)):.2f} mm")
+          f"{np.mean(args.target_ml / np.array(ml_per_mm)):.2f} mm; in the model frame the masks change by "
+          f"{np.mean(frame_change_ml):+.2f} mL ({min(frame_change_ml):+.2f} to {max(frame_change_ml):+.2f})")
     for group in case_groups(cases):
         for first, second in itertools.combinations(group, 2):
             mask_a, spacing_mm = read_mask(first.label_path)
