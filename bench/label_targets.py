@@ -34,6 +34,7 @@ from LeftAtriumSegLib.training import (
     Case,
     PreparedCase,
     TrainingSettings,
+    label_in_frame,
     make_folds,
     prepare_case,
     read_decathlon_cases,
@@ -44,9 +45,8 @@ from LeftAtriumSegLib.training import (
 def prepare_case_fraction(case: Case, config: ModelConfig) -> PreparedCase:
     """As ``prepare_case``, but the label is the interpolated fraction (float32, 0-1)."""
     image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
-    label = to_model_frame(sitk.Cast(sitk.ReadImage(str(case.label_path)) > 0, sitk.sitkFloat32), config.frame)
     return PreparedCase(case.case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)),
-                        sitk.GetArrayFromImage(label).clip(0, 1))
+                        sitk.GetArrayFromImage(label_in_frame(case.label_path, config.frame)).clip(0, 1))
 
 
 def main() -> None:
