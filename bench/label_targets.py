@@ -71,7 +71,7 @@ def main() -> None:
         for case in held_out:
             image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
             probability = predict_probability_map(image, {args.view: network}, config)
-            spacing_mm = tuple(reversed(image.GetSpacing()))
+            spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
             mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
             metrics = segmentation_metrics(mask, sitk.GetArrayViewFromImage(reference) > 0, spacing_mm)
             rows.setdefault(case.case_id, {})[name] = metrics

@@ -29,14 +29,15 @@ from skimage import measure
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Boolean ``(Z, Y, X)`` array and its spacing in mm, in the same axis order."""
+    """Boolean ``(Z, Y, X)`` array and its spacing in mm, (x, y, z) as the package's metrics take it."""
     image = sitk.ReadImage(str(path))
-    return sitk.GetArrayViewFromImage(image) > 0, tuple(reversed(image.GetSpacing()))
+    return sitk.GetArrayViewFromImage(image) > 0, image.GetSpacing()
 
 
 def surface_area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
-    """Area of the 0.5 iso-surface of ``mask`` (padded so that it closes at the array's edge)."""
-    vertices, faces, _, _ = measure.marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=spacing_mm)
+    """Area of the 0.5 iso-surface of a ``(Z, Y, X)`` ``mask`` with (x, y, z) ``spacing_mm`` (padded so
+    that it closes at the array's edge)."""
+    vertices, faces, _, _ = measure.marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=spacing_mm[::-1])
     return float(measure.mesh_surface_area(vertices, faces))
 
 
