@@ -25,7 +25,7 @@ import cv_gpu  # first: stubs SimpleITK and puts LeftAtriumSeg on the path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cv_gpu import OUT, SHM, load_cases, unpack
+from cv_gpu import OUT, SHM, frame_scores, load_cases, unpack
 from torch import nn
 
 TRAIN_SECONDS = float(os.environ.get("LAS3D_TRAIN_S", "400"))
@@ -126,8 +126,6 @@ def predict(network, image, device):
 
 
 def fold_job(fold, train_ids, held_out_ids):
-    from LeftAtriumSegLib.metrics import segmentation_metrics
-    from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
     from LeftAtriumSegLib.training import dice_bce_loss
     torch.set_num_threads(2)
     torch.manual_seed(fold)
@@ -154,13 +152,11 @@ def fold_job(fold, train_ids, held_out_ids):
         losses.append(loss.item())
         iteration += 1
     network.eval()
-    spacing = (1.25, 1.25, 1.25)
     rows, maps = [], {}
     for case in load_cases(held_out_ids):
         probability = predict(network, case.image, device)
         maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
-        mask = clean_mask(np.ascontiguousarray(probability), spacing, CleanupSettings())
-        rows.append({"fold": fold, "case": case.case_id, **segmentation_metrics(mask, case.label.astype(bool), spacing)})
+        rows.append({"fold": fold, "case": case.case_id, **frame_scores(probability, case.label.astype(bool))})
     return rows, maps, {"fold": fold, "iterations": iteration, "loss_last_100": float(np.mean(losses[-100:]))}
 
 

@@ -145,24 +145,29 @@ def orientations(rng, count):
     return chosen
 
 
+def frame_scores(probability, reference):
+    """Metrics of a model-frame probability map, cleaned with the defaults, against ``reference``."""
+    from LeftAtriumSegLib.metrics import segmentation_metrics
+    from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
+    spacing = (1.25, 1.25, 1.25)
+    return segmentation_metrics(clean_mask(np.ascontiguousarray(probability), spacing, CleanupSettings()), reference, spacing)
+
+
 def eval_job(variant, fold, held_out_ids):
     import torch
     from LeftAtriumSegLib.inference import predict_frame_probabilities
-    from LeftAtriumSegLib.metrics import segmentation_metrics
     from LeftAtriumSegLib.model_file import ModelConfig, load_model
-    from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = ModelConfig()
     networks = {view: load_model(RESULTS / variant / f"fold{fold}_{view}.safetensors", device)[0][view]
                 for view in VIEWS}
-    spacing, cleanup = (1.25, 1.25, 1.25), CleanupSettings()
     rows, maps = [], {}
     for case in load_cases(held_out_ids):
         image, reference = np.array(case.image), case.label.astype(bool)
 
         def score(probability):
-            return segmentation_metrics(clean_mask(np.ascontiguousarray(probability), spacing, cleanup), reference, spacing)
+            return frame_scores(probability, reference)
 
         probability = predict_frame_probabilities(networks, image, config.slices)
         maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
