@@ -1,8 +1,8 @@
-"""Training targets in the model frame: the 0.5 cut that ``training.prepare_case`` applies, or the
-interpolated fraction kept until after augmentation.
+"""Training targets in the model frame: the 0.5 cut that ``training.prepare_case`` applies by
+default, or the interpolated fraction kept until after augmentation (``fractional_labels``).
 
     .venv/bin/python bench/label_targets.py ../shared/data/msd_heart ../shared/data/la2018_lge \
-        [--view axial] [--fold 0] [--iterations 4800]
+        [--views axial] [--targets cut fraction] [--fold 0] [--iterations 4800] [--output-dir DIR]
 
 Why: bringing a mask into the model frame interpolates it linearly; la2018_lge's masks are
 0.625 mm and the frame 1.25 mm, so many frame voxels sit exactly half inside, and ``>= 0.5``
@@ -10,11 +10,13 @@ counts them all: the training masks grow by 2.0 mL (3.8%) on average
 (``bench/volume_error_scale.py ../shared/data/la2018_lge``). Kept as a fraction, the cut
 happens after ``sample_batch``'s random rotation and scaling, where exact halves are rare.
 
-Trains one view's network on the other folds' cases twice, identical but for the targets
-(same seed, same settings as the shipped model), then scores each network alone on the fold's
-held-out cases, on their own grids with the default cleanup: Dice and signed volume error
-(prediction minus reference, mL) per case and per data set. About 18 minutes per network on
-this project's 2-core CPU (1,074 and 1,016 s).
+For each kind of target, trains one network per view on the other folds' cases (same seed,
+same settings as the shipped model otherwise), then scores the fold's held-out cases on their
+own grids with the default cleanup: each view's network alone and, given several views, the
+three-view inference the shipped model runs (the first view localises). Prints Dice and signed
+volume error (prediction minus reference, mL) per case and per data set. With ``--output-dir``
+the networks are kept there (``TARGETS_VIEW.safetensors``) and ones already there are loaded
+instead of trained. About 18 minutes per network on this project's 2-core CPU.
 """
 
 from __future__ import annotations
@@ -27,66 +29,74 @@ import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.inference import predict_probability_map
 from LeftAtriumSegLib.metrics import segmentation_metrics
-from LeftAtriumSegLib.model_file import ModelConfig
+from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
-from LeftAtriumSegLib.preprocessing import normalise_intensity, to_model_frame
-from LeftAtriumSegLib.training import (
-    Case,
-    PreparedCase,
-    TrainingSettings,
-    label_in_frame,
-    make_folds,
-    prepare_case,
-    read_decathlon_cases,
-    train_network,
-)
+from LeftAtriumSegLib.training import TrainingSettings, make_folds, prepare_case, read_decathlon_cases, train_network
+from torch import nn
+
+TARGETS = {"cut": False, "fraction": True}  # name -> fractional_labels
 
 
-def prepare_case_fraction(case: Case, config: ModelConfig) -> PreparedCase:
-    """As ``prepare_case``, but the label is the interpolated fraction (float32, 0-1)."""
-    image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
-    return PreparedCase(case.case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)),
-                        sitk.GetArrayFromImage(label_in_frame(case.label_path, config.frame)).clip(0, 1))
+def network_for(targets: str, view: str, training_cases, settings: TrainingSettings, output_dir: Path | None):
+    """The view's network for these targets: loaded from ``output_dir`` if there, else trained."""
+    path = output_dir / f"{targets}_{view}.safetensors" if output_dir else None
+    if path is not None and path.exists():
+        return load_model(path, "cpu")[0][view]
+    config = ModelConfig()
+    start = time.perf_counter()
+    prepared = [prepare_case(case, config, TARGETS[targets]) for case in training_cases]
+    network = train_network(prepared, config, settings, view, description=f"{targets} {view}")
+    print(f"{targets} {view}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    if path is not None:
+        save_model(path, nn.ModuleDict({view: network}), ModelConfig(views=(view,)))
+    return network
+
+
+def score(case, networks: dict, cleanup: CleanupSettings) -> dict:
+    image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
+    probability = predict_probability_map(image, networks, ModelConfig(views=tuple(networks)))
+    spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
+    mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
+    return segmentation_metrics(mask, sitk.GetArrayViewFromImage(reference) > 0, spacing_mm)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+", type=Path)
-    parser.add_argument("--view", default="axial")
+    parser.add_argument("--views", nargs="+", default=["axial"], choices=("axial", "coronal", "sagittal"))
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=TrainingSettings().iterations)
+    parser.add_argument("--output-dir", type=Path, help="keep the networks here (and reuse those found)")
     args = parser.parse_args()
-    config = ModelConfig()
     settings = TrainingSettings(iterations=args.iterations)
+    if args.output_dir:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
     cases = [case for folder in args.data for case in read_decathlon_cases(folder)]
     held_out = make_folds(cases, 4, settings.seed)[args.fold]
     held_out_ids = {case.case_id for case in held_out}
     training_cases = [case for case in cases if case.case_id not in held_out_ids]
-    cleanup, rows = CleanupSettings(), {}
-    for name, prepare in (("cut at 0.5", prepare_case), ("fraction", prepare_case_fraction)):
-        start = time.perf_counter()
-        prepared = [prepare(case, config) for case in training_cases]
-        network = train_network(prepared, config, settings, args.view, description=name)
-        print(f"{name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-        for case in held_out:
-            image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
-            probability = predict_probability_map(image, {args.view: network}, config)
-            spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
-            mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
-            metrics = segmentation_metrics(mask, sitk.GetArrayViewFromImage(reference) > 0, spacing_mm)
-            rows.setdefault(case.case_id, {})[name] = metrics
-    names = ("cut at 0.5", "fraction")
-    print(f"\nfold {args.fold}, view {args.view}, {args.iterations} iterations; Dice and signed volume error (mL)")
-    print(f"{'case':24s} " + " ".join(f"{n:>20s}" for n in names))
-    for case_id, by_name in rows.items():
+    cleanup, rows, columns = CleanupSettings(), {}, []
+    for targets in args.targets:
+        networks = {view: network_for(targets, view, training_cases, settings, args.output_dir) for view in args.views}
+        chosen = [{view: networks[view]} for view in args.views] + ([networks] if len(networks) > 1 else [])
+        for subset in chosen:
+            column = f"{targets}, {'+'.join(subset)}"
+            columns.append(column)
+            for case in held_out:
+                rows.setdefault(case.case_id, {})[column] = score(case, subset, cleanup)
+    print(f"\nfold {args.fold}, {args.iterations} iterations; Dice and signed volume error (mL)")
+    print(f"{'case':24s} " + " ".join(f"{column:>28s}" for column in columns))
+    for case_id, by_column in rows.items():
         print(f"{case_id:24s} " + " ".join(
-            f"{by_name[n]['dice']:9.3f} {by_name[n]['predicted_ml'] - by_name[n]['reference_ml']:+10.1f}" for n in names))
+            f"{by_column[c]['dice']:13.3f} {by_column[c]['predicted_ml'] - by_column[c]['reference_ml']:+14.1f}"
+            for c in columns))
     for folder in args.data:
         ids = {case.case_id for case in read_decathlon_cases(folder)} & held_out_ids
-        for n in names:
-            chosen = [rows[case_id][n] for case_id in ids]
-            signed = [m["predicted_ml"] - m["reference_ml"] for m in chosen]
-            print(f"{folder.name} ({len(ids)} cases), {n}: Dice {np.mean([m['dice'] for m in chosen]):.3f}, "
+        for column in columns:
+            chosen_rows = [rows[case_id][column] for case_id in ids]
+            signed = [m["predicted_ml"] - m["reference_ml"] for m in chosen_rows]
+            print(f"{folder.name} ({len(ids)} cases), {column}: Dice {np.mean([m['dice'] for m in chosen_rows]):.3f}, "
                   f"signed volume error {np.mean(signed):+.2f} mL, absolute {np.mean(np.abs(signed)):.2f} mL")
 
 

@@ -271,7 +271,8 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
     given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset,
-             "random_orientation": args.random_orientation, "bfloat16": args.bfloat16}
+             "random_orientation": args.random_orientation, "bfloat16": args.bfloat16,
+             "fractional_labels": args.fractional_labels}
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
@@ -358,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: TrainingSettings.random_orientation, off)")
     train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,
                        help="forward pass in bfloat16 (default: TrainingSettings.bfloat16, on)")
+    train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=None,
+                       help="targets from each model-frame voxel's share of the mask, cut at 0.5 after "
+                            "augmentation (default: TrainingSettings.fractional_labels, off)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")

@@ -46,8 +46,9 @@ class Case:
 
 @dataclass
 class PreparedCase:
-    """A normalised image and its 0/1 label, both ``(slice, row, column)``: the model frame's
-    ``(Z, Y, X)`` as prepared, a view's order after ``in_view``."""
+    """A normalised image and its label (0/1, or the mask's share of each voxel), both
+    ``(slice, row, column)``: the model frame's ``(Z, Y, X)`` as prepared, a view's order after
+    ``in_view``. Crops are centred on voxels whose label is non-zero."""
 
     case_id: str
     image: np.ndarray
@@ -85,6 +86,10 @@ class TrainingSettings:
     # Forward pass in bfloat16 where autocast allows (convolutions): 0.21 instead of 0.35 s per
     # step on this project's 2-core CPU (AVX512-BF16), so that 4,800 iterations fit the hour.
     bfloat16: bool = True
+    # Targets from the mask's share of each model-frame voxel, cut at 0.5 only after each crop's
+    # rotation and scaling, where exact halves are rare. Off (1.5): cut when the case is
+    # prepared, which keeps all exact halves of la2018_lge's 0.625 mm masks (model card).
+    fractional_labels: bool = False
     seed: int = 0
     checkpoint_every: int = 500
 
@@ -106,16 +111,16 @@ def label_in_frame(label_path: Path, frame: ModelFrame) -> sitk.Image:
     return to_model_frame(sitk.Cast(sitk.ReadImage(str(label_path)) > 0, sitk.sitkFloat32), frame)
 
 
-def prepare_case(case: Case, config: ModelConfig) -> PreparedCase:
+def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = False) -> PreparedCase:
+    """A case in the model frame: its normalised image, and its label as 0/1 (uint8), or with
+    ``fractional_labels`` as the mask's share of each voxel (float32, 0-1)."""
     image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
-    # Labels go through linear interpolation and a 0.5 cut: smoother than nearest neighbour.
-    # Ties at exactly 0.5 are kept, which grows la2018_lge's masks by 2.0 mL (model card).
-    label = label_in_frame(case.label_path, config.frame)
-    return PreparedCase(
-        case.case_id,
-        normalise_intensity(sitk.GetArrayViewFromImage(image)),
-        (sitk.GetArrayViewFromImage(label) >= 0.5).astype(np.uint8),
-    )
+    # Labels go through linear interpolation: smoother than nearest neighbour. A cut at 0.5
+    # here keeps every voxel that is exactly half inside, which grows la2018_lge's masks by
+    # 2.0 mL (model card); fractions are cut only after augmentation (``sample_batch``).
+    fraction = sitk.GetArrayFromImage(label_in_frame(case.label_path, config.frame))
+    label = fraction.clip(0, 1) if fractional_labels else (fraction >= 0.5).astype(np.uint8)
+    return PreparedCase(case.case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)), label)
 
 
 def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -318,7 +323,8 @@ def train_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     start = time.perf_counter()
-    prepared = {case.case_id: prepare_case(case, config) for case in tqdm(cases, desc="preparing", disable=not show_progress)}
+    prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
+                for case in tqdm(cases, desc="preparing", disable=not show_progress)}
     summary: dict = {
         "command": command,
         "data_folders": [str(folder) for folder in data_folders],

@@ -92,3 +92,32 @@ def test_random_orientation_crops_keep_image_and_label_aligned(tmp_path):
     assert images.shape == (64, 3, 16, 16) and labels.shape == (64, 1, 16, 16)
     assert labels.sum() > 0
     assert torch.equal((images[:, 1:2] >= 0.5).float(), labels)
+
+
+def test_fractional_labels_keep_the_mask_volume_and_give_binary_targets(tmp_path):
+    # A 0.625 mm mask brought into the 1.25 mm frame: the voxels' shares of the mask add up to
+    # its volume; a cut at 0.5 keeps the voxels that are exactly half inside, and overshoots.
+    image, mask, radii_mm = ellipsoid_phantom(size=(96, 96, 64), spacing=(0.625, 0.625, 0.625),
+                                              direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    label = sitk.GetImageFromArray(mask.astype(np.uint8))
+    label.CopyInformation(image)
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "imagesTr" / "case.nii.gz"))
+    sitk.WriteImage(label, str(tmp_path / "labelsTr" / "case.nii.gz"))
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [
+        {"image": "./imagesTr/case.nii.gz", "label": "./labelsTr/case.nii.gz"}]}))
+    case = read_decathlon_cases(tmp_path)[0]
+    config = ModelConfig(slices=3, features=(4, 8))  # the shipped frame: 1.25 mm
+    cut, fractional = prepare_case(case, config), prepare_case(case, config, fractional_labels=True)
+    voxel_mm3 = float(np.prod(config.frame.spacing_mm))
+    analytic_mm3 = 4 / 3 * np.pi * np.prod(radii_mm)
+    assert fractional.label.dtype == np.float32 and cut.label.dtype == np.uint8
+    assert 0 <= fractional.label.min() and fractional.label.max() <= 1
+    assert (fractional.label == 0.5).any()
+    assert abs(fractional.label.sum() * voxel_mm3 - analytic_mm3) < 0.01 * analytic_mm3
+    assert cut.label.sum() * voxel_mm3 > 1.02 * analytic_mm3
+    assert np.array_equal(cut.label, (fractional.label >= 0.5).astype(np.uint8))
+    settings = TrainingSettings(batch_size=8, crop_size=16, fractional_labels=True)
+    _, labels = sample_batch([[fractional.in_view("axial")]], config, settings, np.random.default_rng(0))
+    assert set(torch.unique(labels).tolist()) == {0.0, 1.0}
