@@ -77,6 +77,8 @@ def variants():
         # 1.5's settings with another seed: how far the scores move by chance alone.
         "v5_seed1": replace(base, iterations=4800, bfloat16=True, seed=1),
         "v5_seed2": replace(base, iterations=4800, bfloat16=True, seed=2),
+        # 1.5's settings with targets cut only after augmentation (model card, "Training targets").
+        "v9_fraction": replace(base, iterations=4800, bfloat16=True, fractional_labels=True),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
@@ -113,10 +115,15 @@ def unpack_one(path):
     np.save(SHM / f"{header['case']}_label.npy", flat[count:].reshape(header["shape"]))
 
 
-def load_cases(case_ids):
+def load_cases(case_ids, fractional_labels=False):
+    """Prepared cases; labels 0/1 as ``prepare_case`` makes them, or its fractions (to 1/255)."""
     from LeftAtriumSegLib.training import PreparedCase
-    return [PreparedCase(c, np.load(SHM / f"{c}_image.npy", mmap_mode="r"), np.load(SHM / f"{c}_label.npy"))
-            for c in case_ids]
+
+    def label(c):
+        shares = np.load(SHM / f"{c}_label.npy")  # uint8: share of the mask x 255, rounded (export.py)
+        return shares.astype(np.float32) / 255 if fractional_labels else (shares >= 128).astype(np.uint8)
+
+    return [PreparedCase(c, np.load(SHM / f"{c}_image.npy", mmap_mode="r"), label(c)) for c in case_ids]
 
 
 def train_job(variant, fold, view, train_ids, settings):
@@ -126,7 +133,7 @@ def train_job(variant, fold, view, train_ids, settings):
     from torch import nn
     torch.set_num_threads(1)
     start = time.time()
-    network = train_network(load_cases(train_ids), ModelConfig(), settings, view, show_progress=False,
+    network = train_network(load_cases(train_ids, settings.fractional_labels), ModelConfig(), settings, view, show_progress=False,
                             device="cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
