@@ -37,19 +37,23 @@ from torch import nn
 TARGETS = {"cut": False, "fraction": True}  # name -> fractional_labels
 
 
-def network_for(targets: str, view: str, training_cases, settings: TrainingSettings, output_dir: Path | None):
-    """The view's network for these targets: loaded from ``output_dir`` if there, else trained."""
-    path = output_dir / f"{targets}_{view}.safetensors" if output_dir else None
-    if path is not None and path.exists():
-        return load_model(path, "cpu")[0][view]
-    config = ModelConfig()
-    start = time.perf_counter()
-    prepared = [prepare_case(case, config, TARGETS[targets]) for case in training_cases]
-    network = train_network(prepared, config, settings, view, description=f"{targets} {view}")
-    print(f"{targets} {view}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-    if path is not None:
-        save_model(path, nn.ModuleDict({view: network}), ModelConfig(views=(view,)))
-    return network
+def networks_for(targets: str, views: list[str], training_cases, settings: TrainingSettings,
+                 output_dir: Path | None) -> dict:
+    """Each view's network for these targets: loaded from ``output_dir`` if there, else trained."""
+    config, networks, prepared = ModelConfig(), {}, None
+    for view in views:
+        path = output_dir / f"{targets}_{view}.safetensors" if output_dir else None
+        if path is not None and path.exists():
+            networks[view] = load_model(path, "cpu")[0][view]
+            continue
+        if prepared is None:
+            prepared = [prepare_case(case, config, TARGETS[targets]) for case in training_cases]
+        start = time.perf_counter()
+        networks[view] = train_network(prepared, config, settings, view, description=f"{targets} {view}")
+        print(f"{targets} {view}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        if path is not None:
+            save_model(path, nn.ModuleDict({view: networks[view]}), ModelConfig(views=(view,)))
+    return networks
 
 
 def score(case, networks: dict, cleanup: CleanupSettings) -> dict:
@@ -78,7 +82,7 @@ def main() -> None:
     training_cases = [case for case in cases if case.case_id not in held_out_ids]
     cleanup, rows, columns = CleanupSettings(), {}, []
     for targets in args.targets:
-        networks = {view: network_for(targets, view, training_cases, settings, args.output_dir) for view in args.views}
+        networks = networks_for(targets, args.views, training_cases, settings, args.output_dir)
         chosen = [{view: networks[view]} for view in args.views] + ([networks] if len(networks) > 1 else [])
         for subset in chosen:
             column = f"{targets}, {'+'.join(subset)}"
