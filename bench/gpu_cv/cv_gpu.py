@@ -133,8 +133,8 @@ def train_job(variant, fold, view, train_ids, settings):
     from torch import nn
     torch.set_num_threads(1)
     start = time.time()
-    network = train_network(load_cases(train_ids, settings.fractional_labels), ModelConfig(), settings, view, show_progress=False,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
+    network = train_network(load_cases(train_ids, settings.fractional_labels), ModelConfig(), settings, view,
+                            show_progress=False, device="cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(path, nn.ModuleDict({view: network}), ModelConfig(views=(view,)))
