@@ -31,6 +31,7 @@ from LeftAtriumSegLib.inference import predict_probability_map
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
+from LeftAtriumSegLib.preprocessing import VIEW_AXES
 from LeftAtriumSegLib.training import TrainingSettings, make_folds, prepare_case, read_decathlon_cases, train_network
 from torch import nn
 
@@ -67,7 +68,7 @@ def score(case, networks: dict, cleanup: CleanupSettings) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+", type=Path)
-    parser.add_argument("--views", nargs="+", default=["axial"], choices=("axial", "coronal", "sagittal"))
+    parser.add_argument("--views", nargs="+", default=["axial"], choices=sorted(VIEW_AXES))
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=TrainingSettings().iterations)
