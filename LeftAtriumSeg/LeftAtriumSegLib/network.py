@@ -25,7 +25,7 @@ class UNet2D(nn.Module):
     output ``(N, 1, H, W)`` logits for the left atrium.
     """
 
-    def __init__(self, in_channels: int = 5, features: tuple[int, ...] = (16, 32, 64, 128, 256)):
+    def __init__(self, in_channels: int, features: tuple[int, ...]):
         super().__init__()
         self.encoders = nn.ModuleList()
         channels = in_channels

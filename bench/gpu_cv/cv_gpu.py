@@ -79,6 +79,10 @@ def variants():
         "v5_seed2": replace(base, iterations=4800, bfloat16=True, seed=2),
         # 1.5's settings with targets cut only after augmentation (model card, "Training targets").
         "v9_fraction": replace(base, iterations=4800, bfloat16=True, fractional_labels=True),
+        # 1.6: half-width networks (ModelConfig's default since) in float32, as a CPU without
+        # bfloat16 instructions trains them: 4,800 iterations fit the CPU hour there.
+        "v10_half": replace(base, iterations=4800),
+        "v10_half_seed1": replace(base, iterations=4800, seed=1),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
@@ -90,6 +94,18 @@ def variants():
 # Times each msd_heart case is listed among a variant's training cases (1 unless named): with 2,
 # about half of the crops come from msd_heart instead of a third.
 MSD_REPEATS = {"v6_msd_double": 2}
+
+
+# Channels per level of 1.5's networks, which every variant before v10 trained; v10's have
+# ModelConfig's default, 1.6's half width.
+FEATURES_1_5 = (16, 32, 64, 128, 256)
+DEFAULT_WIDTH = {"v10_half", "v10_half_seed1"}
+
+
+def model_config(variant, views=("axial", "coronal", "sagittal")):
+    from LeftAtriumSegLib.model_file import ModelConfig
+    config = ModelConfig(views=views)
+    return config if variant in DEFAULT_WIDTH else replace(config, features=FEATURES_1_5)
 
 
 def training_ids(variant, all_ids, held_out):
@@ -128,16 +144,16 @@ def load_cases(case_ids, fractional_labels=False):
 
 def train_job(variant, fold, view, train_ids, settings):
     import torch
-    from LeftAtriumSegLib.model_file import ModelConfig, save_model
+    from LeftAtriumSegLib.model_file import save_model
     from LeftAtriumSegLib.training import train_network
     from torch import nn
     torch.set_num_threads(1)
     start = time.time()
-    network = train_network(load_cases(train_ids, settings.fractional_labels), ModelConfig(), settings, view,
+    network = train_network(load_cases(train_ids, settings.fractional_labels), model_config(variant), settings, view,
                             show_progress=False, device="cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, nn.ModuleDict({view: network}), ModelConfig(views=(view,)))
+    save_model(path, nn.ModuleDict({view: network}), model_config(variant, (view,)))
     return variant, fold, view, round(time.time() - start, 1)
 
 
@@ -233,6 +249,7 @@ def main():
         r, m = future.result()
         rows += r
         maps[r[0]["variant"]].update(m)
+    pool.shutdown()  # idle workers left running would hold the caller's stdout open
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "gpu_cv.json").write_text(json.dumps({"rows": rows, "train_seconds": times}, indent=1))
     for v in complete:
