@@ -7,4 +7,4 @@ intensity normalisation), ``network`` (2.5D U-Net), ``model_file`` (safetensors 
 ``training``, ``model_card`` and ``cli``.
 """
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
