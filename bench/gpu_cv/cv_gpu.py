@@ -83,6 +83,8 @@ def variants():
         # bfloat16 instructions trains them: 4,800 iterations fit the CPU hour there.
         "v10_half": replace(base, iterations=4800),
         "v10_half_seed1": replace(base, iterations=4800, seed=1),
+        # 1.6 as a CPU with bfloat16 instructions trains it by default.
+        "v10_half_bf16": replace(base, iterations=4800, bfloat16=True),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
@@ -99,7 +101,7 @@ MSD_REPEATS = {"v6_msd_double": 2}
 # Channels per level of 1.5's networks, which every variant before v10 trained; v10's have
 # ModelConfig's default, 1.6's half width.
 FEATURES_1_5 = (16, 32, 64, 128, 256)
-DEFAULT_WIDTH = {"v10_half", "v10_half_seed1"}
+DEFAULT_WIDTH = {"v10_half", "v10_half_seed1", "v10_half_bf16"}
 
 
 def model_config(variant, views=("axial", "coronal", "sagittal")):
