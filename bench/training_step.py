@@ -18,7 +18,6 @@ import time
 import torch
 import torch.nn.functional as F
 from LeftAtriumSegLib.network import UNet2D
-from LeftAtriumSegLib.training import native_bfloat16
 
 WIDTHS = {"1.5": (16, 32, 64, 128, 256), "1.6": (8, 16, 32, 64, 128)}
 
@@ -47,8 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"bfloat16 in hardware: {native_bfloat16('cpu')}")
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     for name, features in WIDTHS.items():
         for bfloat16 in (False, True):
             step = seconds_per_step(features, bfloat16, args.steps)

@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on every axis order and flip of the model frame "
                             "(default: TrainingSettings.random_orientation, off)")
     train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,
-                       help="forward pass in bfloat16 (default: where the device computes it in hardware: "
-                            "CUDA, or a CPU with AVX512-BF16)")
+                       help="forward pass in bfloat16: faster on GPUs and CPUs with AVX512-BF16, much slower on "
+                            "other CPUs (default: TrainingSettings.bfloat16, off)")
     train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=None,
                        help="targets from each model-frame voxel's share of the mask, cut at 0.5 after "
                             "augmentation (default: TrainingSettings.fractional_labels, off)")

@@ -83,30 +83,16 @@ class TrainingSettings:
     # call sagittal slices axial), and a network that saw one order misses the others. Off:
     # at 2,400 iterations it cut cross-validated Dice from 0.920 to 0.776 (model card).
     random_orientation: bool = False
-    # Forward pass in bfloat16 where autocast allows (convolutions). None: where the device
-    # computes bfloat16 natively (``native_bfloat16``): on an AVX512-BF16 CPU a step took 0.21
-    # instead of 0.35 s, but on an AVX2-only CPU autocast emulates it, 12x slower than float32.
-    bfloat16: bool | None = None
+    # Forward pass in bfloat16 where autocast allows (convolutions). Off: the trained model then
+    # does not depend on the CPU's instructions (on an AVX2-only CPU autocast emulates bfloat16,
+    # 11x slower than float32), and 1.6 trained in bfloat16 cross-validated slightly worse.
+    bfloat16: bool = False
     # Targets from the mask's share of each model-frame voxel, cut at 0.5 only after each crop's
     # rotation and scaling, where exact halves are rare. Off (1.5): cut when the case is
     # prepared, which keeps all exact halves of la2018_lge's 0.625 mm masks (model card).
     fractional_labels: bool = False
     seed: int = 0
     checkpoint_every: int = 500
-
-
-def native_bfloat16(device: str | torch.device) -> bool:
-    """Whether ``device`` has bfloat16 arithmetic in hardware: a CUDA GPU that supports it, or a
-    CPU with AVX512-BF16 instructions (CPUs with AMX have them too; torch has no public query)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
-
-
-def resolve_precision(settings: TrainingSettings, device: str | torch.device) -> TrainingSettings:
-    """``settings`` with ``bfloat16`` decided for ``device`` where it was left to the hardware."""
-    return settings if settings.bfloat16 is not None else replace(settings, bfloat16=native_bfloat16(device))
 
 
 def read_decathlon_cases(folder: str | Path) -> list[Case]:
@@ -267,7 +253,6 @@ def train_network(
     else:
         slicings, seed = [[case.in_view(view)] for case in cases], settings.seed
     checkpoint_config = replace(config, views=(view,))
-    settings = resolve_precision(settings, device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # channels_last: oneDNN's fast path for 2D convolutions on CPUs (1.4x per step here).
@@ -337,7 +322,6 @@ def train_model(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = resolve_precision(settings, device)  # training.json records the precision used
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
