@@ -79,11 +79,11 @@ def variants():
         "v5_seed2": replace(base, iterations=4800, bfloat16=True, seed=2),
         # 1.5's settings with targets cut only after augmentation (model card, "Training targets").
         "v9_fraction": replace(base, iterations=4800, bfloat16=True, fractional_labels=True),
-        # 1.6: half-width networks (ModelConfig's default since) in float32, as a CPU without
-        # bfloat16 instructions trains them: 4,800 iterations fit the CPU hour there.
+        # 1.6: half-width networks (ModelConfig's default since) in float32, as `train` runs by
+        # default since package 0.7.0: 4,800 iterations fit the hour on a 2-core AVX2 CPU.
         "v10_half": replace(base, iterations=4800),
         "v10_half_seed1": replace(base, iterations=4800, seed=1),
-        # 1.6 as a CPU with bfloat16 instructions trains it by default.
+        # 1.6's settings with a bfloat16 forward pass (`train --bfloat16`).
         "v10_half_bf16": replace(base, iterations=4800, bfloat16=True),
     }
     if os.environ.get("LAS_VARIANTS"):
