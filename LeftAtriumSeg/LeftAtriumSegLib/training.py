@@ -85,7 +85,7 @@ class TrainingSettings:
     random_orientation: bool = False
     # Forward pass in bfloat16 where autocast allows (convolutions). Off: the trained model then
     # does not depend on the CPU's instructions (on an AVX2-only CPU autocast emulates bfloat16,
-    # 11x slower than float32), and 1.6 trained in bfloat16 cross-validated slightly worse.
+    # 10-14x slower than float32), and 1.6 trained in bfloat16 cross-validated slightly worse.
     bfloat16: bool = False
     # Targets from the mask's share of each model-frame voxel, cut at 0.5 only after each crop's
     # rotation and scaling, where exact halves are rare. Off (1.5): cut when the case is
