@@ -76,8 +76,7 @@ class LeftAtriumSegParameterNode:
     outputSegmentation - receives the "Left atrium" segment (created when empty).
     measurementTable - receives the volume measurements (created when empty).
     modelPath - a model file trained with the bundled script; empty for the bundled model.
-    device - where the network runs.
-    bfloat16 - run the networks in bfloat16 (faster on CPUs with bfloat16 instructions).
+    device - where the networks run (cuda needs the onnxruntime-gpu package).
     threshold, keepLargestComponent, componentGapMm, fillHoles, closingRadiusMm - cleanup.
     heightCm, weightKg - for body surface area and the LA volume index; 0 when unknown.
     """
@@ -87,7 +86,6 @@ class LeftAtriumSegParameterNode:
     measurementTable: vtkMRMLTableNode
     modelPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    bfloat16: bool = False
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
     keepLargestComponent: bool = True
     componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = 20.0
@@ -282,7 +280,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingRequirements() -> list:
-        modules = {"torch": "torch", "skimage": "scikit-image", "safetensors": "safetensors",
+        modules = {"onnxruntime": "onnxruntime", "onnx": "onnx", "skimage": "scikit-image", "safetensors": "safetensors",
                    "slicerio": "slicerio", "tqdm": "tqdm", "scipy": "scipy"}
         return [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
 
@@ -295,14 +293,6 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 _("Left-atrium segmentation needs these Python packages, which will be downloaded and "
                   "installed now: {packages}").format(packages=", ".join(missing))):
             return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError(_("PyTorch is missing: install the PyTorch extension from the Extensions Manager, "
-                                     "restart Slicer and try again.")) from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
         slicer.util.pip_install(["-r", str(REQUIREMENTS_PATH)])
         still = self.missingRequirements()
         if still:
@@ -339,11 +329,11 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         from LeftAtriumSegLib.cli import cleanup_arguments
-        from LeftAtriumSegLib.model_file import load_model
+        from LeftAtriumSegLib.onnx_network import load_onnx_networks
 
         p = parameterNode
         image = self._checkedInputImage(p)
-        load_model(self.modelPath(p))  # a bad model file fails here, with its own message
+        load_onnx_networks(self.modelPath(p), "cpu")  # a bad model file fails here, with its own message
         self._workDir = Path(tempfile.mkdtemp(prefix="LeftAtriumSeg-"))
         inputPath = self._workDir / "input.nrrd"
         sitk.WriteImage(image, str(inputPath))
@@ -354,7 +344,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         process.setProcessEnvironment(environment)
         arguments = ["-m", "LeftAtriumSegLib.cli", "segment", str(inputPath), "--output-dir", str(self._workDir / "out"),
                      "--format", "nii.gz", "--quiet", "--progress-lines", "--model", str(self.modelPath(p)),
-                     "--device", p.device, *(["--bfloat16"] if p.bfloat16 else []),
+                     "--device", p.device,
                      *cleanup_arguments(self._cleanupSettings(p))]
         errors = []
 
@@ -410,7 +400,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         p = parameterNode
         image = self._checkedInputImage(p)
-        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p), p.bfloat16)
+        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p))
         self.setResult(segmenter.segment(image), p)
         return self.updateMeasurements(p)
 

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from LeftAtriumSegLib.inference import predict_probability_map
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
+from LeftAtriumSegLib.network import TorchSliceNetwork
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 from LeftAtriumSegLib.preprocessing import VIEW_AXES
 from LeftAtriumSegLib.training import TrainingSettings, make_folds, prepare_case, read_decathlon_cases, train_network
@@ -59,7 +60,8 @@ def networks_for(targets: str, views: list[str], training_cases, settings: Train
 
 def score(case, networks: dict, cleanup: CleanupSettings) -> dict:
     image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
-    probability = predict_probability_map(image, networks, ModelConfig(views=tuple(networks)))
+    slice_networks = {view: TorchSliceNetwork(network) for view, network in networks.items()}
+    probability = predict_probability_map(image, slice_networks, ModelConfig(views=tuple(networks)))
     spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
     mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
     return segmentation_metrics(mask, sitk.GetArrayViewFromImage(reference) > 0, spacing_mm)

@@ -88,6 +88,16 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _parse_threads(text: str) -> int:
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise argparse.ArgumentTypeError(f"--threads takes a count >= 0 (0: one per physical core), not {text!r}")
+    return threads
+
+
 def _collect_cases(args: argparse.Namespace):
     from .io import find_cases, read_manifest  # noqa: PLC0415
 
@@ -130,7 +140,7 @@ def run_segment(args: argparse.Namespace) -> int:
     volumes_path = output_dir / (f"volumes.shard-{args.shard[0]}-of-{args.shard[1]}.csv" if args.shard else "volumes.csv")
     cases = _collect_cases(args)
     remove_stale_partials(output_dir)
-    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), args.bfloat16)
+    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), args.threads)
     suffix = SEGMENTATION_SUFFIX if args.format == "seg.nrrd" else ".nii.gz"
     writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
     # Rows of earlier runs into this folder stay, unless this run has the same case.
@@ -264,8 +274,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .model_card import write_model_card  # noqa: PLC0415
     from .model_file import ModelConfig  # noqa: PLC0415
-    from .pipeline import resolve_device  # noqa: PLC0415
-    from .training import TrainingSettings, train_model  # noqa: PLC0415
+    from .training import TrainingSettings, resolve_device, train_model  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -311,10 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--format", choices=("seg.nrrd", "nii.gz"), default="seg.nrrd",
                          help="Slicer segmentation or NIfTI label map (default %(default)s)")
     segment.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    segment.add_argument("--bfloat16", action="store_true",
-                         help="run the networks in bfloat16: faster on CPUs with bfloat16 instructions and on "
-                              "recent GPUs, slower on other CPUs; masks differ from the default float32 in a few voxels")
+    segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where the networks run; cuda needs the onnxruntime-gpu package (default %(default)s)")
+    segment.add_argument("--threads", type=_parse_threads, default=0,
+                         help="CPU threads for the networks (default: one per physical core)")
     segment.add_argument("--overwrite", action="store_true",
                          help="segment again and replace existing outputs (default: cases with an output are skipped)")
     segment.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")

@@ -24,7 +24,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     used (a run trained on several is scored one folder at a time).
     Yields ``(fold, case, image, label, (networks, config))``; each fold's model is loaded once.
     """
-    from .model_file import load_model  # noqa: PLC0415 - torch only where a model is needed
+    from .onnx_network import load_onnx_networks  # noqa: PLC0415 - onnxruntime only where a model is needed
 
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
     held_out = [(index, case) for index, fold in enumerate(training["folds"]) for case in fold["validation"]
@@ -34,7 +34,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     model_fold = None
     for index, case in held_out:
         if index != model_fold:
-            model, model_fold = load_model(run_dir / f"fold_{index}" / "model.safetensors"), index
+            model, model_fold = load_onnx_networks(run_dir / f"fold_{index}" / "model.safetensors", "cpu"), index
         image = sitk.ReadImage(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
         label = sitk.ReadImage(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
         yield index, case, image, label, model

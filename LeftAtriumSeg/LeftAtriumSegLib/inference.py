@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
+from scipy.special import expit
 
 from .model_file import ModelConfig
-from .network import UNet2D
 from .postprocessing import keep_largest_component
 from .preprocessing import (
     VIEW_AXES,
@@ -24,40 +23,46 @@ from .preprocessing import (
 ProgressCallback = Callable[[float], None]
 
 
-def slice_stacks(volume: torch.Tensor, slices: int) -> torch.Tensor:
-    """``(Z, H, W)`` -> ``(Z, slices, H, W)``: each slice with its neighbours, edges repeated."""
+class SliceNetwork(Protocol):
+    """One view's network as inference runs it: ``onnx_network.OnnxSliceNetwork`` (``segment``)
+    or ``network.TorchSliceNetwork`` (networks in training, GPU benchmarks)."""
+
+    size_multiple: int  # slice height and width must be multiples of it
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """float32 ``(N, slices, H, W)`` -> logits, float32 ``(N, 1, H, W)``."""
+        ...
+
+
+def slice_stacks(volume: np.ndarray, slices: int, z_indices: Sequence[int]) -> np.ndarray:
+    """``(Z, H, W)`` -> ``(len(z_indices), slices, H, W)``: each chosen slice with its
+    neighbours, the first and last slice repeated beyond the volume's ends."""
     half = slices // 2
-    padded = torch.cat([volume[:1].expand(half, -1, -1), volume, volume[-1:].expand(half, -1, -1)])
-    return padded.unfold(0, slices, 1).permute(0, 3, 1, 2)
+    neighbours = np.clip(np.add.outer(np.asarray(z_indices), np.arange(-half, half + 1)), 0, volume.shape[0] - 1)
+    return volume[neighbours]
 
 
-@torch.inference_mode()
 def predict_slices(
-    network: UNet2D,
+    network: SliceNetwork,
     normalised: np.ndarray,
     slices: int,
     z_indices: Sequence[int],
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
-    bfloat16: bool = False,
 ) -> np.ndarray:
     """Probabilities, float32 ``(len(z_indices), Y, X)``, for chosen slices of a normalised
-    ``(Z, Y, X)`` volume, slicing along its first axis (neighbours are read from the whole volume).
-    ``bfloat16`` runs the convolutions in bfloat16 (``torch.autocast``)."""
-    device = next(network.parameters()).device
-    volume = torch.from_numpy(np.ascontiguousarray(normalised))
-    height, width = volume.shape[1:]
+    ``(Z, Y, X)`` volume, slicing along its first axis (neighbours are read from the whole volume)."""
+    height, width = normalised.shape[1:]
     multiple = network.size_multiple
     pad_y, pad_x = (-height) % multiple, (-width) % multiple
-    volume = F.pad(volume, (pad_x // 2, pad_x - pad_x // 2, pad_y // 2, pad_y - pad_y // 2), mode="replicate")
-    stacks = slice_stacks(volume, slices)
+    padded = np.pad(normalised.astype(np.float32, copy=False),
+                    ((0, 0), (pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)), mode="edge")
     z_indices = list(z_indices)
     probabilities = np.empty((len(z_indices), height, width), dtype=np.float32)
     for start in range(0, len(z_indices), batch_size):
-        batch = stacks[z_indices[start : start + batch_size]].to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
-            logits = network(batch)[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
-        probabilities[start : start + batch_size] = torch.sigmoid(logits.float()).cpu().numpy()
+        logits = network(slice_stacks(padded, slices, z_indices[start : start + batch_size]))
+        logits = logits[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
+        probabilities[start : start + batch_size] = expit(logits)
         if progress is not None:
             progress(min(start + batch_size, len(z_indices)) / len(z_indices))
     return probabilities
@@ -68,13 +73,12 @@ def _scaled(progress: ProgressCallback | None, start: float, end: float) -> Prog
 
 
 def predict_frame_probabilities(
-    networks: Mapping[str, UNet2D],
+    networks: Mapping[str, SliceNetwork],
     normalised: np.ndarray,
     slices: int,
     localiser_stride: int = 4,
     margin_voxels: int = 32,
     progress: ProgressCallback | None = None,
-    bfloat16: bool = False,
 ) -> np.ndarray:
     """Left-atrium probabilities, float32 ``(Z, Y, X)``, for a normalised model-frame volume:
     the mean over ``networks``, one per view (slicing direction, see ``VIEW_AXES``).
@@ -88,14 +92,13 @@ def predict_frame_probabilities(
 
     The margin also gives the networks context: in 1.5's cross-validation, 16 voxels lost up
     to 3 mL of atrium near the box's edge; 32 scored as well as the whole volume (model card).
-    ``bfloat16``: see ``predict_slices``.
     """
     views = list(networks)
     localiser = to_view(normalised, views[0])
     depth = localiser.shape[0]
     coarse_indices = list(range(localiser_stride // 2, depth, localiser_stride))
     coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices,
-                            progress=_scaled(progress, 0.0, 0.2), bfloat16=bfloat16)
+                            progress=_scaled(progress, 0.0, 0.2))
     # Stray hits away from the atrium used to stretch the box (1.5's cross-validation on
     # msd_heart: 1.97 instead of 1.61 million voxels on average). Distances here are in voxels;
     # coarse slices lie localiser_stride voxels apart.
@@ -119,8 +122,7 @@ def predict_frame_probabilities(
         # Neighbouring slices outside the box still feed the network's input stack.
         volume = to_view(normalised, view)[:, rows, columns]
         predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
-                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share),
-                                   bfloat16=bfloat16)
+                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share))
         probabilities[box] += from_view(predicted, view)
     probabilities[box] /= len(views)
     return probabilities
@@ -128,16 +130,14 @@ def predict_frame_probabilities(
 
 def predict_probability_map(
     image: sitk.Image,
-    networks: Mapping[str, UNet2D],
+    networks: Mapping[str, SliceNetwork],
     config: ModelConfig,
     progress: ProgressCallback | None = None,
-    bfloat16: bool = False,
 ) -> sitk.Image:
-    """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32).
-    ``bfloat16``: see ``predict_slices``."""
+    """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32)."""
     framed = to_model_frame(image, config.frame)
     normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed))
-    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress, bfloat16=bfloat16)
+    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress)
     probability_frame = sitk.GetImageFromArray(probabilities)
     probability_frame.CopyInformation(framed)
     return to_reference_grid(probability_frame, image)

@@ -1,6 +1,8 @@
 """Model files: network weights in safetensors, the settings needed to use them in its metadata.
 
 safetensors holds tensors and strings only, so loading a file never executes code from it.
+torch is imported only inside the functions that build torch networks: segmenting reads the
+weights as numpy arrays for ONNX Runtime (``onnx_network``) and never pays torch's 1.5 s import.
 """
 
 from __future__ import annotations
@@ -8,16 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from .errors import ModelFileError
 from .io import atomic_output
-from .network import UNet2D, fold_batch_norms
 from .preprocessing import VIEW_AXES, ModelFrame
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .network import UNet2D
 
 # Format 2: one network per slicing view, tensors named "VIEW.parameter".
 FORMAT = "leftatriumseg-model-2"
@@ -43,12 +49,21 @@ class ModelConfig:
         if unknown or not self.views or len(set(self.views)) != len(self.views):
             raise ValueError(f"views must be distinct names among {sorted(VIEW_AXES)}, got {list(self.views)}")
 
+    @property
+    def size_multiple(self) -> int:
+        """Slice height and width must be multiples of this (the U-Net's pooling)."""
+        return 2 ** (len(self.features) - 1)
+
     def build_network(self) -> UNet2D:
         """One view's network."""
+        from .network import UNet2D  # noqa: PLC0415 - torch, see the module docstring
+
         return UNet2D(in_channels=self.slices, features=self.features)
 
     def build_networks(self) -> nn.ModuleDict:
         """A network for each of ``views``, keyed by view."""
+        from torch import nn  # noqa: PLC0415
+
         return nn.ModuleDict({view: self.build_network() for view in self.views})
 
     def to_json(self) -> str:
@@ -74,6 +89,8 @@ def save_model(path: str | Path, networks: nn.ModuleDict, config: ModelConfig) -
     path = Path(path)
     if list(networks) != list(config.views):
         raise ValueError(f"networks for {list(networks)} do not match the config's views {list(config.views)}")
+    from safetensors.torch import save_file  # noqa: PLC0415
+
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in networks.state_dict().items()}
     with atomic_output(path, overwrite=True) as partial:
         save_file(state, str(partial), metadata={"format": FORMAT, "config": config.to_json()})
@@ -89,7 +106,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
@@ -102,8 +119,23 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise ModelFileError(f"{path}: unreadable model settings ({error})") from None
 
 
+def read_model_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """A model file's tensors (``VIEW.parameter``) as numpy arrays, without torch.
+
+    Raises ``ModelFileError`` naming the file for anything that is not a readable
+    LeftAtriumSeg model.
+    """
+    read_model_config(path)
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not load ({error})") from None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.ModuleDict, ModelConfig]:
-    """Read a model file into networks ready for inference, one per view, on ``device``.
+    """Read a model file into torch networks ready for inference, one per view, on ``device``
+    (``segment`` uses ``onnx_network.load_onnx_networks`` instead; this serves GPU benchmarks).
 
     Their BatchNorms are folded into the convolutions (``fold_batch_norms``), so they are for
     prediction only, not for further training or saving.
@@ -111,6 +143,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     Raises ``ModelFileError`` naming the file for anything that is not a readable
     LeftAtriumSeg model.
     """
+    import torch  # noqa: PLC0415
+
+    from .network import fold_batch_norms  # noqa: PLC0415
+
     config = read_model_config(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -125,5 +161,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return networks.to(device, memory_format=torch.channels_last).eval(), config
 
 
-def parameter_count(network: torch.nn.Module) -> int:
+def parameter_count(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -73,3 +74,20 @@ def fold_batch_norms(network: UNet2D) -> UNet2D:
                     block[index] = fuse_conv_bn_eval(block[index], block[index + 1])
                     block[index + 1] = nn.Identity()
     return network
+
+
+class TorchSliceNetwork:
+    """A torch ``UNet2D`` as ``inference.predict_slices`` calls it (``inference.SliceNetwork``):
+    float32 ``(N, slices, H, W)`` numpy in, logits ``(N, 1, H, W)`` numpy out, run on the
+    network's device. For networks in training and GPU benchmarks; ``segment`` runs the model
+    file with ONNX Runtime (``onnx_network``)."""
+
+    def __init__(self, network: UNet2D):
+        self.network = network.eval()
+        self.size_multiple = network.size_multiple
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        device = next(self.network.parameters()).device
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+        return self.network(tensor.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()

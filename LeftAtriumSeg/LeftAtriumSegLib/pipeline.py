@@ -7,43 +7,32 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from torch import nn
 
-from .inference import ProgressCallback, predict_probability_map
+from .inference import ProgressCallback, SliceNetwork, predict_probability_map
 from .measurements import VolumeMeasurement, measure_volume
-from .model_file import ModelConfig, load_model
+from .model_file import ModelConfig
+from .onnx_network import load_onnx_networks
 from .postprocessing import CleanupSettings, clean_mask
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "leftatriumseg.safetensors"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-    return torch.device(device)
 
 
 @dataclass
 class Segmenter:
     """A loaded model plus cleanup settings, ready to segment any number of images."""
 
-    networks: nn.ModuleDict  # one network per view of the config
+    networks: dict[str, SliceNetwork]  # one network per view of the config
     config: ModelConfig
     cleanup: CleanupSettings
     model_path: Path
-    # Convolutions in bfloat16: about 1.8x faster on CPUs with bfloat16 instructions (AVX512-BF16,
-    # AMX), slower on others; masks differ from float32 in a few voxels (model card).
-    bfloat16: bool = False
 
     @classmethod
     def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
-             cleanup: CleanupSettings | None = None, bfloat16: bool = False) -> "Segmenter":
-        networks, config = load_model(model_path, resolve_device(device))
-        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path), bfloat16)
+             cleanup: CleanupSettings | None = None, threads: int = 0) -> "Segmenter":
+        """``device``: ``auto`` (CUDA where onnxruntime has it, else CPU), ``cpu`` or ``cuda``;
+        ``threads``: CPU threads for the networks, 0 for one per physical core."""
+        networks, config = load_onnx_networks(model_path, device, threads)
+        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path))
 
     @property
     def model_label(self) -> str:
@@ -51,7 +40,7 @@ class Segmenter:
 
     def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> np.ndarray:
         """Boolean ``(Z, Y, X)`` left-atrium mask on exactly ``image``'s grid."""
-        probability_map = predict_probability_map(image, self.networks, self.config, progress, self.bfloat16)
+        probability_map = predict_probability_map(image, self.networks, self.config, progress)
         return clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
 
     def segment_and_measure(self, image: sitk.Image, progress: ProgressCallback | None = None

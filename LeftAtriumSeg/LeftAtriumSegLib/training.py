@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .inference import predict_probability_map
 from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
+from .onnx_network import load_onnx_networks
 from .preprocessing import (
     VIEW_AXES,
     ModelFrame,
@@ -93,6 +94,15 @@ class TrainingSettings:
     fractional_labels: bool = False
     seed: int = 0
     checkpoint_every: int = 500
+
+
+def resolve_device(device: str) -> torch.device:
+    """Where to train: ``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    return torch.device(device)
 
 
 def read_decathlon_cases(folder: str | Path) -> list[Case]:
@@ -356,8 +366,10 @@ def train_model(
                 device=device,
             )
             save_model(fold_dir / "model.safetensors", networks, config)
+            # The held-out maps come from the saved file, run as segment runs it.
+            held_out_networks, _ = load_onnx_networks(fold_dir / "model.safetensors", "cpu")
             for case in validation:
-                probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), networks.eval(), config)
+                probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), held_out_networks, config)
                 sitk.WriteImage(probability_map, str(probability_dir / f"{case.case_id}.nii.gz"), useCompression=True)
             summary["folds"].append({"validation": sorted(held_out), "training_seconds": seconds})
             (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -48,16 +48,6 @@ def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample
     assert float(row["volume_mm3"]) == pytest.approx(np.count_nonzero(predicted) * np.prod(image.GetSpacing()), rel=1e-4)
 
 
-def test_bfloat16_segments_the_sample_as_float32_does_within_a_few_voxels(sample_run, tmp_path):
-    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--format", "nii.gz", "--quiet",
-                 "--bfloat16"]) == 0
-    float32_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_run / "la_022_crop.nii.gz"))) > 0
-    bfloat16_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "la_022_crop.nii.gz"))) > 0
-    assert dice(bfloat16_mask, float32_mask) >= 0.995
-    volumes_ml = [float(_read_volumes(folder)["la_022_crop"]["volume_ml"]) for folder in (sample_run, tmp_path)]
-    assert volumes_ml[0] == pytest.approx(volumes_ml[1], abs=0.5)
-
-
 def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()

@@ -2,25 +2,30 @@
 
 import numpy as np
 import pytest
-import torch
-from LeftAtriumSegLib.inference import predict_frame_probabilities
+from LeftAtriumSegLib.inference import predict_frame_probabilities, slice_stacks
 from LeftAtriumSegLib.preprocessing import VIEW_AXES, from_view, to_view
-from torch import nn
 
 
-class CentreSliceLogits(nn.Module):
-    """Stand-in network whose logits are 4x its input stack's centre slice: the probability
-    map it yields is known voxel by voxel, so any misplaced slice shows."""
+class CentreSliceLogits:
+    """Stand-in network whose logits are 4x its input stack's centre slice (plus ``offset``):
+    the probability map it yields is known voxel by voxel, so any misplaced slice shows."""
 
     size_multiple = 4
 
-    def __init__(self, slices: int):
-        super().__init__()
+    def __init__(self, slices: int, offset: float = 0.0):
         self.centre = slices // 2
-        self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device
+        self.offset = offset
 
-    def forward(self, stacks: torch.Tensor) -> torch.Tensor:
-        return 4 * stacks[:, self.centre : self.centre + 1] + self.anchor
+    def __call__(self, stacks: np.ndarray) -> np.ndarray:
+        assert stacks.dtype == np.float32 and stacks.shape[2] % 4 == 0 and stacks.shape[3] % 4 == 0
+        return 4 * stacks[:, self.centre : self.centre + 1] + self.offset
+
+
+def test_slice_stacks_repeat_the_end_slices():
+    volume = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), dtype=np.float32)
+    stacks = slice_stacks(volume, 5, [0, 2, 3])
+    assert stacks.shape == (3, 5, 2, 3)
+    np.testing.assert_array_equal(stacks[:, :, 0, 0], [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]])
 
 
 def _off_centre_ellipsoid(shape=(30, 34, 38)) -> np.ndarray:
@@ -52,8 +57,7 @@ def test_every_view_maps_back_onto_the_model_frame(views):
 def test_views_are_averaged():
     atrium = _off_centre_ellipsoid()
     normalised = np.where(atrium, 2.0, -2.0).astype(np.float32)
-    silent = CentreSliceLogits(slices=5)
-    silent.anchor.data.fill_(-1e4)  # a view that sees nothing anywhere
+    silent = CentreSliceLogits(slices=5, offset=-1e4)  # a view that sees nothing anywhere
     probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5), "sagittal": silent}, normalised, slices=5)
     np.testing.assert_allclose(probabilities[atrium], 0.5 / (1 + np.exp(-8.0)), rtol=1e-5)
 
@@ -71,26 +75,3 @@ def test_box_follows_the_largest_group_of_coarse_hits():
     probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5)}, normalised, slices=5)
     np.testing.assert_array_equal(probabilities >= 0.5, atrium | fragment)
     assert not probabilities[:, :, 70:].any()
-
-
-class AutocastProbe(CentreSliceLogits):
-    """Records whether each forward pass ran under bfloat16 autocast."""
-
-    def __init__(self, slices: int):
-        super().__init__(slices)
-        self.autocast_seen: list[bool] = []
-
-    def forward(self, stacks: torch.Tensor) -> torch.Tensor:
-        self.autocast_seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return super().forward(stacks)
-
-
-@pytest.mark.parametrize("bfloat16", [False, True])
-def test_bfloat16_switches_autocast_for_every_pass(bfloat16):
-    atrium = _off_centre_ellipsoid()
-    probe = AutocastProbe(5)
-    probabilities = predict_frame_probabilities({"axial": probe}, np.where(atrium, 2.0, -2.0).astype(np.float32),
-                                                slices=5, bfloat16=bfloat16)
-    assert probe.autocast_seen and all(seen == bfloat16 for seen in probe.autocast_seen)
-    assert probabilities.dtype == np.float32
-    np.testing.assert_array_equal(probabilities >= 0.5, atrium)

@@ -11,7 +11,14 @@ from safetensors.torch import save_file
 
 from LeftAtriumSegLib.errors import ModelFileError
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, read_model_config, save_model
+from LeftAtriumSegLib.onnx_network import load_onnx_networks
 from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+
+
+@pytest.fixture(params=["torch", "onnxruntime"])
+def load(request):
+    """Both ways a model file is read: torch networks (benchmarks) and ONNX Runtime (segment)."""
+    return load_model if request.param == "torch" else (lambda path: load_onnx_networks(path, "cpu"))
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -41,7 +48,7 @@ def test_networks_must_match_the_views(tmp_path):
         ModelConfig(views=("oblique",))
 
 
-def test_model_with_unknown_view_is_refused(tmp_path):
+def test_model_with_unknown_view_is_refused(tmp_path, load):
     config = ModelConfig(features=(4, 8), views=("axial",))
     path = tmp_path / "m.safetensors"
     save_model(path, config.build_networks(), config)
@@ -51,7 +58,7 @@ def test_model_with_unknown_view_is_refused(tmp_path):
     metadata["config"] = metadata["config"].replace('"axial"', '"oblique"')
     save_file(state, str(path), metadata=metadata)
     with pytest.raises(ModelFileError, match="unreadable model settings"):
-        load_model(path)
+        load(path)
 
 
 class _Exploit:
@@ -62,38 +69,38 @@ class _Exploit:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickled_model_is_refused_without_running_its_code(tmp_path):
+def test_pickled_model_is_refused_without_running_its_code(tmp_path, load):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.safetensors"
     torch.save({"weights": _Exploit(marker)}, path)
     with pytest.raises(ModelFileError, match="not a readable safetensors"):
-        load_model(path)
+        load(path)
     assert not marker.exists()
     pickled = tmp_path / "evil.pkl"
     pickled.write_bytes(pickle.dumps(_Exploit(marker)))
     with pytest.raises(ModelFileError):
-        load_model(pickled)
+        load(pickled)
     assert not marker.exists()
 
 
-def test_truncated_model_file_is_refused(tmp_path):
+def test_truncated_model_file_is_refused(tmp_path, load):
     data = DEFAULT_MODEL_PATH.read_bytes()
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match=str(path)):
-        load_model(path)
+        load(path)
 
 
-def test_foreign_safetensors_file_is_refused(tmp_path):
+def test_foreign_safetensors_file_is_refused(tmp_path, load):
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(3)}, str(path))
     with pytest.raises(ModelFileError, match="not a LeftAtriumSeg model"):
-        load_model(path)
+        load(path)
 
 
-def test_missing_model_file(tmp_path):
+def test_missing_model_file(tmp_path, load):
     with pytest.raises(ModelFileError, match="not found"):
-        load_model(tmp_path / "nothing.safetensors")
+        load(tmp_path / "nothing.safetensors")
 
 
 def test_shipped_model_loads():

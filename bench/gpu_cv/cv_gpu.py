@@ -43,7 +43,7 @@ def _stub_attribute(name):
 
 stub.__getattr__ = _stub_attribute
 sys.modules["SimpleITK"] = stub
-for _name in ("slicerio", "nrrd", "pydicom"):
+for _name in ("slicerio", "nrrd", "pydicom", "onnx", "onnxruntime"):
     try:
         __import__(_name)
     except ImportError:
@@ -182,10 +182,11 @@ def eval_job(variant, fold, held_out_ids):
     import torch
     from LeftAtriumSegLib.inference import predict_frame_probabilities
     from LeftAtriumSegLib.model_file import ModelConfig, load_model
+    from LeftAtriumSegLib.network import TorchSliceNetwork
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = ModelConfig()
-    networks = {view: load_model(RESULTS / variant / f"fold{fold}_{view}.safetensors", device)[0][view]
+    networks = {view: TorchSliceNetwork(load_model(RESULTS / variant / f"fold{fold}_{view}.safetensors", device)[0][view])
                 for view in VIEWS}
     rows, maps = [], {}
     for case in load_cases(held_out_ids):

@@ -1,0 +1,105 @@
+"""ONNX Runtime runs the model file's networks as torch does, and segmenting never loads torch."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import SAMPLE_IMAGE
+from LeftAtriumSegLib.errors import ModelFileError
+from LeftAtriumSegLib.inference import predict_probability_map
+from LeftAtriumSegLib.metrics import dice
+from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
+from LeftAtriumSegLib.network import TorchSliceNetwork
+from LeftAtriumSegLib.onnx_network import execution_providers, load_onnx_networks
+from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
+from safetensors.torch import save_file
+
+
+def _trained_looking_networks(config: ModelConfig) -> torch.nn.ModuleDict:
+    """Random networks whose BatchNorms have non-trivial statistics and affine parameters, so
+    that folding them into the convolutions is exercised."""
+    torch.manual_seed(0)
+    networks = config.build_networks()
+    for module in networks.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return networks.eval()
+
+
+@pytest.mark.parametrize("features, slices", [((4, 8), 3), ((4, 8, 16, 32), 5)])
+def test_onnx_logits_match_torch(tmp_path, features, slices):
+    config = ModelConfig(slices=slices, features=features, views=("coronal", "axial"))
+    networks = _trained_looking_networks(config)
+    path = tmp_path / "model.safetensors"
+    save_model(path, networks, config)
+    onnx_networks, loaded_config = load_onnx_networks(path, "cpu")
+    assert loaded_config == config and list(onnx_networks) == ["coronal", "axial"]
+    batch = np.random.default_rng(1).standard_normal((3, slices, 32, 48)).astype(np.float32)
+    for view in config.views:
+        assert onnx_networks[view].size_multiple == networks[view].size_multiple
+        with torch.no_grad():
+            expected = networks[view](torch.from_numpy(batch)).numpy()
+        np.testing.assert_allclose(onnx_networks[view](batch), expected, atol=1e-4, rtol=1e-4)
+    assert not np.allclose(onnx_networks["coronal"](batch), onnx_networks["axial"](batch))
+
+
+def test_shipped_model_segments_the_sample_as_torch_does(sample_image):
+    onnx_networks, config = load_onnx_networks(DEFAULT_MODEL_PATH, "cpu")
+    torch_networks, _ = load_model(DEFAULT_MODEL_PATH)
+    masks = []
+    for networks in (onnx_networks, {view: TorchSliceNetwork(network) for view, network in torch_networks.items()}):
+        probability_map = predict_probability_map(sample_image, networks, config)
+        masks.append(clean_mask(sitk.GetArrayViewFromImage(probability_map), sample_image.GetSpacing(), CleanupSettings()))
+    assert masks[0].sum() > 10_000
+    # Float rounding differs between the two runtimes: at most a few voxels may flip at 0.5.
+    assert np.count_nonzero(masks[0] != masks[1]) <= 20
+    assert dice(masks[0], masks[1]) >= 0.999
+
+
+@pytest.mark.parametrize("damage", ["missing", "misshapen", "extra"])
+def test_weights_that_do_not_fit_the_settings_are_refused(tmp_path, damage):
+    config = ModelConfig(features=(4, 8), views=("axial",))
+    state = {name: tensor.clone() for name, tensor in config.build_networks().state_dict().items()}
+    if damage == "missing":
+        del state["axial.head.weight"]
+    elif damage == "misshapen":
+        state["axial.encoders.0.0.weight"] = torch.zeros(4, 2, 3, 3)
+    else:
+        state["axial.spare.weight"] = torch.zeros(3)
+    path = tmp_path / f"{damage}.safetensors"
+    save_file(state, str(path), metadata={"format": "leftatriumseg-model-2", "config": config.to_json()})
+    with pytest.raises(ModelFileError, match=f"{path}: weights do not fit"):
+        load_onnx_networks(path, "cpu")
+    with pytest.raises(ModelFileError, match=str(path)):
+        load_model(path)
+
+
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    assert execution_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        execution_providers("cuda")
+
+
+def test_segment_never_imports_torch(tmp_path):
+    arguments = ["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet", "--device", "cpu", "--threads", "1"]
+    script = (
+        "import sys\n"
+        "from LeftAtriumSegLib.cli import main\n"
+        f"status = main({arguments!r})\n"
+        "assert status == 0, status\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "la_022_crop.seg.nrrd").is_file()
