@@ -124,6 +124,8 @@ class OnnxSliceNetwork:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
         options.log_severity_level = 3  # errors only: no warnings on the user's console
+        # Without the arena a whole segment run peaked at 540-580 MB instead of 770, at the same speed.
+        options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=providers)
         self.size_multiple = size_multiple
 
