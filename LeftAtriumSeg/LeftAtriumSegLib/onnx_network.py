@@ -155,6 +155,9 @@ def load_onnx_networks(path: str | Path, device: str = "auto", threads: int = 0
     config = read_model_config(path)
     weights = read_model_weights(path)
     providers = execution_providers(device)
+    strays = sorted(name for name in weights if name.split(".", 1)[0] not in config.views)
+    if strays:
+        raise ModelFileError(f"{path}: weights do not fit the model's settings (tensors of no view: {strays[:3]})")
     networks = {}
     for view in config.views:
         view_weights = {name[len(view) + 1 :]: array for name, array in weights.items() if name.startswith(f"{view}.")}

@@ -63,7 +63,7 @@ def test_shipped_model_segments_the_sample_as_torch_does(sample_image):
     assert dice(masks[0], masks[1]) >= 0.999
 
 
-@pytest.mark.parametrize("damage", ["missing", "misshapen", "extra"])
+@pytest.mark.parametrize("damage", ["missing", "misshapen", "extra", "no view"])
 def test_weights_that_do_not_fit_the_settings_are_refused(tmp_path, damage):
     config = ModelConfig(features=(4, 8), views=("axial",))
     state = {name: tensor.clone() for name, tensor in config.build_networks().state_dict().items()}
@@ -71,9 +71,11 @@ def test_weights_that_do_not_fit_the_settings_are_refused(tmp_path, damage):
         del state["axial.head.weight"]
     elif damage == "misshapen":
         state["axial.encoders.0.0.weight"] = torch.zeros(4, 2, 3, 3)
-    else:
+    elif damage == "extra":
         state["axial.spare.weight"] = torch.zeros(3)
-    path = tmp_path / f"{damage}.safetensors"
+    else:
+        state["coronal.head.bias"] = torch.zeros(1)
+    path = tmp_path / f"{damage.replace(' ', '_')}.safetensors"
     save_file(state, str(path), metadata={"format": "leftatriumseg-model-2", "config": config.to_json()})
     with pytest.raises(ModelFileError, match=f"{path}: weights do not fit"):
         load_onnx_networks(path, "cpu")
