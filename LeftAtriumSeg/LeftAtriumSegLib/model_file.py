@@ -119,16 +119,16 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise ModelFileError(f"{path}: unreadable model settings ({error})") from None
 
 
-def read_model_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """A model file's tensors (``VIEW.parameter``) as numpy arrays, without torch.
+def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A model file's settings and tensors (``VIEW.parameter``, numpy arrays), without torch.
 
     Raises ``ModelFileError`` naming the file for anything that is not a readable
     LeftAtriumSeg model.
     """
-    read_model_config(path)
+    config = read_model_config(path)
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
+            return config, {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
 
@@ -147,13 +147,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     from .network import fold_batch_norms  # noqa: PLC0415
 
-    config = read_model_config(path)
+    config, weights = read_model(path)
+    networks = config.build_networks()
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-        networks = config.build_networks()
-        networks.load_state_dict(state)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        networks.load_state_dict({name: torch.from_numpy(array) for name, array in weights.items()})
+    except RuntimeError as error:  # missing, unexpected or misshapen tensors
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
     for network in networks.values():
         fold_batch_norms(network)

@@ -17,7 +17,7 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelFileError
-from .model_file import ModelConfig, read_model_config, read_model_weights
+from .model_file import ModelConfig, read_model
 
 OPSET = 17
 IR_VERSION = 8  # what every onnxruntime since 1.10 reads
@@ -152,8 +152,7 @@ def load_onnx_networks(path: str | Path, device: str = "auto", threads: int = 0
     Raises ``ModelFileError`` naming the file for anything that is not a readable
     LeftAtriumSeg model.
     """
-    config = read_model_config(path)
-    weights = read_model_weights(path)
+    config, weights = read_model(path)
     providers = execution_providers(device)
     strays = sorted(name for name in weights if name.split(".", 1)[0] not in config.views)
     if strays:
