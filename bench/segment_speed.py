@@ -41,6 +41,8 @@ def run_once(code: Path, image: Path, threads: int, model: Path | None) -> tuple
                    f"from LeftAtriumSegLib.cli import main; sys.exit(main({arguments!r}))")
         start = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-c", program])
+        # wait4 gives this process's own peak memory, where getrusage(RUSAGE_CHILDREN) would
+        # give the largest of all children so far; Popen is told the status it reaped.
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)

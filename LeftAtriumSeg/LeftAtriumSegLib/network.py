@@ -85,9 +85,9 @@ class TorchSliceNetwork:
     def __init__(self, network: UNet2D):
         self.network = network.eval()
         self.size_multiple = network.size_multiple
+        self.device = next(network.parameters()).device
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        device = next(self.network.parameters()).device
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         return self.network(tensor.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
