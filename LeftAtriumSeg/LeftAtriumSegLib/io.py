@@ -24,6 +24,7 @@ import slicerio
 from .errors import InputImageError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 20.0
 MAX_VOXELS = 2e8  # about 800 MB as float32; a 512 x 512 x 300 scan has 7.9e7
@@ -144,6 +145,19 @@ def _check_gzip_stream(path: Path) -> None:
         raise InputImageError(f"{path}: file is truncated, corrupt or not gzip-compressed as its name says ({error})") from None
 
 
+def _check_nifti_voxels_finite(path: Path) -> None:
+    """ITK's NIfTI reader sets NaN and infinite voxels to 0 without a word: look at the voxels
+    as stored."""
+    import nibabel  # only floating-point NIfTI files need it
+
+    try:
+        stored = np.asanyarray(nibabel.load(path).dataobj.get_unscaled())
+    except (OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError) as error:
+        raise InputImageError(f"{path}: cannot read the voxels as stored ({error})") from None
+    if not np.isfinite(stored).all():
+        raise InputImageError(f"{path}: image contains NaN or infinite intensities")
+
+
 def _itk_reason(error: RuntimeError) -> str:
     """ITK's messages run over several lines; the first meaningful one is enough."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -179,6 +193,8 @@ def read_image(path: str | Path) -> sitk.Image:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputImageError(f"{path}: cannot read image (corrupt or unsupported format: {_itk_reason(error)})") from None
+    if path.name.lower().endswith(NIFTI_SUFFIXES) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        _check_nifti_voxels_finite(path)
     check_image(image, path)
     return image
 

@@ -93,7 +93,12 @@ def hostile_inputs(tmp_path):
     voxels[10, 10, 10] = np.nan
     with_nan = sitk.GetImageFromArray(voxels)
     with_nan.CopyInformation(sample)
-    _write(with_nan, folder / "with_nan.mha")  # NIfTI readers turn NaN into 0
+    _write(with_nan, folder / "with_nan.mha")
+    _write(with_nan, folder / "with_nan_nifti.nii.gz")  # ITK's NIfTI reader turns NaN into 0
+    voxels[10, 10, 10] = np.inf
+    with_infinity = sitk.GetImageFromArray(voxels)
+    with_infinity.CopyInformation(sample)
+    _write(with_infinity, folder / "with_infinity.nii")
     absurd = sitk.Image(sample)
     absurd.SetSpacing((1e6, 1.0, 1.0))
     _write(absurd, folder / "absurd_spacing.nii.gz")
@@ -113,6 +118,8 @@ def hostile_inputs(tmp_path):
         "series4d": "4D",
         "constant": "constant intensity",
         "with_nan": "NaN",
+        "with_nan_nifti": "NaN",
+        "with_infinity": "infinite",
         "absurd_spacing": "spacing",
     }
     return folder, expected
