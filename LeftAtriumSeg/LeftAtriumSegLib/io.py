@@ -152,7 +152,8 @@ def _check_nifti_voxels_finite(path: Path) -> None:
 
     try:
         stored = np.asanyarray(nibabel.load(path).dataobj.get_unscaled())
-    except (OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError) as error:
+    except (OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError,
+            nibabel.spatialimages.HeaderDataError) as error:  # the last two derive from Exception only
         raise InputImageError(f"{path}: cannot read the voxels as stored ({error})") from None
     if not np.isfinite(stored).all():
         raise InputImageError(f"{path}: image contains NaN or infinite intensities")
