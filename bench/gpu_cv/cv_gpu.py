@@ -29,6 +29,7 @@ import types
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -85,6 +86,10 @@ def variants():
         "v10_half_seed1": replace(base, iterations=4800, seed=1),
         # 1.6's settings with a bfloat16 forward pass (`train --bfloat16`).
         "v10_half_bf16": replace(base, iterations=4800, bfloat16=True),
+        # 1.6's settings with binary cross-entropy alone (see BCE_ONLY), with 1.5's targets cut at
+        # 0.5 or with the mask's share of each voxel: does the soft Dice term bias the volumes?
+        "v11_bce": replace(base, iterations=4800),
+        "v11_bce_fraction": replace(base, iterations=4800, fractional_labels=True),
     }
     if os.environ.get("LAS_VARIANTS"):
         found = {name: found[name] for name in os.environ["LAS_VARIANTS"].split(",")}
@@ -101,7 +106,11 @@ MSD_REPEATS = {"v6_msd_double": 2}
 # Channels per level of 1.5's networks, which every variant before v10 trained; v10's have
 # ModelConfig's default, 1.6's half width.
 FEATURES_1_5 = (16, 32, 64, 128, 256)
-DEFAULT_WIDTH = {"v10_half", "v10_half_seed1", "v10_half_bf16"}
+DEFAULT_WIDTH = {"v10_half", "v10_half_seed1", "v10_half_bf16", "v11_bce", "v11_bce_fraction"}
+# Variants trained on binary cross-entropy alone. Its optimum is the voxel's probability of being
+# inside, so the 0.5 cut and the sum of probabilities estimate the volume without the soft Dice
+# term's pull towards confident, larger or smaller masks.
+BCE_ONLY = {"v11_bce", "v11_bce_fraction"}
 
 
 def model_config(variant, views=("axial", "coronal", "sagittal")):
@@ -146,17 +155,26 @@ def load_cases(case_ids, fractional_labels=False):
 
 def train_job(variant, fold, view, train_ids, settings):
     import torch
+    from LeftAtriumSegLib import training
     from LeftAtriumSegLib.model_file import save_model
     from LeftAtriumSegLib.training import train_network
     from torch import nn
     torch.set_num_threads(1)
     start = time.time()
-    network = train_network(load_cases(train_ids, settings.fractional_labels), model_config(variant), settings, view,
-                            show_progress=False, device="cuda" if torch.cuda.is_available() else "cpu")
+    # train_network looks its loss up in the module at each step.
+    loss = bce_loss if variant in BCE_ONLY else training.dice_bce_loss
+    with mock.patch.object(training, "dice_bce_loss", loss):
+        network = train_network(load_cases(train_ids, settings.fractional_labels), model_config(variant), settings, view,
+                                show_progress=False, device="cuda" if torch.cuda.is_available() else "cpu")
     path = RESULTS / variant / f"fold{fold}_{view}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(path, nn.ModuleDict({view: network}), model_config(variant, (view,)))
     return variant, fold, view, round(time.time() - start, 1)
+
+
+def bce_loss(logits, target):
+    import torch.nn.functional as F
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 def orientations(rng, count):
