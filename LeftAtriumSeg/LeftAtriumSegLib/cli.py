@@ -70,6 +70,16 @@ def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = N
         writer.writerows(rows)
 
 
+def _create_output_folder(folder: Path) -> None:
+    """Make ``--output-dir`` once, before any case: one clear error instead of one per case."""
+    if folder.exists() and not folder.is_dir():
+        raise LeftAtriumSegError(f"{folder}: --output-dir exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LeftAtriumSegError(f"{folder}: cannot create the output folder ({error.strerror})") from None
+
+
 def _progress_printer(args: argparse.Namespace, index: int, count: int):
     """With ``--progress-lines``, print ``progress F`` (0-1, whole batch) lines for a caller
     that watches this process, such as the Slicer module."""
@@ -141,6 +151,7 @@ def run_segment(args: argparse.Namespace) -> int:
     cases = _collect_cases(args)
     remove_stale_partials(output_dir)
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), args.threads)
+    _create_output_folder(output_dir)
     suffix = SEGMENTATION_SUFFIX if args.format == "seg.nrrd" else ".nii.gz"
     writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
     # Rows of earlier runs into this folder stay, unless this run has the same case.
@@ -228,6 +239,7 @@ def run_report(args: argparse.Namespace) -> int:
     cases = [case for case in find_cases(args.images) if case.case in predictions]
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(args.images)} has a prediction in {args.predictions}")
+    _create_output_folder(output_dir)
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=args.quiet, dynamic_ncols=True):
         try:
@@ -285,6 +297,7 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
+    _create_output_folder(Path(args.output_dir))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
                           command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))

@@ -167,6 +167,15 @@ def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_folder_that_is_a_file_is_refused_with_one_line(tmp_path, capsys):
+    not_a_folder = tmp_path / "results"
+    not_a_folder.write_text("the user's notes")
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(not_a_folder), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: {not_a_folder}: --output-dir exists and is not a folder"
+    assert not_a_folder.read_text() == "the user's notes"
+
+
 def test_progress_lines_for_the_slicer_module(tmp_path):
     """The exact command the Slicer module runs in its background process."""
     result = subprocess.run(
