@@ -297,7 +297,6 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
-    _create_output_folder(Path(args.output_dir))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
                           command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))

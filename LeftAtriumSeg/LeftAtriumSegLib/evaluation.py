@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import LeftAtriumSegError
 from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name
 from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
@@ -42,6 +43,8 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
 
 def files_by_case(folder: Path) -> dict[str, Path]:
     """Image and segmentation files of a folder by case name (file name without suffix)."""
+    if not folder.is_dir():
+        raise LeftAtriumSegError(f"{folder}: not a folder")
     suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
     return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .errors import LeftAtriumSegError
 from .inference import predict_probability_map
 from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
@@ -108,6 +109,8 @@ def resolve_device(device: str) -> torch.device:
 def read_decathlon_cases(folder: str | Path) -> list[Case]:
     """Cases listed under ``training`` in ``folder/dataset.json``."""
     folder = Path(folder)
+    if not (folder / "dataset.json").is_file():
+        raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
     listing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     cases = []
     for entry in listing["training"]:
@@ -330,9 +333,9 @@ def train_model(
     Returns a summary (cases, folds, wall times per view, ``command`` as given) that is also
     written as ``training.json``.
     """
+    cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}

@@ -176,6 +176,18 @@ def test_output_folder_that_is_a_file_is_refused_with_one_line(tmp_path, capsys)
     assert not_a_folder.read_text() == "the user's notes"
 
 
+@pytest.mark.parametrize("command, expected", [
+    (["evaluate", "--predictions", "{missing}", "--labels", "{missing}"], "{missing}: not a folder"),
+    (["train", "--data", "{missing}", "--output-dir", "{out}", "--folds", "0"], "{missing}: no dataset.json"),
+])
+def test_missing_input_folders_are_named_in_one_line(command, expected, tmp_path, capsys):
+    names = {"missing": tmp_path / "missing", "out": tmp_path / "out"}
+    assert main([part.format(**names) for part in command]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith("error: " + expected.format(**names))
+    assert not names["out"].exists()
+
+
 def test_progress_lines_for_the_slicer_module(tmp_path):
     """The exact command the Slicer module runs in its background process."""
     result = subprocess.run(
