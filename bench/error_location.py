@@ -17,6 +17,9 @@ two reference masks). Per case, in mL, with signed errors as prediction minus re
   necks narrower than twice the radius: where an annotator chooses where the atrium stops. A
   missed voxel counts as thin if it lies in the reference's thin parts, an extra one if in the
   prediction's.
+- summed over the cases: the share of the missed and extra volume at each axis's ends, beside
+  the share of the reference surface and of the reference's thin parts lying there (errors
+  spread evenly over the surface would match the first).
 - the signed error in a shell within 1.5 mm (about a voxel) of the reference surface, against
   deeper: a whole surface placed a fraction of a voxel out or in, against slabs of atrium
   missed or added.
@@ -68,15 +71,19 @@ def error_split(predicted: np.ndarray, reference: np.ndarray, spacing_mm: tuple[
     voxel_ml = float(np.prod(spacing_mm)) / 1000
     missed, added = reference & ~predicted, predicted & ~reference
     split = {"signed": (added.sum() - missed.sum()) * voxel_ml, "FN": missed.sum() * voxel_ml, "FP": added.sum() * voxel_ml}
-    for axis, end in zip(AXES, end_masks(reference, end_fraction)):
-        split[f"{axis} ends FN"] = (missed & end).sum() * voxel_ml
-        split[f"{axis} ends FP"] = (added & end).sum() * voxel_ml
-    thin = ((added & thin_parts(predicted, spacing_mm, thin_radius_mm)).sum()
-            - (missed & thin_parts(reference, spacing_mm, thin_radius_mm)).sum()) * voxel_ml
-    split["thin"], split["body"] = thin, split["signed"] - thin
     sampling = spacing_mm[::-1]
     near_outside = ndimage.distance_transform_edt(~reference, sampling=sampling) <= SHELL_MM
     near_inside = ndimage.distance_transform_edt(reference, sampling=sampling) <= SHELL_MM
+    reference_thin = thin_parts(reference, spacing_mm, thin_radius_mm)
+    split["surface"] = (reference & near_inside).sum() * voxel_ml
+    split["reference thin"] = reference_thin.sum() * voxel_ml
+    for axis, end in zip(AXES, end_masks(reference, end_fraction)):
+        split[f"{axis} ends FN"] = (missed & end).sum() * voxel_ml
+        split[f"{axis} ends FP"] = (added & end).sum() * voxel_ml
+        split[f"{axis} ends surface"] = (reference & near_inside & end).sum() * voxel_ml
+        split[f"{axis} ends reference thin"] = (reference_thin & end).sum() * voxel_ml
+    thin = ((added & thin_parts(predicted, spacing_mm, thin_radius_mm)).sum() - (missed & reference_thin).sum()) * voxel_ml
+    split["thin"], split["body"] = thin, split["signed"] - thin
     shell = ((added & near_outside).sum() - (missed & near_inside).sum()) * voxel_ml
     split["shell"], split["deep"] = shell, split["signed"] - shell
     return split
@@ -122,23 +129,22 @@ def main() -> None:
 
     columns = ["signed", "FN", "FP", *(f"{a} ends {e}" for a in AXES for e in ("FN", "FP")), "thin", "body", "shell", "deep"]
     print(f"{'case':<24}" + "".join(f"{c:>11}" for c in columns))
-    rows = []
+    splits = []
     for case, predicted, reference, spacing_mm in mask_pairs(args.predictions, args.references):
         margin = int(np.ceil(max(args.thin_radius_mm, SHELL_MM) / min(spacing_mm))) + 1
         split = error_split(*crop_to_both(predicted, reference, margin), spacing_mm, args.end_fraction, args.thin_radius_mm)
-        rows.append([split[c] for c in columns])
+        splits.append(split)
         print(f"{case:<24}" + "".join(f"{split[c]:>+11.1f}" if c in SIGNED else f"{split[c]:>11.1f}" for c in columns),
               flush=True)
-    if len(rows) > 1:
-        table = np.array(rows)
-        large = np.abs(table[:, 0]) > 5
-        summed = np.abs(table[large]).sum(axis=0)
-        print(f"cases with |signed| > 5 mL ({large.sum()} of {len(rows)}), summed |mL|: "
-              + ", ".join(f"{c} {summed[columns.index(c)]:.1f}" for c in ("thin", "body", "shell", "deep")))
-        print("summed over cases, FN + FP mL at the ends: "
-              + ", ".join(f"{a} {table[:, columns.index(f'{a} ends FN')].sum() + table[:, columns.index(f'{a} ends FP')].sum():.0f}"
-                          for a in AXES))
-
+    total = {key: sum(split[key] for split in splits) for key in splits[0]}
+    print("share of the missed and extra volume at the ends (of the reference's surface; of its thin parts): " + ", ".join(
+        f"{a} {(total[f'{a} ends FN'] + total[f'{a} ends FP']) / (total['FN'] + total['FP']):.0%} "
+        f"({total[f'{a} ends surface'] / total['surface']:.0%}; {total[f'{a} ends reference thin'] / total['reference thin']:.0%})"
+        for a in AXES))
+    large = [split for split in splits if abs(split["signed"]) > 5]
+    if len(splits) > 1 and large:
+        print(f"cases with |signed| > 5 mL ({len(large)} of {len(splits)}), summed |mL|: "
+              + ", ".join(f"{c} {sum(abs(split[c]) for split in large):.1f}" for c in ("thin", "body", "shell", "deep")))
 
 if __name__ == "__main__":
     main()
