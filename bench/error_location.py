@@ -17,12 +17,13 @@ two reference masks). Per case, in mL, with signed errors as prediction minus re
   necks narrower than twice the radius: where an annotator chooses where the atrium stops. A
   missed voxel counts as thin if it lies in the reference's thin parts, an extra one if in the
   prediction's.
-- summed over the cases: the share of the missed and extra volume at each axis's ends, beside
-  the share of the reference surface and of the reference's thin parts lying there (errors
-  spread evenly over the surface would match the first).
 - the signed error in a shell within 1.5 mm (about a voxel) of the reference surface, against
   deeper: a whole surface placed a fraction of a voxel out or in, against slabs of atrium
   missed or added.
+
+Summed over the cases: the share of the missed and extra volume at each axis's ends, beside
+the share of the reference surface and of the reference's thin parts lying there (errors
+spread evenly over the surface would match the first).
 """
 
 from __future__ import annotations
