@@ -2,7 +2,8 @@
 default, or the interpolated fraction kept until after augmentation (``fractional_labels``).
 
     .venv/bin/python bench/label_targets.py ../shared/data/msd_heart ../shared/data/la2018_lge \
-        [--views axial] [--targets cut fraction] [--fold 0] [--iterations 4800] [--output-dir DIR]
+        [--views axial] [--targets cut fraction] [--fold 0] [--iterations 4800] [--output-dir DIR] \
+        [--maps-dir DIR]
 
 Why: bringing a mask into the model frame interpolates it linearly; la2018_lge's masks are
 0.625 mm and the frame 1.25 mm, so many frame voxels sit exactly half inside, and ``>= 0.5``
@@ -16,7 +17,9 @@ own grids with the default cleanup: each view's network alone and, given several
 three-view inference the shipped model runs (the first view localises). Prints Dice and signed
 volume error (prediction minus reference, mL) per case and per data set. With ``--output-dir``
 the networks are kept there (``TARGETS_VIEW.safetensors``) and ones already there are loaded
-instead of trained. About 18 minutes per network on this project's 2-core CPU.
+instead of trained; with ``--maps-dir`` each column's held-out probability maps are written
+there, for ``bench/error_location.py``. About 19 minutes per network on this project's 2-core
+CPU.
 """
 
 from __future__ import annotations
@@ -58,10 +61,14 @@ def networks_for(targets: str, views: list[str], training_cases, settings: Train
     return networks
 
 
-def score(case, networks: dict, cleanup: CleanupSettings) -> dict:
+def score(case, networks: dict, cleanup: CleanupSettings, maps_dir: Path | None) -> dict:
+    """Metrics of ``networks``' cleaned prediction; its probability map goes to ``maps_dir`` if given."""
     image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
     slice_networks = {view: TorchSliceNetwork(network) for view, network in networks.items()}
     probability = predict_probability_map(image, slice_networks, ModelConfig(views=tuple(networks)))
+    if maps_dir is not None:
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(probability, str(maps_dir / f"{case.case_id}.nii.gz"))
     spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
     mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
     return segmentation_metrics(mask, sitk.GetArrayViewFromImage(reference) > 0, spacing_mm)
@@ -75,6 +82,8 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=TrainingSettings().iterations)
     parser.add_argument("--output-dir", type=Path, help="keep the networks here (and reuse those found)")
+    parser.add_argument("--maps-dir", type=Path,
+                        help="write each column's held-out probability maps to MAPS_DIR/TARGETS_VIEWS/CASE.nii.gz")
     args = parser.parse_args()
     settings = TrainingSettings(iterations=args.iterations)
     if args.output_dir:
@@ -90,8 +99,9 @@ def main() -> None:
         for subset in chosen:
             column = f"{targets}, {'+'.join(subset)}"
             columns.append(column)
+            maps_dir = args.maps_dir / f"{targets}_{'+'.join(subset)}" if args.maps_dir else None
             for case in held_out:
-                rows.setdefault(case.case_id, {})[column] = score(case, subset, cleanup)
+                rows.setdefault(case.case_id, {})[column] = score(case, subset, cleanup, maps_dir)
     print(f"\nfold {args.fold}, {args.iterations} iterations; Dice and signed volume error (mL)")
     print(f"{'case':24s} " + " ".join(f"{column:>28s}" for column in columns))
     for case_id, by_column in rows.items():
