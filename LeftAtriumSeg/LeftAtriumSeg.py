@@ -38,8 +38,9 @@ class LeftAtriumSeg(ScriptedLoadableModule):
         self.parent.contributors = ["LeftAtriumSeg developers"]
         self.parent.helpText = _(
             "Segments the left atrium in a 3D cardiac MRI with a U-Net, cleans the mask up and reports the "
-            "atrial volume (mL, and indexed to body surface area). Correct the result in Segment Editor: "
-            "the table follows every edit. See the README of the LeftAtriumSeg extension."
+            "atrial volume (mL, and indexed to body surface area). Correct the result in Segment Editor, "
+            "first where the pulmonary veins join the atrium, where the errors gather: the table follows "
+            "every edit. See the README of the LeftAtriumSeg extension."
         )
         self.parent.acknowledgementText = _(
             "The bundled model is trained on the Medical Segmentation Decathlon Task02_Heart data "
