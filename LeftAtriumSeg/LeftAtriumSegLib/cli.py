@@ -70,16 +70,6 @@ def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = N
         writer.writerows(rows)
 
 
-def _create_output_folder(folder: Path) -> None:
-    """Make ``--output-dir`` once, before any case: one clear error instead of one per case."""
-    if folder.exists() and not folder.is_dir():
-        raise LeftAtriumSegError(f"{folder}: --output-dir exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise LeftAtriumSegError(f"{folder}: cannot create the output folder ({error.strerror})") from None
-
-
 def _progress_printer(args: argparse.Namespace, index: int, count: int):
     """With ``--progress-lines``, print ``progress F`` (0-1, whole batch) lines for a caller
     that watches this process, such as the Slicer module."""
@@ -143,7 +133,14 @@ def _measure_existing(path: Path):
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .io import SEGMENTATION_SUFFIX, read_case, remove_stale_partials, write_label_map, write_segmentation  # noqa: PLC0415
+    from .io import (  # noqa: PLC0415
+        SEGMENTATION_SUFFIX,
+        create_output_folder,
+        read_case,
+        remove_stale_partials,
+        write_label_map,
+        write_segmentation,
+    )
     from .pipeline import Segmenter  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
@@ -151,7 +148,7 @@ def run_segment(args: argparse.Namespace) -> int:
     cases = _collect_cases(args)
     remove_stale_partials(output_dir)
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), args.threads)
-    _create_output_folder(output_dir)
+    create_output_folder(output_dir)
     suffix = SEGMENTATION_SUFFIX if args.format == "seg.nrrd" else ".nii.gz"
     writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
     # Rows of earlier runs into this folder stay, unless this run has the same case.
@@ -226,7 +223,7 @@ def run_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from .evaluation import files_by_case, same_grid  # noqa: PLC0415
-    from .io import find_cases, read_case  # noqa: PLC0415
+    from .io import create_output_folder, find_cases, read_case  # noqa: PLC0415
     from .report import report_case, write_html_report  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
@@ -239,7 +236,7 @@ def run_report(args: argparse.Namespace) -> int:
     cases = [case for case in find_cases(args.images) if case.case in predictions]
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(args.images)} has a prediction in {args.predictions}")
-    _create_output_folder(output_dir)
+    create_output_folder(output_dir)
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=args.quiet, dynamic_ncols=True):
         try:

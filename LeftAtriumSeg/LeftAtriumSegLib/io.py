@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from .errors import InputImageError
+from .errors import InputImageError, LeftAtriumSegError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -228,6 +228,16 @@ def read_case(case: CaseInput) -> sitk.Image:
 
 def _partial_prefix() -> str:
     return f".partial-{socket.gethostname()}-{os.getpid()}-"
+
+
+def create_output_folder(folder: Path) -> None:
+    """Make ``--output-dir`` once, before any case: one clear error instead of one per case."""
+    if folder.exists() and not folder.is_dir():
+        raise LeftAtriumSegError(f"{folder}: --output-dir exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LeftAtriumSegError(f"{folder}: cannot create the output folder ({error.strerror})") from None
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .errors import LeftAtriumSegError
 from .inference import predict_probability_map
+from .io import create_output_folder
 from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
 from .onnx_network import load_onnx_networks
@@ -335,7 +336,7 @@ def train_model(
     """
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    create_output_folder(output_dir)
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}

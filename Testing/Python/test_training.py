@@ -4,14 +4,17 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from conftest import ellipsoid_phantom
 
+from LeftAtriumSegLib.errors import LeftAtriumSegError
 from LeftAtriumSegLib.model_file import ModelConfig
 from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
-    TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_network,
+    TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_model,
+    train_network,
 )
 
 
@@ -121,3 +124,12 @@ def test_fractional_labels_keep_the_mask_volume_and_give_binary_targets(tmp_path
     settings = TrainingSettings(batch_size=8, crop_size=16, fractional_labels=True)
     _, labels = sample_batch([[fractional.in_view("axial")]], config, settings, np.random.default_rng(0))
     assert set(torch.unique(labels).tolist()) == {0.0, 1.0}
+
+
+def test_training_into_a_file_is_refused_before_any_work(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    not_a_folder = tmp_path / "run"
+    not_a_folder.write_text("the user's notes")
+    with pytest.raises(LeftAtriumSegError, match=r"run: --output-dir exists and is not a folder$"):
+        train_model([tmp_path / "data"], not_a_folder, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
+    assert not_a_folder.read_text() == "the user's notes"
