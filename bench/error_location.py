@@ -90,16 +90,17 @@ def error_split(predicted: np.ndarray, reference: np.ndarray, spacing_mm: tuple[
     return split
 
 
-def read_lps_mask(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")) > 0
+def lps_mask(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Boolean LPS ``(Z, Y, X)`` array of a mask image and its spacing in mm, (x, y, z) in LPS."""
+    oriented = sitk.DICOMOrient(image, "LPS")
+    return sitk.GetArrayFromImage(oriented) > 0, oriented.GetSpacing()
 
 
 def mask_pairs(predictions: Path, references: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]]:
     """(case, predicted, reference, spacing_mm) for two mask files or two folders."""
     if predictions.is_file():
-        reference_image = sitk.ReadImage(str(references))
-        yield (predictions.name, read_lps_mask(sitk.ReadImage(str(predictions))), read_lps_mask(reference_image),
-               sitk.DICOMOrient(reference_image, "LPS").GetSpacing())
+        reference, spacing_mm = lps_mask(sitk.ReadImage(str(references)))
+        yield predictions.name, lps_mask(sitk.ReadImage(str(predictions)))[0], reference, spacing_mm
         return
     labels = files_by_case(references)
     for case, path in files_by_case(predictions).items():
@@ -109,7 +110,8 @@ def mask_pairs(predictions: Path, references: Path) -> Iterator[tuple[str, np.nd
         mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), label_image.GetSpacing(), CleanupSettings())
         mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
         mask_image.CopyInformation(label_image)
-        yield case, read_lps_mask(mask_image), read_lps_mask(label_image), sitk.DICOMOrient(label_image, "LPS").GetSpacing()
+        reference, spacing_mm = lps_mask(label_image)
+        yield case, lps_mask(mask_image)[0], reference, spacing_mm
 
 
 def crop_to_both(predicted: np.ndarray, reference: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,6 @@ def score(case, networks: dict, cleanup: CleanupSettings, maps_dir: Path | None)
     slice_networks = {view: TorchSliceNetwork(network) for view, network in networks.items()}
     probability = predict_probability_map(image, slice_networks, ModelConfig(views=tuple(networks)))
     if maps_dir is not None:
-        maps_dir.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(probability, str(maps_dir / f"{case.case_id}.nii.gz"))
     spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
     mask = clean_mask(sitk.GetArrayFromImage(probability), spacing_mm, cleanup)
@@ -100,6 +99,8 @@ def main() -> None:
             column = f"{targets}, {'+'.join(subset)}"
             columns.append(column)
             maps_dir = args.maps_dir / f"{targets}_{'+'.join(subset)}" if args.maps_dir else None
+            if maps_dir is not None:
+                maps_dir.mkdir(parents=True, exist_ok=True)
             for case in held_out:
                 rows.setdefault(case.case_id, {})[column] = score(case, subset, cleanup, maps_dir)
     print(f"\nfold {args.fold}, {args.iterations} iterations; Dice and signed volume error (mL)")
