@@ -61,10 +61,10 @@ def cleanup_arguments(settings) -> list[str]:
     return arguments
 
 
-def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None) -> None:
+def _write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None, overwrite: bool = True) -> None:
     from .io import atomic_output  # noqa: PLC0415
 
-    with atomic_output(path, overwrite=True) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with atomic_output(path, overwrite) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns or rows[0]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -223,13 +223,12 @@ def run_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from .evaluation import files_by_case, same_grid  # noqa: PLC0415
-    from .io import create_output_folder, find_cases, read_case  # noqa: PLC0415
+    from .io import create_output_folder, find_cases, read_case, refuse_existing_output  # noqa: PLC0415
     from .report import report_case, write_html_report  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
     report_path = output_dir / "report.html"
-    if report_path.exists() and not args.overwrite:
-        raise LeftAtriumSegError(f"{report_path}: output exists (use --overwrite to replace it)")
+    refuse_existing_output(report_path, args.overwrite)
     predictions = files_by_case(Path(args.predictions))
     labels = files_by_case(Path(args.labels)) if args.labels else {}
     clinical = _read_clinical(args.clinical)
@@ -264,13 +263,15 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_folders, summarise  # noqa: PLC0415
+    from .io import refuse_existing_output  # noqa: PLC0415
 
+    output = Path(args.output) if args.output else Path(args.predictions) / "evaluation.csv"
+    refuse_existing_output(output, args.overwrite)
     rows = evaluate_folders(Path(args.predictions), Path(args.labels))
     if not rows:
         raise LeftAtriumSegError(f"no case is in both {args.predictions} and {args.labels}")
     rows.append(summarise(rows))
-    output = Path(args.output) if args.output else Path(args.predictions) / "evaluation.csv"
-    _write_csv(rows, output)
+    _write_csv(rows, output, overwrite=args.overwrite)
     print(f"{'case':<24}{'Dice':>8}{'HD95 mm':>10}{'ASSD mm':>10}{'|dV| mL':>10}")
     for row in rows:
         print(f"{row['case']:<24}{row['dice']:>8.3f}{row['hd95_mm']:>10.2f}{row['assd_mm']:>10.2f}{row['abs_volume_error_ml']:>10.2f}")
@@ -295,7 +296,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
-                          command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device))
+                          command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device),
+                          overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     print(f"model card: {write_model_card(args.output_dir)}")
     return 0
@@ -303,9 +305,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_ablate(args: argparse.Namespace) -> int:
     from .evaluation import ablation_variants, cleanup_ablation  # noqa: PLC0415
+    from .io import refuse_existing_output  # noqa: PLC0415
 
+    refuse_existing_output(Path(args.output), args.overwrite)
     rows = cleanup_ablation(Path(args.probabilities), Path(args.labels), ablation_variants(_cleanup_from(args)))
-    _write_csv(rows, Path(args.output))
+    _write_csv(rows, Path(args.output), overwrite=args.overwrite)
     print(f"{'variant':<28}{'Dice':>8}{'min Dice':>10}{'HD95 mm':>10}{'|dV| mL':>10}")
     for row in rows:
         print(f"{row['variant']:<28}{row['dice']:>8.4f}{row['min_dice']:>10.4f}{row['hd95_mm']:>10.2f}{row['abs_volume_error_ml']:>10.2f}")
@@ -359,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", required=True, help="folder of predicted masks")
     evaluate.add_argument("--labels", required=True, help="folder of reference label maps (same file names)")
     evaluate.add_argument("--output", help="CSV to write (default PREDICTIONS/evaluation.csv)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     evaluate.set_defaults(handler=run_evaluate)
 
     train = commands.add_parser("train", help="train a model, or cross-validate with --folds K")
@@ -385,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train into an --output-dir that is not empty, replacing an earlier run's files")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=run_train)
 
@@ -392,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--probabilities", required=True, help="the probabilities/ folder of a cross-validation run")
     ablate.add_argument("--labels", required=True)
     ablate.add_argument("--output", required=True, help="CSV to write")
+    ablate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     _add_cleanup_arguments(ablate)
     ablate.set_defaults(handler=run_ablate)
     return parser

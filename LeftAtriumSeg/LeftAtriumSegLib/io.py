@@ -240,6 +240,12 @@ def create_output_folder(folder: Path) -> None:
         raise LeftAtriumSegError(f"{folder}: cannot create the output folder ({error.strerror})") from None
 
 
+def refuse_existing_output(path: Path, overwrite: bool = False) -> None:
+    """Raise unless ``path`` is free to write: the user's files are replaced only when asked."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
+
+
 @contextmanager
 def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
@@ -248,8 +254,7 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     is removed and ``path`` is untouched. A process killed meanwhile leaves only the hidden
     temporary file, which ``remove_stale_partials`` clears on the next run.
     """
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
+    refuse_existing_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-" + path.name, dir=path.parent)
     os.close(handle)

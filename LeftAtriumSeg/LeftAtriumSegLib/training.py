@@ -325,6 +325,7 @@ def train_model(
     show_progress: bool = True,
     command: str = "",
     device: str | torch.device = "cpu",
+    overwrite: bool = False,
 ) -> dict:
     """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
 
@@ -332,11 +333,14 @@ def train_model(
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
     and the cleanup ablation. Training on every case writes ``model.safetensors``.
     Returns a summary (cases, folds, wall times per view, ``command`` as given) that is also
-    written as ``training.json``.
+    written as ``training.json``. ``output_dir`` must be new or empty unless ``overwrite``:
+    an earlier run's model and held-out maps are the user's.
     """
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     output_dir = Path(output_dir)
     create_output_folder(output_dir)
+    if not overwrite and any(output_dir.iterdir()):
+        raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}

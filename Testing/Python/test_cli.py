@@ -60,6 +60,14 @@ def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
     assert float(rows[0]["hd95_mm"]) < 10
     assert "la_022_crop" in capsys.readouterr().out
 
+    output.write_text("the user's table")
+    assert main(["evaluate", "--predictions", str(sample_run), "--labels", str(labels), "--output", str(output)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {output}: output exists (use --overwrite to replace it)"
+    assert output.read_text() == "the user's table"
+    assert main(["evaluate", "--predictions", str(sample_run), "--labels", str(labels), "--output", str(output),
+                 "--overwrite"]) == 0
+    assert output.read_text().splitlines()[1].startswith("la_022_crop,")
+
 
 def test_default_output_is_a_slicer_segmentation(tmp_path, sample_label):
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet"]) == 0
@@ -186,6 +194,20 @@ def test_missing_input_folders_are_named_in_one_line(command, expected, tmp_path
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("error: " + expected.format(**names))
     assert not names["out"].exists()
+
+
+@pytest.mark.parametrize("command, existing", [
+    (["evaluate", "--predictions", "{missing}", "--labels", "{missing}", "--output", "{out}/table.csv"], "table.csv"),
+    (["ablate", "--probabilities", "{missing}", "--labels", "{missing}", "--output", "{out}/table.csv"], "table.csv"),
+    (["report", "--images", "{missing}", "--predictions", "{missing}", "--output-dir", "{out}"], "report.html"),
+])
+def test_existing_outputs_are_kept_and_named_before_any_work(command, existing, tmp_path, capsys):
+    names = {"missing": tmp_path / "missing", "out": tmp_path / "out"}
+    names["out"].mkdir()
+    (names["out"] / existing).write_text("the user's file")
+    assert main([part.format(**names) for part in command]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {names['out'] / existing}: output exists (use --overwrite to replace it)"
+    assert (names["out"] / existing).read_text() == "the user's file"
 
 
 def test_progress_lines_for_the_slicer_module(tmp_path):

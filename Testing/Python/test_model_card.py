@@ -61,3 +61,10 @@ def test_train_writes_the_model_and_its_card(tmp_path):
     assert hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() in card
     assert " ".join(arguments) in card
     assert "| `data` |" in card and "not stated in dataset.json" in card
+
+    # Training again into the same folder would replace this model: only when asked.
+    model_bytes = (output / "model.safetensors").read_bytes()
+    assert main(arguments) == 2
+    assert (output / "model.safetensors").read_bytes() == model_bytes
+    assert main([*arguments, "--seed", "1", "--overwrite"]) == 0
+    assert (output / "model.safetensors").read_bytes() != model_bytes

@@ -133,3 +133,13 @@ def test_training_into_a_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(LeftAtriumSegError, match=r"run: --output-dir exists and is not a folder$"):
         train_model([tmp_path / "data"], not_a_folder, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
     assert not_a_folder.read_text() == "the user's notes"
+
+
+def test_training_into_a_folder_with_files_is_refused_before_any_work(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("the user's notes")
+    with pytest.raises(LeftAtriumSegError, match=r"run: --output-dir is not empty \(use --overwrite to train into it\)$"):
+        train_model([tmp_path / "data"], run, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
+    assert [path.name for path in run.iterdir()] == ["notes.txt"]
