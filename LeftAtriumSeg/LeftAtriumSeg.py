@@ -172,6 +172,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = running or hasInput
         self.ui.applyButton.toolTip = _("Stop the segmentation; the scene stays as it was") if running \
             else (_("Segment the left atrium") if hasInput else _("Select an input volume"))
+        # What the running process was given stays as it was until it ends.
+        self.ui.inputsCollapsibleButton.enabled = not running
+        self.ui.advancedCollapsibleButton.enabled = not running
         hasResult = bool(self._parameterNode and self._parameterNode.outputSegmentation and hasInput)
         self.ui.editButton.enabled = hasResult and not running
         self.ui.updateMeasurementsButton.enabled = hasResult and not running
@@ -334,6 +337,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         p = parameterNode
         image = self._checkedInputImage(p)
+        inputVolumeId = p.inputVolume.GetID()
         load_onnx_networks(self.modelPath(p), "cpu")  # a bad model file fails here, with its own message
         self._workDir = Path(tempfile.mkdtemp(prefix="LeftAtriumSeg-"))
         inputPath = self._workDir / "input.nrrd"
@@ -368,6 +372,9 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 if exitCode != 0 or not resultPath.exists():
                     messages = [line for line in "".join(errors).splitlines() if line.startswith("error:")]
                     onFinished(messages[-1][len("error: "):] if messages else _("segmentation process failed"))
+                    return
+                if not p.inputVolume or p.inputVolume.GetID() != inputVolumeId:
+                    onFinished(_("The input volume was changed or removed during segmentation; nothing was added."))
                     return
                 mask = sitk.GetArrayFromImage(sitk.ReadImage(str(resultPath))) > 0
                 self.setResult(mask, p)

@@ -26,6 +26,8 @@ EXPECTED_WIDGET_CLASSES = {
     "modelPathLineEdit": "ctkPathLineEdit",
     "deviceComboBox": "QComboBox",
     "thresholdSliderWidget": "ctkSliderWidget",
+    "inputsCollapsibleButton": "ctkCollapsibleButton",
+    "advancedCollapsibleButton": "ctkCollapsibleButton",
 }
 
 
