@@ -149,7 +149,11 @@ def measure_left_atrium(
     BSA, LAVI and grade are filled when both height and weight are given (> 0).
     Returns the row as a dict.
     """
-    segment_name = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID).GetName()
+    segment = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID)
+    if segment is None:
+        raise ValueError(f"{segmentation_node.GetName()}: has no {LEFT_ATRIUM_SEGMENT['name']!r} segment to measure "
+                         "(was it removed? Apply segments it again)")
+    segment_name = segment.GetName()
     mask = mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)
     volume = measure_volume(mask, volume_node.GetSpacing())
     row = {"Segment": segment_name, "Voxel count": volume.voxel_count,

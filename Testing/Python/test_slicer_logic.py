@@ -101,6 +101,14 @@ def test_table_reports_the_analytic_volume_and_follows_an_edit(scene, phantom):
     assert float(table_node.GetCellText(0, 3)) == pytest.approx(np.count_nonzero(edited) * voxel_ml, rel=1e-5)
     assert table_node.GetCellText(0, 4) == ""  # no height or weight: no BSA
 
+    # Erased entirely, it measures 0 mL; removed, it is named as missing.
+    mrml.set_left_atrium_segment(np.zeros_like(mask), volume_node, segmentation_node)
+    assert mrml.measure_left_atrium(segmentation_node, volume_node, table_node)["Volume [mL]"] == 0
+    segmentation_node.SetName("atrium seg")
+    segmentation_node.GetSegmentation().RemoveSegment(mrml.LEFT_ATRIUM_SEGMENT_ID)
+    with pytest.raises(ValueError, match=r"^atrium seg: has no 'Left atrium' segment to measure"):
+        mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+
 
 def test_segmentation_saves_to_seg_nrrd_and_loads_back_identically(scene, phantom, tmp_path):
     image, mask, _ = phantom
