@@ -124,9 +124,10 @@ def _measure_existing(path: Path):
     """Volume of a complete output from an earlier run (outputs are only ever renamed into place)."""
     import SimpleITK as sitk  # noqa: PLC0415
 
+    from .io import read_mask  # noqa: PLC0415
     from .measurements import measure_volume  # noqa: PLC0415
 
-    image = sitk.ReadImage(str(path))
+    image = read_mask(path)
     return measure_volume(sitk.GetArrayViewFromImage(image) > 0, image.GetSpacing())
 
 
@@ -223,7 +224,7 @@ def run_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from .evaluation import files_by_case, same_grid  # noqa: PLC0415
-    from .io import create_output_folder, find_cases, read_case, refuse_existing_output  # noqa: PLC0415
+    from .io import create_output_folder, find_cases, read_case, read_mask, refuse_existing_output  # noqa: PLC0415
     from .report import report_case, write_html_report  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
@@ -245,7 +246,7 @@ def run_report(args: argparse.Namespace) -> int:
                 if path is None:
                     masks.append(None)
                     continue
-                mask_image = sitk.ReadImage(str(path))
+                mask_image = read_mask(path)
                 if not same_grid(mask_image, image):
                     raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
                 masks.append(sitk.GetArrayFromImage(mask_image) > 0)
@@ -262,21 +263,30 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_folders, summarise  # noqa: PLC0415
+    from .evaluation import evaluate_case, matched_cases, summarise  # noqa: PLC0415
     from .io import refuse_existing_output  # noqa: PLC0415
 
     output = Path(args.output) if args.output else Path(args.predictions) / "evaluation.csv"
     refuse_existing_output(output, args.overwrite)
-    rows = evaluate_folders(Path(args.predictions), Path(args.labels))
-    if not rows:
+    cases = matched_cases(Path(args.predictions), Path(args.labels))
+    if not cases:
         raise LeftAtriumSegError(f"no case is in both {args.predictions} and {args.labels}")
+    rows, failures = [], 0
+    for case, prediction, label in cases:
+        try:
+            rows.append({"case": case, **evaluate_case(prediction, label)})
+        except CASE_ERRORS as error:
+            failures += 1
+            print(f"error: {_error_line(prediction, error)}", file=sys.stderr)
+    if not rows:
+        return 1
     rows.append(summarise(rows))
     _write_csv(rows, output, overwrite=args.overwrite)
     print(f"{'case':<24}{'Dice':>8}{'HD95 mm':>10}{'ASSD mm':>10}{'|dV| mL':>10}")
     for row in rows:
         print(f"{row['case']:<24}{row['dice']:>8.3f}{row['hd95_mm']:>10.2f}{row['assd_mm']:>10.2f}{row['abs_volume_error_ml']:>10.2f}")
-    print(f"written to {output}")
-    return 0
+    print(f"written to {output}" + (f"; {failures} case(s) failed, left out of the mean" if failures else ""))
+    return 1 if failures else 0
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import LeftAtriumSegError
-from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name
+from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name, read_mask
 from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -49,13 +49,6 @@ def files_by_case(folder: Path) -> dict[str, Path]:
     return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
 
 
-def _read_mask(path: Path) -> sitk.Image:
-    image = sitk.ReadImage(str(path))
-    if image.GetDimension() == 4:  # a .seg.nrrd with overlapping segments: layers first
-        raise ValueError(f"{path}: segmentation with several layers is not supported")
-    return image
-
-
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
@@ -63,20 +56,22 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
 
 
-def evaluate_folders(predictions: Path, labels: Path) -> list[dict]:
-    """Metrics for every case present in both folders (matched by file name)."""
+def matched_cases(predictions: Path, labels: Path) -> list[tuple[str, Path, Path]]:
+    """``(case, prediction, label)`` for every case present in both folders (matched by file name)."""
     predicted, reference = files_by_case(predictions), files_by_case(labels)
-    rows = []
-    for case in sorted(predicted.keys() & reference.keys()):
-        prediction_image, label_image = _read_mask(predicted[case]), _read_mask(reference[case])
-        if not same_grid(prediction_image, label_image):
-            raise ValueError(f"{predicted[case]}: not on the grid of its label {reference[case]}")
-        rows.append({"case": case, **segmentation_metrics(
-            sitk.GetArrayViewFromImage(prediction_image) > 0,
-            sitk.GetArrayViewFromImage(label_image) > 0,
-            label_image.GetSpacing(),
-        )})
-    return rows
+    return [(case, predicted[case], reference[case]) for case in sorted(predicted.keys() & reference.keys())]
+
+
+def evaluate_case(prediction: Path, label: Path) -> dict:
+    """Metrics of one predicted mask file against its reference label file (same grid)."""
+    prediction_image, label_image = read_mask(prediction), read_mask(label)
+    if not same_grid(prediction_image, label_image):
+        raise ValueError(f"{prediction}: not on the grid of its label {label}")
+    return segmentation_metrics(
+        sitk.GetArrayViewFromImage(prediction_image) > 0,
+        sitk.GetArrayViewFromImage(label_image) > 0,
+        label_image.GetSpacing(),
+    )
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -200,6 +200,24 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
+def read_mask(path: str | Path) -> sitk.Image:
+    """Read a 3D mask or label map (NIfTI, a one-layer ``.seg.nrrd``, ...); every failure is an
+    ``InputImageError`` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"{path}: file not found")
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_stream(path)
+    try:
+        mask = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputImageError(f"{path}: cannot read mask (corrupt or unsupported format: {_itk_reason(error)})") from None
+    if mask.GetDimension() != 3:  # a .seg.nrrd with overlapping segments has layers first
+        raise InputImageError(f"{path}: mask is {mask.GetDimension()}D (a segmentation with several layers?), "
+                              "a 3D mask is needed")
+    return mask
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
     """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
     series = dicom_series_ids(folder)

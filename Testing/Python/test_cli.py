@@ -69,6 +69,26 @@ def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
     assert output.read_text().splitlines()[1].startswith("la_022_crop,")
 
 
+def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tmp_path, capsys):
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    for case in ("good", "off_grid", "corrupt"):
+        (labels / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (predictions / "good.nii.gz").write_bytes((sample_run / "la_022_crop.nii.gz").read_bytes())
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_LABEL))[:, :, :-4], str(predictions / "off_grid.nii.gz"))
+    (predictions / "corrupt.nii.gz").write_text("not an image")
+
+    assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels)]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith(f"error: {predictions / 'corrupt.nii.gz'}: file is truncated, corrupt")
+    assert errors[1].startswith(f"error: {predictions / 'off_grid.nii.gz'}: not on the grid of its label")
+    rows = list(csv.DictReader(open(predictions / "evaluation.csv")))
+    assert [row["case"] for row in rows] == ["good", "mean"]
+    assert float(rows[1]["dice"]) == float(rows[0]["dice"]) >= 0.85
+
+
 def test_default_output_is_a_slicer_segmentation(tmp_path, sample_label):
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet"]) == 0
     segmentation = slicerio.read_segmentation(str(tmp_path / "la_022_crop.seg.nrrd"))
