@@ -205,12 +205,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(error, windowTitle=_("Left-atrium segmentation"))
             return
         p = self._parameterNode
-        row = self.logic.updateMeasurements(p)
         self._observeSegmentation(p.outputSegmentation)
         p.outputSegmentation.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
+        self.onUpdateMeasurements()
         self._showTable(p.measurementTable)
-        self._setStatus(_("Left atrium: {volume:.1f} mL").format(volume=row["Volume [mL]"]))
 
     def _finishRun(self) -> None:
         self.ui.progressBar.hide()

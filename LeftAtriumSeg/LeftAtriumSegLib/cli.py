@@ -210,13 +210,34 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
-    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg."""
+    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
+
+    A case whose height or weight cell is empty gets no LA volume index; any other value that
+    is not a plausible number stops the report before any work, naming the line.
+    """
+    from .measurements import body_surface_area_m2  # noqa: PLC0415
+
     if not path:
         return {}
+    if not Path(path).is_file():
+        raise LeftAtriumSegError(f"{path}: file not found")
     try:
-        return {row["case"]: (float(row["height_cm"]), float(row["weight_kg"])) for row in _read_rows(Path(path))}
-    except (KeyError, ValueError) as error:
-        raise LeftAtriumSegError(f"{path}: needs numeric columns case, height_cm, weight_kg ({error})") from None
+        rows = _read_rows(Path(path))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
+    if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
+        raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
+    clinical = {}
+    for line, row in enumerate(rows, start=2):
+        if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
+            continue
+        try:
+            height_weight = float(row["height_cm"]), float(row["weight_kg"])
+            body_surface_area_m2(*height_weight)
+        except ValueError as error:
+            raise LeftAtriumSegError(f"{path}: line {line} (case {row['case']}): {error}") from None
+        clinical[row["case"]] = height_weight
+    return clinical
 
 
 def run_report(args: argparse.Namespace) -> int:

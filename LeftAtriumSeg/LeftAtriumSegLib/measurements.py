@@ -35,10 +35,24 @@ def measure_volume(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> 
     return VolumeMeasurement(voxel_count, voxel_count * float(np.prod(spacing_mm)))
 
 
+# Beyond these a value is most likely in other units (metres, pounds) or mistyped; an LA volume
+# index computed from it would look plausible and be wrong.
+HEIGHT_RANGE_CM = (40.0, 250.0)
+WEIGHT_RANGE_KG = (2.0, 400.0)
+
+
 def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
-    """Mosteller's formula: sqrt(height [cm] x weight [kg] / 3600)."""
-    if not (height_cm > 0 and weight_kg > 0):
-        raise ValueError(f"height ({height_cm} cm) and weight ({weight_kg} kg) must be positive")
+    """Mosteller's formula: sqrt(height [cm] x weight [kg] / 3600).
+
+    Raises ``ValueError`` for a height outside ``HEIGHT_RANGE_CM`` or a weight outside
+    ``WEIGHT_RANGE_KG``.
+    """
+    if not HEIGHT_RANGE_CM[0] <= height_cm <= HEIGHT_RANGE_CM[1]:
+        raise ValueError(f"height {height_cm:g} cm is outside {HEIGHT_RANGE_CM[0]:g}-{HEIGHT_RANGE_CM[1]:g} cm "
+                         "(given in metres or inches?)")
+    if not WEIGHT_RANGE_KG[0] <= weight_kg <= WEIGHT_RANGE_KG[1]:
+        raise ValueError(f"weight {weight_kg:g} kg is outside {WEIGHT_RANGE_KG[0]:g}-{WEIGHT_RANGE_KG[1]:g} kg "
+                         "(given in pounds?)")
     return math.sqrt(height_cm * weight_kg / 3600.0)
 
 

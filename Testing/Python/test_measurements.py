@@ -27,8 +27,17 @@ def test_volume_counts_voxels_times_anisotropic_voxel_volume():
 def test_mosteller_body_surface_area():
     assert body_surface_area_m2(180, 80) == pytest.approx(2.0)
     assert body_surface_area_m2(160, 60) == pytest.approx(math.sqrt(160 * 60 / 3600))
-    with pytest.raises(ValueError, match="positive"):
-        body_surface_area_m2(0, 70)
+
+@pytest.mark.parametrize("height_cm, weight_kg, problem", [
+    (1.72, 70, r"height 1.72 cm is outside 40-250 cm \(given in metres or inches\?\)"),
+    (0, 70, "height 0 cm is outside"),
+    (172, 0, "weight 0 kg is outside"),
+    (172, 450, r"weight 450 kg is outside 2-400 kg \(given in pounds\?\)"),
+    (float("nan"), 70, "height nan cm is outside"),
+])
+def test_implausible_height_or_weight_is_refused(height_cm, weight_kg, problem):
+    with pytest.raises(ValueError, match=problem):
+        body_surface_area_m2(height_cm, weight_kg)
 
 
 @pytest.mark.parametrize(

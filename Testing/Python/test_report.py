@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, ellipsoid_phantom
 from PIL import Image
 
-from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.cli import _read_clinical, main
 from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
 from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
 
@@ -93,3 +93,17 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     assert red.sum() > 2000, "the rendered mesh and contours are missing"
     # The plotly figures drew their axes (the scatter's title text is rendered into the page).
     assert "Predicted vs reference volume" in page
+
+
+def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("case,height_cm,weight_kg\nunknown,,70\nknown,172,70.5\n")
+    assert _read_clinical(str(clinical)) == {"known": (172.0, 70.5)}
+
+    clinical.write_text("case,height_cm,weight_kg\nknown,172,70\nin_metres,1.72,70\n")
+    (tmp_path / "predictions").mkdir()
+    assert main(["report", "--images", str(tmp_path / "images"), "--predictions", str(tmp_path / "predictions"),
+                 "--clinical", str(clinical), "--output-dir", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {clinical}: line 3 (case in_metres): height 1.72 cm is outside 40-250 cm (given in metres or inches?)")
+    assert not (tmp_path / "report").exists()

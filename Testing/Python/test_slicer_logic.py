@@ -100,6 +100,8 @@ def test_table_reports_the_analytic_volume_and_follows_an_edit(scene, phantom):
     assert row["Voxel count"] == np.count_nonzero(edited)
     assert float(table_node.GetCellText(0, 3)) == pytest.approx(np.count_nonzero(edited) * voxel_ml, rel=1e-5)
     assert table_node.GetCellText(0, 4) == ""  # no height or weight: no BSA
+    with pytest.raises(ValueError, match="height 2 cm is outside"):  # 1.72 m typed into a whole-cm box
+        mrml.measure_left_atrium(segmentation_node, volume_node, table_node, height_cm=2, weight_kg=70)
 
     # Erased entirely, it measures 0 mL; removed, it is named as missing.
     mrml.set_left_atrium_segment(np.zeros_like(mask), volume_node, segmentation_node)
