@@ -19,9 +19,7 @@ import vtk
 from vtk.util import numpy_support
 
 from LeftAtriumSegLib.io import LEFT_ATRIUM_SEGMENT, LEFT_ATRIUM_TERMINOLOGY
-from LeftAtriumSegLib.measurements import (
-    ASE_2005_LAVI_GRADES, ASE_2005_SOURCE, body_surface_area_m2, grade_lavi, measure_volume,
-)
+from LeftAtriumSegLib.measurements import ASE_2005_LAVI_GRADES, ASE_2005_SOURCE, index_volume, measure_volume
 
 LEFT_ATRIUM_SEGMENT_ID = LEFT_ATRIUM_SEGMENT["id"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -161,10 +159,9 @@ def measure_left_atrium(
            "BSA [m2]": "", "LA volume index [mL/m2]": "", "LAVI grade": "", "Grade reference": "",
            "Model": model_label}
     if height_cm > 0 and weight_kg > 0:
-        bsa = body_surface_area_m2(height_cm, weight_kg)
-        lavi = volume.volume_ml / bsa
-        row.update({"BSA [m2]": bsa, "LA volume index [mL/m2]": lavi,
-                    "LAVI grade": grade_lavi(lavi, lavi_grades), "Grade reference": grade_source})
+        index = index_volume(volume.volume_ml, height_cm, weight_kg, lavi_grades)
+        row.update({"BSA [m2]": index.bsa_m2, "LA volume index [mL/m2]": index.ml_per_m2,
+                    "LAVI grade": index.grade, "Grade reference": grade_source})
     _write_table_row(table_node, row)
     return row
 

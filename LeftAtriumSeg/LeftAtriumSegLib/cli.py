@@ -16,7 +16,8 @@ from pathlib import Path
 from . import __version__
 from .errors import LeftAtriumSegError
 
-VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "voxel_count", "volume_mm3", "volume_ml", "model")
+VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "voxel_count", "volume_mm3", "volume_ml",
+                  "bsa_m2", "lavi_ml_per_m2", "lavi_grade", "model")
 
 
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -131,6 +132,37 @@ def _measure_existing(path: Path):
     return measure_volume(sitk.GetArrayViewFromImage(image) > 0, image.GetSpacing())
 
 
+def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
+    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
+
+    A case whose height or weight cell is empty gets no LA volume index; any other value that
+    is not a plausible number stops the command before any work, naming the line.
+    """
+    from .measurements import body_surface_area_m2  # noqa: PLC0415
+
+    if not path:
+        return {}
+    if not Path(path).is_file():
+        raise LeftAtriumSegError(f"{path}: file not found")
+    try:
+        rows = _read_rows(Path(path))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
+    if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
+        raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
+    clinical = {}
+    for line, row in enumerate(rows, start=2):
+        if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
+            continue
+        try:
+            height_weight = float(row["height_cm"]), float(row["weight_kg"])
+            body_surface_area_m2(*height_weight)
+        except ValueError as error:
+            raise LeftAtriumSegError(f"{path}: line {line} (case {row['case']}): {error}") from None
+        clinical[row["case"]] = height_weight
+    return clinical
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -144,9 +176,12 @@ def run_segment(args: argparse.Namespace) -> int:
     )
     from .pipeline import Segmenter  # noqa: PLC0415
 
+    from .measurements import index_volume  # noqa: PLC0415
+
     output_dir = Path(args.output_dir)
     volumes_path = output_dir / (f"volumes.shard-{args.shard[0]}-of-{args.shard[1]}.csv" if args.shard else "volumes.csv")
     cases = _collect_cases(args)
+    clinical = _read_clinical(args.clinical)
     remove_stale_partials(output_dir)
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), args.threads)
     create_output_folder(output_dir)
@@ -176,10 +211,17 @@ def run_segment(args: argparse.Namespace) -> int:
             progress.write(f"error: {message}", file=sys.stderr)
             rows.append({**row, "output": "", "status": "failed", "error": message})
         else:
-            rows.append({**row, "status": status, "error": "", "voxel_count": volume.voxel_count,
-                         "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
+            row.update({"status": status, "error": "", "voxel_count": volume.voxel_count,
+                        "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
+            indexed = ""
+            if case.case in clinical:
+                index = index_volume(volume.volume_ml, *clinical[case.case])
+                row.update({"bsa_m2": f"{index.bsa_m2:.3f}", "lavi_ml_per_m2": f"{index.ml_per_m2:.2f}",
+                            "lavi_grade": index.grade})
+                indexed = f", {index.ml_per_m2:.1f} mL/m2, {index.grade}"
+            rows.append(row)
             if not args.quiet:
-                progress.write(f"{case.case}: left atrium {volume.volume_ml:.1f} mL ({status}) -> {output_path}")
+                progress.write(f"{case.case}: left atrium {volume.volume_ml:.1f} mL{indexed} ({status}) -> {output_path}")
         # Rewritten after every case: a run stopped halfway still has a correct table.
         _write_csv([r for r in earlier if r["case"] not in seen] + rows, volumes_path, VOLUME_COLUMNS)
     if not args.quiet:
@@ -207,37 +249,6 @@ def run_merge(args: argparse.Namespace) -> int:
         print(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet", file=sys.stderr)
         return 1
     return 0
-
-
-def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
-    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
-
-    A case whose height or weight cell is empty gets no LA volume index; any other value that
-    is not a plausible number stops the report before any work, naming the line.
-    """
-    from .measurements import body_surface_area_m2  # noqa: PLC0415
-
-    if not path:
-        return {}
-    if not Path(path).is_file():
-        raise LeftAtriumSegError(f"{path}: file not found")
-    try:
-        rows = _read_rows(Path(path))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
-    if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
-        raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
-    clinical = {}
-    for line, row in enumerate(rows, start=2):
-        if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
-            continue
-        try:
-            height_weight = float(row["height_cm"]), float(row["weight_kg"])
-            body_surface_area_m2(*height_weight)
-        except ValueError as error:
-            raise LeftAtriumSegError(f"{path}: line {line} (case {row['case']}): {error}") from None
-        clinical[row["case"]] = height_weight
-    return clinical
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -358,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("inputs", nargs="*", help="3D image files (NIfTI, NRRD, MHA, ...), folders of them, or DICOM folders")
     segment.add_argument("--manifest", help="CSV with an 'image' column (and optional 'case', 'series_uid')")
     segment.add_argument("--series", help="DICOM series instance UID to read from a folder holding several")
+    segment.add_argument("--clinical", help="CSV with case, height_cm, weight_kg: adds BSA and the LA volume index")
     segment.add_argument("--output-dir", required=True, help="folder for masks and volumes.csv")
     segment.add_argument("--shard", type=_parse_shard, metavar="K/N",
                          help="segment only the K-th of N equal shares of the cases (e.g. a job array task)")

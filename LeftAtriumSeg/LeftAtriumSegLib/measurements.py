@@ -59,3 +59,20 @@ def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
 def grade_lavi(lavi_ml_per_m2: float, grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> str:
     """Grade of an LA volume index: the first grade whose upper bound (exclusive) exceeds it."""
     return next(name for upper, name in grades if lavi_ml_per_m2 < upper)
+
+
+@dataclass(frozen=True)
+class VolumeIndex:
+    """LA volume indexed to body surface area."""
+
+    bsa_m2: float
+    ml_per_m2: float
+    grade: str
+
+
+def index_volume(volume_ml: float, height_cm: float, weight_kg: float,
+                 grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> VolumeIndex:
+    """BSA (Mosteller), LA volume index and its grade for one patient."""
+    bsa_m2 = body_surface_area_m2(height_cm, weight_kg)
+    ml_per_m2 = volume_ml / bsa_m2
+    return VolumeIndex(bsa_m2, ml_per_m2, grade_lavi(ml_per_m2, grades))

@@ -28,7 +28,7 @@ from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 
 from .io import atomic_output  # noqa: E402
-from .measurements import body_surface_area_m2, grade_lavi, measure_volume  # noqa: E402
+from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import dice  # noqa: E402
 
 PREDICTION_RGB = (255, 64, 48)
@@ -52,9 +52,9 @@ class CaseReport:
     weight_kg: float | None = None
 
     @property
-    def lavi_ml_per_m2(self) -> float | None:
+    def volume_index(self) -> VolumeIndex | None:
         if self.height_cm and self.weight_kg:
-            return self.volume_ml / body_surface_area_m2(self.height_cm, self.weight_kg)
+            return index_volume(self.volume_ml, self.height_cm, self.weight_kg)
         return None
 
 
@@ -209,7 +209,7 @@ def _figure_html(figure: go.Figure, first: bool) -> str:
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False) -> None:
     """One self-contained HTML page: table, pictures, interactive meshes, agreement plots."""
     has_reference = all(c.reference_ml is not None for c in cases)
-    has_lavi = any(c.lavi_ml_per_m2 is not None for c in cases)
+    has_lavi = any(c.volume_index is not None for c in cases)
     header = "<tr><th>case</th><th>LA volume (mL)</th>"
     header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
     header += "<th>reference (mL)</th><th>Dice</th>" if has_reference else ""
@@ -217,9 +217,9 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     for c in cases:
         row = f"<tr><td>{html.escape(c.case)}</td><td>{c.volume_ml:.1f}</td>"
         if has_lavi:
-            lavi = c.lavi_ml_per_m2
-            row += (f"<td>{body_surface_area_m2(c.height_cm, c.weight_kg):.2f}</td><td>{lavi:.1f}</td>"
-                    f"<td>{grade_lavi(lavi)}</td>") if lavi is not None else "<td></td><td></td><td></td>"
+            index = c.volume_index
+            row += (f"<td>{index.bsa_m2:.2f}</td><td>{index.ml_per_m2:.1f}</td><td>{index.grade}</td>"
+                    if index is not None else "<td></td><td></td><td></td>")
         if has_reference:
             row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>"
         body.append(row + "</tr>")

@@ -1,6 +1,7 @@
 """The command line end to end: the bundled model on the sample, and hostile input."""
 
 import csv
+import math
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import slicerio
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL
 
 from LeftAtriumSegLib.cli import _cleanup_from, build_parser, cleanup_arguments, main
+from LeftAtriumSegLib.measurements import grade_lavi
 from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.postprocessing import CleanupSettings
 
@@ -67,6 +69,23 @@ def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
     assert main(["evaluate", "--predictions", str(sample_run), "--labels", str(labels), "--output", str(output),
                  "--overwrite"]) == 0
     assert output.read_text().splitlines()[1].startswith("la_022_crop,")
+
+
+def test_clinical_table_adds_the_volume_index_to_the_volumes_table(sample_run, tmp_path, capsys):
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("case,height_cm,weight_kg\nla_022_crop,172,70\nanother_case,,\n")
+    output = tmp_path / "out"
+    output.mkdir()
+    # The sample's mask from the shared run: re-measured, not segmented again.
+    (output / "la_022_crop.nii.gz").write_bytes((sample_run / "la_022_crop.nii.gz").read_bytes())
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(output), "--format", "nii.gz",
+                 "--clinical", str(clinical)]) == 0
+    row = _read_volumes(output)["la_022_crop"]
+    bsa_m2 = math.sqrt(172 * 70 / 3600)
+    assert float(row["bsa_m2"]) == pytest.approx(bsa_m2, abs=5e-4)
+    assert float(row["lavi_ml_per_m2"]) == pytest.approx(float(row["volume_ml"]) / bsa_m2, abs=0.01)
+    assert row["lavi_grade"] == grade_lavi(float(row["volume_ml"]) / bsa_m2)
+    assert f"{float(row['volume_ml']):.1f} mL, {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']} (skipped" in capsys.readouterr().out
 
 
 def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tmp_path, capsys):
