@@ -240,10 +240,15 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._measureTimer.start()
 
     def onUpdateMeasurements(self) -> None:
+        from LeftAtriumSegLib.measurements import SMALLEST_PLAUSIBLE_VOLUME_ML
+
         with slicer.util.tryWithErrorDisplay(_("Measurement failed."), waitCursor=True):
             if self._parameterNode and self._parameterNode.outputSegmentation:
                 row = self.logic.updateMeasurements(self._parameterNode)
-                self._setStatus(_("Left atrium: {volume:.1f} mL").format(volume=row["Volume [mL]"]))
+                message = _("Left atrium: {volume:.1f} mL").format(volume=row["Volume [mL]"])
+                if row["Volume [mL]"] < SMALLEST_PLAUSIBLE_VOLUME_ML:
+                    message += _(" (probably missed: is the heart in view, in an orientation the model knows?)")
+                self._setStatus(message)
 
     def onEditButton(self) -> None:
         p = self._parameterNode

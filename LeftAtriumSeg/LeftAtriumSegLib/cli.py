@@ -176,7 +176,7 @@ def run_segment(args: argparse.Namespace) -> int:
     )
     from .pipeline import Segmenter  # noqa: PLC0415
 
-    from .measurements import index_volume  # noqa: PLC0415
+    from .measurements import SMALLEST_PLAUSIBLE_VOLUME_ML, index_volume  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
     volumes_path = output_dir / (f"volumes.shard-{args.shard[0]}-of-{args.shard[1]}.csv" if args.shard else "volumes.csv")
@@ -211,6 +211,11 @@ def run_segment(args: argparse.Namespace) -> int:
             progress.write(f"error: {message}", file=sys.stderr)
             rows.append({**row, "output": "", "status": "failed", "error": message})
         else:
+            if volume.volume_ml < SMALLEST_PLAUSIBLE_VOLUME_ML:
+                status += f"; check: under {SMALLEST_PLAUSIBLE_VOLUME_ML:g} mL, atrium probably missed"
+                progress.write(f"warning: {case.path}: left atrium of {volume.volume_ml:.1f} mL, probably missed "
+                               "(is the heart in the field of view, in the orientation the model knows? "
+                               "See the model card's limitations)", file=sys.stderr)
             row.update({"status": status, "error": "", "voxel_count": volume.voxel_count,
                         "volume_mm3": f"{volume.volume_mm3:.1f}", "volume_ml": f"{volume.volume_ml:.2f}"})
             indexed = ""

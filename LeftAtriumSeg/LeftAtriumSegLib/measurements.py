@@ -19,6 +19,11 @@ ASE_2005_LAVI_GRADES: tuple[tuple[float, str], ...] = (
 ASE_2005_SOURCE = "Lang et al., J Am Soc Echocardiogr 2005;18:1440-63"
 
 
+# Adult left atria measure 20-200 mL; a mask under this has most likely missed the atrium
+# (a scan in an orientation the model never saw, or no heart in the field of view).
+SMALLEST_PLAUSIBLE_VOLUME_ML = 5.0
+
+
 @dataclass(frozen=True)
 class VolumeMeasurement:
     voxel_count: int

@@ -22,6 +22,13 @@ class CleanupSettings:
     fill_holes: bool = True
     closing_radius_mm: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold {self.threshold:g} must lie between 0 and 1 (it cuts a probability)")
+        if not (self.component_gap_mm >= 0 and self.closing_radius_mm >= 0):
+            raise ValueError(f"component gap ({self.component_gap_mm:g} mm) and closing radius "
+                             f"({self.closing_radius_mm:g} mm) cannot be negative")
+
 
 def ellipsoid_footprint(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     """Boolean ``(Z, Y, X)`` ball of ``radius_mm`` on an anisotropic voxel grid."""

@@ -195,6 +195,27 @@ def test_bad_inputs_fail_one_line_each_and_the_good_case_goes_on(hostile_inputs,
     assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "volumes.csv"]
 
 
+def test_a_volume_without_an_atrium_is_flagged_not_failed(tmp_path, capsys):
+    # Smoothed noise: no heart, so the model finds nothing.
+    noise = np.random.default_rng(0).normal(100, 20, (64, 128, 128)).astype(np.float32)
+    image = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(noise), 4.0)
+    image.SetSpacing((1.25, 1.25, 1.25))
+    sitk.WriteImage(image, str(tmp_path / "no_heart.nii.gz"))
+    assert main(["segment", str(tmp_path / "no_heart.nii.gz"), "--output-dir", str(tmp_path / "out"),
+                 "--format", "nii.gz"]) == 0
+    row = _read_volumes(tmp_path / "out")["no_heart"]
+    assert float(row["volume_ml"]) < 5.0
+    assert row["status"] == "ok; check: under 5 mL, atrium probably missed"
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "no_heart.nii.gz: left atrium of" in warning[0]
+
+
+def test_cleanup_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys):
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path / "out"), "--threshold", "50"]) == 2
+    assert capsys.readouterr().err.strip() == "error: threshold 50 must lie between 0 and 1 (it cuts a probability)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_second_run_skips_complete_outputs_and_keeps_them(sample_run):
     mask_path = sample_run / "la_022_crop.nii.gz"
     before_mask, before_row = mask_path.read_bytes(), _read_volumes(sample_run)["la_022_crop"]

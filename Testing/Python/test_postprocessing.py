@@ -63,3 +63,14 @@ def test_clean_mask_largest_component_switch(keep, expected_voxels):
     probability[10:14, 50:54, 50:54] = 1.0
     settings = CleanupSettings(keep_largest_component=keep, component_gap_mm=0)
     assert np.count_nonzero(clean_mask(probability, SPACING, settings)) == expected_voxels
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"threshold": 1.5}, "threshold 1.5 must lie between 0 and 1"),
+    ({"threshold": 0.0}, "threshold 0 must lie between 0 and 1"),
+    ({"component_gap_mm": -1.0}, "cannot be negative"),
+    ({"closing_radius_mm": -2.0}, "cannot be negative"),
+])
+def test_settings_that_cannot_mean_anything_are_refused(settings, problem):
+    with pytest.raises(ValueError, match=problem):
+        CleanupSettings(**settings)
