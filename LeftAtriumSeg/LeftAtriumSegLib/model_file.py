@@ -103,6 +103,8 @@ def read_model_config(path: str | Path) -> ModelConfig:
     LeftAtriumSeg model file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; give the model file in it (e.g. model.safetensors)")
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:

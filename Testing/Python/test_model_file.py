@@ -101,6 +101,8 @@ def test_foreign_safetensors_file_is_refused(tmp_path, load):
 def test_missing_model_file(tmp_path, load):
     with pytest.raises(ModelFileError, match="not found"):
         load(tmp_path / "nothing.safetensors")
+    with pytest.raises(ModelFileError, match="is a folder; give the model file in it"):
+        load(tmp_path)  # a training run's folder rather than its model.safetensors
 
 
 def test_shipped_model_loads():
