@@ -9,7 +9,10 @@ import numpy as np
 
 # LA volume index grades (mL/m2), after Lang et al., "Recommendations for chamber
 # quantification", J Am Soc Echocardiogr 2005;18:1440-63 (echocardiography). Reference
-# ranges depend on modality and guideline: pass other thresholds where they apply.
+# ranges depend on modality, method and cardiac phase: these grade the maximal (end-systolic)
+# volume by 2D echocardiography, while a 3D MRI covers the whole atrium (MRI volumes run larger;
+# CMR ranges: Maceira et al., J Cardiovasc Magn Reson 2010;12:65) at whatever phase it was
+# acquired. Pass other thresholds where they apply.
 ASE_2005_LAVI_GRADES: tuple[tuple[float, str], ...] = (
     (29.0, "normal"),
     (34.0, "mildly enlarged"),
