@@ -174,9 +174,8 @@ def run_segment(args: argparse.Namespace) -> int:
         write_label_map,
         write_segmentation,
     )
-    from .pipeline import Segmenter  # noqa: PLC0415
-
     from .measurements import SMALLEST_PLAUSIBLE_VOLUME_ML, index_volume  # noqa: PLC0415
+    from .pipeline import Segmenter  # noqa: PLC0415
 
     output_dir = Path(args.output_dir)
     volumes_path = output_dir / (f"volumes.shard-{args.shard[0]}-of-{args.shard[1]}.csv" if args.shard else "volumes.csv")
