@@ -299,6 +299,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
     from .evaluation import evaluate_case, matched_cases, summarise  # noqa: PLC0415
     from .io import refuse_existing_output  # noqa: PLC0415
 
@@ -308,12 +310,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not cases:
         raise LeftAtriumSegError(f"no case is in both {args.predictions} and {args.labels}")
     rows, failures = [], 0
-    for case, prediction, label in cases:
+    progress = tqdm(cases, desc="evaluating", unit="case", disable=args.quiet, dynamic_ncols=True)
+    for case, prediction, label in progress:
         try:
             rows.append({"case": case, **evaluate_case(prediction, label)})
         except CASE_ERRORS as error:
             failures += 1
-            print(f"error: {_error_line(prediction, error)}", file=sys.stderr)
+            progress.write(f"error: {_error_line(prediction, error)}", file=sys.stderr)
     if not rows:
         return 1
     rows.append(summarise(rows))
@@ -354,7 +357,8 @@ def run_ablate(args: argparse.Namespace) -> int:
     from .io import refuse_existing_output  # noqa: PLC0415
 
     refuse_existing_output(Path(args.output), args.overwrite)
-    rows = cleanup_ablation(Path(args.probabilities), Path(args.labels), ablation_variants(_cleanup_from(args)))
+    rows = cleanup_ablation(Path(args.probabilities), Path(args.labels), ablation_variants(_cleanup_from(args)),
+                            show_progress=not args.quiet)
     _write_csv(rows, Path(args.output), overwrite=args.overwrite)
     print(f"{'variant':<28}{'Dice':>8}{'min Dice':>10}{'HD95 mm':>10}{'|dV| mL':>10}")
     for row in rows:
@@ -411,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", required=True, help="folder of reference label maps (same file names)")
     evaluate.add_argument("--output", help="CSV to write (default PREDICTIONS/evaluation.csv)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=run_evaluate)
 
     train = commands.add_parser("train", help="train a model, or cross-validate with --folds K")
@@ -447,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--labels", required=True)
     ablate.add_argument("--output", required=True, help="CSV to write")
     ablate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cleanup_arguments(ablate)
     ablate.set_defaults(handler=run_ablate)
     return parser

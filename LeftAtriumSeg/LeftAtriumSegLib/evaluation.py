@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from .errors import LeftAtriumSegError
 from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name, read_mask
@@ -95,7 +96,8 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
                label.GetSpacing())
 
 
-def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]]) -> list[dict]:
+def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]],
+                     show_progress: bool = False) -> list[dict]:
     """Mean metrics over cases for each cleanup variant, from stored probability maps.
 
     ``probabilities`` holds float probability maps on each label's grid, as cross-validation
@@ -104,7 +106,7 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
     """
     cases = list(labelled_probability_maps(probabilities, labels))
     results = []
-    for name, settings in variants:
+    for name, settings in tqdm(list(variants), desc="cleanup variants", unit="variant", disable=not show_progress):
         rows = [segmentation_metrics(clean_mask(probability, spacing, settings), label, spacing)
                 for _, probability, label, spacing in cases]
         results.append({"variant": name, **{key: float(np.nanmean([r[key] for r in rows])) for key in METRIC_COLUMNS},

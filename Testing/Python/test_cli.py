@@ -98,7 +98,7 @@ def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tm
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE_LABEL))[:, :, :-4], str(predictions / "off_grid.nii.gz"))
     (predictions / "corrupt.nii.gz").write_text("not an image")
 
-    assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels)]) == 1
+    assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--quiet"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2
     assert errors[0].startswith(f"error: {predictions / 'corrupt.nii.gz'}: file is truncated, corrupt")
