@@ -87,12 +87,12 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     Arrays are ``(Z, Y, X)`` on the label's grid; a run over several data sets thus yields one
     set's cases at a time.
     """
-    reference, maps = files_by_case(labels), files_by_case(probabilities)
-    if not reference.keys() & maps.keys():
+    cases = matched_cases(probabilities, labels)
+    if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
-    for case in sorted(reference.keys() & maps.keys()):
-        label = sitk.ReadImage(str(reference[case]))
-        yield (case, sitk.GetArrayFromImage(sitk.ReadImage(str(maps[case]))), sitk.GetArrayFromImage(label) > 0,
+    for case, probability_map, label_path in cases:
+        label = sitk.ReadImage(str(label_path))
+        yield (case, sitk.GetArrayFromImage(sitk.ReadImage(str(probability_map))), sitk.GetArrayFromImage(label) > 0,
                label.GetSpacing())
 
 

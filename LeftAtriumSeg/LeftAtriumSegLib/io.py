@@ -177,15 +177,19 @@ def _check_header(size: tuple[int, ...], components: int, path: Path) -> None:
         raise InputImageError(f"{path}: image of size {size} is larger than {MAX_VOXELS:.0e} voxels")
 
 
+def _check_file_is_there_and_whole(path: Path) -> None:
+    if not path.exists():
+        raise InputImageError(f"{path}: file not found")
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_stream(path)
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read and check a 3D image file; every failure is an ``InputImageError`` naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: file not found")
     if path.is_dir():
         raise InputImageError(f"{path}: is a folder without DICOM files, not an image file")
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_stream(path)
+    _check_file_is_there_and_whole(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -204,10 +208,7 @@ def read_mask(path: str | Path) -> sitk.Image:
     """Read a 3D mask or label map (NIfTI, a one-layer ``.seg.nrrd``, ...); every failure is an
     ``InputImageError`` naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"{path}: file not found")
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_stream(path)
+    _check_file_is_there_and_whole(path)
     try:
         mask = sitk.ReadImage(str(path))
     except RuntimeError as error:
