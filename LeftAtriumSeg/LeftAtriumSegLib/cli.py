@@ -11,13 +11,18 @@ import csv
 import json
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 from . import __version__
 from .errors import LeftAtriumSegError
 
+# What made a row's mask: enough to make it again, or to tell that two masks were made alike.
+PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options")
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "voxel_count", "volume_mm3", "volume_ml",
-                  "bsa_m2", "lavi_ml_per_m2", "lavi_grade", "model")
+                  "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS)
+# Provenance that changes the mask; a new package version with the same model and cleanup does not.
+MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 
 
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -132,6 +137,23 @@ def _measure_existing(path: Path):
     return measure_volume(sitk.GetArrayViewFromImage(image) > 0, image.GetSpacing())
 
 
+def _provenance_of_existing(earlier_row: dict | None, output_path: Path) -> dict[str, str]:
+    """What made an output found in place: the row an earlier run wrote for it in this table,
+    else ``unknown`` (a mask copied in, or a run killed between writing the mask and its row)."""
+    if earlier_row and Path(earlier_row.get("output") or "").name == output_path.name \
+            and earlier_row.get("status") != "failed":
+        return {column: earlier_row.get(column) or "unknown" for column in PROVENANCE_COLUMNS}
+    return dict.fromkeys(PROVENANCE_COLUMNS, "unknown")
+
+
+def _mask_maker(row: dict) -> str:
+    """The model and cleanup that made a row's mask, in words."""
+    model, sha256, cleanup = (row.get(column) or "unknown" for column in ("model", *MASK_DEFINING_COLUMNS))
+    if model == sha256 == cleanup == "unknown":
+        return "a run this folder's table has no record of"
+    return f"{model} (model file {sha256[:12]}) with cleanup '{cleanup}'"
+
+
 def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
 
@@ -188,17 +210,24 @@ def run_segment(args: argparse.Namespace) -> int:
     writer = write_segmentation if args.format == "seg.nrrd" else write_label_map
     # Rows of earlier runs into this folder stay, unless this run has the same case.
     earlier = _read_rows(volumes_path)
+    earlier_by_case = {row["case"]: row for row in earlier}
+    this_run = {"model": segmenter.model_label, "model_sha256": segmenter.model_sha256,
+                "leftatriumseg_version": __version__, "cleanup_options": " ".join(cleanup_arguments(segmenter.cleanup))}
     rows, failures, seen = [], 0, set()
     progress = tqdm(cases, desc="segmenting", unit="case", disable=args.quiet, dynamic_ncols=True)
     for index, case in enumerate(progress):
         output_path = output_dir / f"{case.case}{suffix}"
-        row = {"case": case.case, "input": str(case.path), "output": str(output_path), "model": segmenter.model_label}
+        row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
         try:
             if case.case in seen:
                 raise LeftAtriumSegError(f"{case.path}: another input has the same case name {case.case!r}")
             seen.add(case.case)
             if output_path.exists() and not args.overwrite:
                 volume, status = _measure_existing(output_path), "skipped: output exists"
+                row.update(_provenance_of_existing(earlier_by_case.get(case.case), output_path))
+                if any(row[column] != this_run[column] for column in MASK_DEFINING_COLUMNS):
+                    progress.write(f"warning: {output_path}: kept as made by {_mask_maker(row)}, which may not be "
+                                   "what this run would make (--overwrite segments it again)", file=sys.stderr)
             else:
                 image = read_case(case)
                 mask, volume = segmenter.segment_and_measure(image, _progress_printer(args, index, len(cases)))
@@ -249,6 +278,10 @@ def run_merge(args: argparse.Namespace) -> int:
     _write_csv(rows, output_dir / "volumes.csv", VOLUME_COLUMNS)
     failed = sum(row["status"] == "failed" for row in rows)
     print(f"merged {len(shards)} shard tables, {len(rows)} cases ({failed} failed) into {output_dir / 'volumes.csv'}")
+    makers = Counter(_mask_maker(row) for row in rows if row["status"] != "failed")
+    if len(makers) > 1:
+        print("warning: the masks were not all made alike: "
+              + "; ".join(f"{count} by {maker}" for maker, count in makers.most_common()), file=sys.stderr)
     if missing:
         print(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet", file=sys.stderr)
         return 1

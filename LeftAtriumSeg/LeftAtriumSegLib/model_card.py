@@ -9,7 +9,6 @@ probability maps) and from the data folders it names, so a card can be rewritten
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from .evaluation import labelled_probability_maps
 from .io import atomic_output
 from .metrics import segmentation_metrics
+from .model_file import model_file_sha256
 from .postprocessing import CleanupSettings, clean_mask
 
 CARD_NAME = "MODEL_CARD.md"
@@ -64,7 +64,7 @@ def model_card(run_dir: Path) -> str:
         what = (f"Cross-validation run, {len(training['folds'])} folds by case (identical images in one fold): "
                 "each fold's model is `fold_K/model.safetensors`.")
     else:
-        digest = hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+        digest = model_file_sha256(run_dir / "model.safetensors")
         what = f"Model file `model.safetensors`, trained on every case listed below; SHA-256 `{digest}`."
     lines = [
         f"# Model card: {config['name']} {config['version']}",

@@ -7,6 +7,7 @@ weights as numpy arrays for ONNX Runtime (``onnx_network``) and never pays torch
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,11 @@ def save_model(path: str | Path, networks: nn.ModuleDict, config: ModelConfig) -
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in networks.state_dict().items()}
     with atomic_output(path, overwrite=True) as partial:
         save_file(state, str(partial), metadata={"format": FORMAT, "config": config.to_json()})
+
+
+def model_file_sha256(path: str | Path) -> str:
+    """SHA-256 of a model file: the model's identity, whatever its name and version say."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from .inference import ProgressCallback, SliceNetwork, predict_probability_map
 from .measurements import VolumeMeasurement, measure_volume
-from .model_file import ModelConfig
+from .model_file import ModelConfig, model_file_sha256
 from .onnx_network import load_onnx_networks
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -25,6 +25,7 @@ class Segmenter:
     config: ModelConfig
     cleanup: CleanupSettings
     model_path: Path
+    model_sha256: str
 
     @classmethod
     def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
@@ -32,7 +33,7 @@ class Segmenter:
         """``device``: ``auto`` (CUDA where onnxruntime has it, else CPU), ``cpu`` or ``cuda``;
         ``threads``: CPU threads for the networks, 0 for one per physical core."""
         networks, config = load_onnx_networks(model_path, device, threads)
-        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path))
+        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path), model_file_sha256(model_path))
 
     @property
     def model_label(self) -> str:

@@ -1,6 +1,7 @@
 """The command line end to end: the bundled model on the sample, and hostile input."""
 
 import csv
+import hashlib
 import math
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import SimpleITK as sitk
 import slicerio
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL
 
-from LeftAtriumSegLib.cli import _cleanup_from, build_parser, cleanup_arguments, main
+from LeftAtriumSegLib import __version__
+from LeftAtriumSegLib.cli import PROVENANCE_COLUMNS, _cleanup_from, build_parser, cleanup_arguments, main
 from LeftAtriumSegLib.measurements import grade_lavi
 from LeftAtriumSegLib.metrics import dice
+from LeftAtriumSegLib.model_file import read_model_config
+from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
 from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 
@@ -224,6 +228,41 @@ def test_a_second_run_skips_complete_outputs_and_keeps_them(sample_run):
     assert mask_path.read_bytes() == before_mask
     assert row["status"] == "skipped: output exists"
     assert row["volume_ml"] == before_row["volume_ml"]
+
+
+def test_each_row_names_the_model_file_version_and_cleanup_that_made_its_mask(sample_run):
+    row = _read_volumes(sample_run)["la_022_crop"]
+    assert row["model"] == "{0.name} {0.version}".format(read_model_config(DEFAULT_MODEL_PATH))
+    assert row["model_sha256"] == hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
+    assert row["leftatriumseg_version"] == __version__
+    assert row["cleanup_options"].split() == cleanup_arguments(CleanupSettings())
+
+
+def test_a_kept_mask_keeps_the_record_of_what_made_it_and_a_changed_run_is_warned(tmp_path, capsys):
+    output = tmp_path / "out"
+    segment = ["segment", str(SAMPLE_IMAGE), "--output-dir", str(output), "--format", "nii.gz", "--quiet"]
+    assert main([*segment, "--threshold", "0.9"]) == 0
+    made_at_0_9 = _read_volumes(output)["la_022_crop"]
+    capsys.readouterr()
+
+    assert main(segment) == 0  # default threshold 0.5: the mask of 0.9 is kept, and said to be
+    kept = _read_volumes(output)["la_022_crop"]
+    assert kept["status"] == "skipped: output exists"
+    assert kept["cleanup_options"] == made_at_0_9["cleanup_options"] and "--threshold 0.9" in kept["cleanup_options"]
+    assert kept["volume_ml"] == made_at_0_9["volume_ml"]
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: {output / 'la_022_crop.nii.gz'}: kept as made by ") and "--overwrite" in warning
+
+    assert main([*segment, "--threshold", "0.9"]) == 0  # as the mask was made: nothing to say
+    assert capsys.readouterr().err == ""
+
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    (copied / "la_022_crop.nii.gz").write_bytes((output / "la_022_crop.nii.gz").read_bytes())
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(copied), "--format", "nii.gz", "--quiet"]) == 0
+    row = _read_volumes(copied)["la_022_crop"]
+    assert [row[column] for column in PROVENANCE_COLUMNS] == ["unknown"] * len(PROVENANCE_COLUMNS)
+    assert "no record of" in capsys.readouterr().err
 
 
 def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):

@@ -89,6 +89,19 @@ def test_shards_split_a_manifest_and_merge_into_one_table(tmp_path):
     assert images.exists()
 
 
+def test_merge_warns_when_shards_were_segmented_with_different_settings(tmp_path, capsys):
+    images = _cohort(tmp_path / "images", 2)
+    output = tmp_path / "out"
+    for shard, threshold in (("1/2", "0.5"), ("2/2", "0.7")):
+        assert main(["segment", str(images), "--output-dir", str(output), "--shard", shard, "--threshold", threshold,
+                     "--format", "nii.gz", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: the masks were not all made alike: 1 by ")
+    assert "--threshold 0.5 " in warning and "--threshold 0.7 " in warning
+
+
 def test_merge_reports_missing_shards(tmp_path, capsys):
     (tmp_path / "volumes.shard-1-of-3.csv").write_text("case,status\nx,ok\n")
     assert main(["merge", str(tmp_path)]) == 1
