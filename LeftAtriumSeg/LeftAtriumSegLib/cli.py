@@ -154,6 +154,16 @@ def _mask_maker(row: dict) -> str:
     return f"{model} (model file {sha256[:12]}) with cleanup '{cleanup}'"
 
 
+def _makers_of(predictions: Path, reports: list) -> str:
+    """What made the reported masks, from the ``volumes.csv`` that ``segment`` wrote beside them."""
+    try:
+        recorded = {row["case"]: row for row in _read_rows(predictions / "volumes.csv")}
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        recorded = {}
+    makers = Counter(_mask_maker(recorded.get(report.case, {})) for report in reports)
+    return "; ".join(f"{maker} ({count} of {len(reports)} cases)" for maker, count in makers.most_common())
+
+
 def _read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
 
@@ -325,7 +335,7 @@ def run_report(args: argparse.Namespace) -> int:
             failures += 1
             print(f"error: {_error_line(case.path, error)}", file=sys.stderr)
     if reports:
-        write_html_report(report_path, reports, args.overwrite)
+        write_html_report(report_path, reports, args.overwrite, _makers_of(Path(args.predictions), reports))
         if not args.quiet:
             print(f"report of {len(reports)} case(s): {report_path}")
     return 1 if failures else 0

@@ -206,8 +206,11 @@ def _figure_html(figure: go.Figure, first: bool) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=bool(first), config={"responsive": True})
 
 
-def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False) -> None:
-    """One self-contained HTML page: table, pictures, interactive meshes, agreement plots."""
+def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "") -> None:
+    """One self-contained HTML page: table, pictures, interactive meshes, agreement plots.
+
+    ``made_by``: what made the masks (model, model file, cleanup), a sentence for the page's head.
+    """
     has_reference = all(c.reference_ml is not None for c in cases)
     has_lavi = any(c.volume_index is not None for c in cases)
     header = "<tr><th>case</th><th>LA volume (mL)</th>"
@@ -264,6 +267,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} .row{{display:f
 img{{max-width:520px}}</style></head><body>
 <h1>LeftAtriumSeg report</h1>
 <p>{len(cases)} case(s). Red contours: prediction; green: reference. Volumes are voxel count times voxel volume.</p>
+{f"<p>Masks made by: {html.escape(made_by)}.</p>" if made_by else ""}
 <table>{header}{''.join(body)}</table>
 {''.join(sections)}
 </body></html>"""

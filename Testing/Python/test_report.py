@@ -1,6 +1,7 @@
 """Pictures and the HTML report: meshes with the right volume, montages on the atrium, a page
 that renders in a real browser."""
 
+import hashlib
 import shutil
 import subprocess
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from LeftAtriumSegLib.cli import _read_clinical, main
 from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
+from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
 from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,6 +95,23 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     assert red.sum() > 2000, "the rendered mesh and contours are missing"
     # The plotly figures drew their axes (the scatter's title text is rendered into the page).
     assert "Predicted vs reference volume" in page
+
+
+def test_report_says_what_made_the_masks(tmp_path):
+    predictions = tmp_path / "predictions"
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(predictions), "--format", "nii.gz",
+                 "--threshold", "0.6", "--quiet"]) == 0
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    sha256 = hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
+    assert f"(model file {sha256[:12]}) with cleanup &#x27;--threshold 0.6 " in page and "(1 of 1 cases)" in page
+
+    (predictions / "volumes.csv").unlink()  # masks without segment's table: said so, not guessed
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report_unrecorded"), "--quiet"]) == 0
+    page = (tmp_path / "report_unrecorded" / "report.html").read_text(encoding="utf-8")
+    assert "Masks made by: a run this folder&#x27;s table has no record of (1 of 1 cases)." in page
 
 
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
