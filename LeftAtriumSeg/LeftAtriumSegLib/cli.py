@@ -389,7 +389,7 @@ def run_train(args: argparse.Namespace) -> int:
                          **({"views": tuple(args.views)} if args.views else {}))
     summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
                           command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device),
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, resume=args.resume)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     print(f"model card: {write_model_card(args.output_dir)}")
     return 0
@@ -485,8 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
-    train.add_argument("--overwrite", action="store_true",
-                       help="train into an --output-dir that is not empty, replacing an earlier run's files")
+    into_earlier_run = train.add_mutually_exclusive_group()
+    into_earlier_run.add_argument("--overwrite", action="store_true",
+                                  help="train into an --output-dir that is not empty, replacing an earlier run's files")
+    into_earlier_run.add_argument("--resume", action="store_true",
+                                  help="go on with the interrupted run in --output-dir from its checkpoints "
+                                       "(same data and options as that run)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=run_train)
 

@@ -91,9 +91,12 @@ def model_card(run_dir: Path) -> str:
         "",
         "## Training",
         f"- Command: `{training.get('command', 'not recorded')}`",
+        *(f"- Resumed with: `{command}`" for command in training.get("resumed_by", [])),
         "- Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()),
         f"- torch threads {training['torch_threads']}; data preparation {training['preparation_seconds']} s; "
-        f"total wall time **{training.get('total_seconds', 'unfinished')} s**.",
+        + (f"total wall time **{training.get('total_seconds', 'unfinished')} s**." if "resumed_by" not in training else
+           f"last sitting {training.get('last_sitting_seconds', 'unfinished')} s (resumed: the training times "
+           "per view below add up all sittings; the whole wall time was not recorded)."),
     ]
     if "folds" in training:
         for index, fold in enumerate(training["folds"]):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .errors import LeftAtriumSegError
 from .inference import predict_probability_map
-from .io import create_output_folder
+from .io import atomic_output, create_output_folder
 from .model_file import ModelConfig, parameter_count, save_model
 from .network import UNet2D
 from .onnx_network import load_onnx_networks
@@ -244,6 +244,71 @@ def learning_rate_at(iteration: int, settings: TrainingSettings) -> float:
     return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+CHECKPOINT_FORMAT = "leftatriumseg-checkpoint-1"
+
+
+def save_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
+                    iterations_done: int, seconds: float, config: ModelConfig, settings: TrainingSettings) -> None:
+    """All that one view's training needs to go on exactly where it stopped: the weights, the
+    optimiser's moments, the crop sampler's and torch's random states, the iterations done and
+    the training seconds so far. Written beside ``path`` first, then renamed."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    tensors = {f"network.{name}": tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
+    for index, state in optimiser.state_dict()["state"].items():
+        tensors.update({f"optimiser.{index}.{key}": value.detach().cpu().contiguous() for key, value in state.items()})
+    tensors["torch_rng_state"] = torch.get_rng_state()
+    metadata = {"format": CHECKPOINT_FORMAT, "iterations_done": str(iterations_done), "seconds": f"{seconds:.1f}",
+                "numpy_rng_state": json.dumps(rng.bit_generator.state), "config": config.to_json(),
+                "settings": json.dumps(settings.__dict__)}
+    with atomic_output(path, overwrite=True) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise LeftAtriumSegError(f"{path}: not a readable checkpoint ({error}); train into a new folder") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise LeftAtriumSegError(f"{path}: not a checkpoint of this version (format {metadata.get('format')!r}); "
+                                 "train into a new folder")
+    return metadata
+
+
+def checkpoint_seconds(path: Path) -> float:
+    """Training seconds a view had taken when its checkpoint was written."""
+    return float(_checkpoint_metadata(path)["seconds"])
+
+
+def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
+                    config: ModelConfig, settings: TrainingSettings) -> tuple[int, float]:
+    """Restore a ``save_checkpoint`` into fresh ``network``, ``optimiser`` and ``rng`` built with the
+    same config and settings; returns (iterations done, training seconds so far)."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    metadata = _checkpoint_metadata(path)
+    if (ModelConfig.from_json(metadata["config"]) != config
+            or json.loads(metadata["settings"]) != json.loads(json.dumps(settings.__dict__))):
+        raise LeftAtriumSegError(f"{path}: written by a training with other settings; resume needs the same ones")
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    network.load_state_dict({name.removeprefix("network."): tensor for name, tensor in tensors.items()
+                             if name.startswith("network.")})
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimiser."):
+            _, index, key = name.split(".")
+            moments.setdefault(int(index), {})[key] = tensor
+    optimiser.load_state_dict({"state": moments, "param_groups": optimiser.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng_state"])
+    rng.bit_generator.state = json.loads(metadata["numpy_rng_state"])
+    return int(metadata["iterations_done"]), float(metadata["seconds"])
+
+
 def train_network(
     cases: Sequence[PreparedCase],
     config: ModelConfig,
@@ -254,11 +319,14 @@ def train_network(
     show_progress: bool = True,
     on_iteration: Callable[[int, float], None] | None = None,
     device: str | torch.device = "cpu",
+    resume: bool = False,
 ) -> UNet2D:
     """Train a fresh network for ``view`` on model-frame ``cases``, on ``device``; return it in
     evaluation mode.
 
-    Checkpoints are single-view model files.
+    With ``checkpoint_path``, the training state is saved every ``settings.checkpoint_every``
+    iterations and at the end; with ``resume`` and a checkpoint there, training goes on from it
+    and ends with the weights an uninterrupted run would have.
     """
     if settings.random_orientation:
         slicings = [[case.in_view(name) for name in VIEW_AXES] for case in cases]
@@ -272,8 +340,14 @@ def train_network(
     # channels_last: oneDNN's fast path for 2D convolutions on CPUs (1.4x per step here).
     network = config.build_network().to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    first_iteration, seconds_before = 0, 0.0
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        first_iteration, seconds_before = load_checkpoint(checkpoint_path, network, optimiser, rng,
+                                                          checkpoint_config, settings)
+    started = time.perf_counter() - seconds_before
     network.train()
-    bar = tqdm(range(settings.iterations), desc=description, disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(range(first_iteration, settings.iterations), desc=description, disable=not show_progress,
+               dynamic_ncols=True, initial=first_iteration, total=settings.iterations)
     running_loss = None
     for iteration in bar:
         for group in optimiser.param_groups:
@@ -290,8 +364,10 @@ def train_network(
         bar.set_postfix(loss=f"{running_loss:.3f}")
         if on_iteration is not None:
             on_iteration(iteration, loss.item())
-        if checkpoint_path is not None and (iteration + 1) % settings.checkpoint_every == 0:
-            save_model(checkpoint_path, nn.ModuleDict({view: network}), checkpoint_config)
+        done = iteration + 1
+        if checkpoint_path is not None and (done % settings.checkpoint_every == 0 or done == settings.iterations):
+            save_checkpoint(checkpoint_path, network, optimiser, rng, done, time.perf_counter() - started,
+                            checkpoint_config, settings)
     return network.eval()
 
 
@@ -303,16 +379,18 @@ def train_networks(
     description: str = "",
     show_progress: bool = True,
     device: str | torch.device = "cpu",
+    resume: bool = False,
 ) -> tuple[nn.ModuleDict, dict[str, float]]:
-    """One network per view of ``config``, and each one's training time in seconds."""
+    """One network per view of ``config``, and each one's training time in seconds (over all
+    the sittings of a resumed run)."""
     networks, seconds = nn.ModuleDict(), {}
     for view in config.views:
-        start = time.perf_counter()
+        checkpoint_path = output_dir / f"checkpoint_{view}.safetensors"
         networks[view] = train_network(
-            cases, config, settings, view, checkpoint_path=output_dir / f"checkpoint_{view}.safetensors",
-            description=f"{description}{view}", show_progress=show_progress, device=device,
+            cases, config, settings, view, checkpoint_path=checkpoint_path,
+            description=f"{description}{view}", show_progress=show_progress, device=device, resume=resume,
         )
-        seconds[view] = round(time.perf_counter() - start, 1)
+        seconds[view] = checkpoint_seconds(checkpoint_path)
     return networks, seconds
 
 
@@ -326,6 +404,7 @@ def train_model(
     command: str = "",
     device: str | torch.device = "cpu",
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
 
@@ -333,31 +412,38 @@ def train_model(
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
     and the cleanup ablation. Training on every case writes ``model.safetensors``.
     Returns a summary (cases, folds, wall times per view, ``command`` as given) that is also
-    written as ``training.json``. ``output_dir`` must be new or empty unless ``overwrite``:
-    an earlier run's model and held-out maps are the user's.
+    written as ``training.json``, first when training starts. ``output_dir`` must be new or
+    empty unless ``overwrite`` (an earlier run's model and held-out maps are the user's) or
+    ``resume``: go on with the interrupted run there, from its checkpoints, which needs the
+    same cases, folds, config and settings.
     """
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     output_dir = Path(output_dir)
     create_output_folder(output_dir)
-    if not overwrite and any(output_dir.iterdir()):
-        raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
-    start = time.perf_counter()
-    prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
-                for case in tqdm(cases, desc="preparing", disable=not show_progress)}
+    record_path = output_dir / "training.json"
     summary: dict = {
         "command": command,
         "data_folders": [str(folder) for folder in data_folders],
         "cases": [case.case_id for case in cases],
+        "fold_count": folds,
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
         "parameters": parameter_count(config.build_networks()),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
-        "preparation_seconds": round(time.perf_counter() - start, 1),
     }
+    if resume:
+        summary = _resumed_summary(record_path, summary)
+    elif not overwrite and any(output_dir.iterdir()):
+        raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
+    record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    start = time.perf_counter()
+    prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
+                for case in tqdm(cases, desc="preparing", disable=not show_progress)}
+    summary["preparation_seconds"] = round(time.perf_counter() - start, 1)
     if folds == 0:
         networks, seconds = train_networks(list(prepared.values()), config, settings, output_dir,
-                                           show_progress=show_progress, device=device)
+                                           show_progress=show_progress, device=device, resume=resume)
         save_model(output_dir / "model.safetensors", networks, config)
         summary["training_seconds"] = seconds
     else:
@@ -371,7 +457,7 @@ def train_model(
             networks, seconds = train_networks(
                 [prepared[case_id] for case_id in prepared if case_id not in held_out],
                 config, settings, fold_dir, description=f"fold {index + 1}/{folds} ", show_progress=show_progress,
-                device=device,
+                device=device, resume=resume,
             )
             save_model(fold_dir / "model.safetensors", networks, config)
             # The held-out maps come from the saved file, run as segment runs it.
@@ -380,7 +466,22 @@ def train_model(
                 probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), held_out_networks, config)
                 sitk.WriteImage(probability_map, str(probability_dir / f"{case.case_id}.nii.gz"), useCompression=True)
             summary["folds"].append({"validation": sorted(held_out), "training_seconds": seconds})
-            (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary["total_seconds"] = round(time.perf_counter() - start, 1)
-    (output_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    # A resumed run's earlier sittings ended unrecorded: only the views' training seconds add them all.
+    summary["last_sitting_seconds" if resume else "total_seconds"] = round(time.perf_counter() - start, 1)
+    record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _resumed_summary(record_path: Path, summary: dict) -> dict:
+    """The interrupted run's record, with this command added, once it is sure to be the same training."""
+    if not record_path.is_file():
+        raise LeftAtriumSegError(f"{record_path.parent}: no training.json of an earlier run to resume")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    for key in ("cases", "fold_count", "config", "settings"):
+        if record.get(key) != json.loads(json.dumps(summary[key])):
+            raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "
+                                     "resume needs the same data and options (or train into a new folder)")
+    record = {key: value for key, value in record.items() if key not in ("total_seconds", "last_sitting_seconds")}
+    return {**record, "resumed_by": [*record.get("resumed_by", []), summary["command"]],
+            **{key: summary[key] for key in ("torch_threads", "device")}}

@@ -6,6 +6,7 @@ import json
 import numpy as np
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.model_card import model_card
+from LeftAtriumSegLib.model_file import read_model
 from test_evaluation import _write
 from test_training import _write_dataset
 
@@ -68,3 +69,13 @@ def test_train_writes_the_model_and_its_card(tmp_path):
     assert (output / "model.safetensors").read_bytes() == model_bytes
     assert main([*arguments, "--seed", "1", "--overwrite"]) == 0
     assert (output / "model.safetensors").read_bytes() != model_bytes
+
+    # Resuming the finished run changes no weights and says so in the card; another seed is another run.
+    # (Weights, not bytes: safetensors writes its metadata keys in no fixed order.)
+    _, weights = read_model(output / "model.safetensors")
+    assert main([*arguments, "--seed", "1", "--resume"]) == 0
+    _, resumed_weights = read_model(output / "model.safetensors")
+    assert weights.keys() == resumed_weights.keys()
+    assert all(np.array_equal(weights[name], resumed_weights[name]) for name in weights)
+    assert f"- Resumed with: `leftatriumseg {' '.join(arguments)} --seed 1 --resume`" in (output / "MODEL_CARD.md").read_text()
+    assert main([*arguments, "--resume"]) == 2

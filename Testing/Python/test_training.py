@@ -10,7 +10,7 @@ import torch
 from conftest import ellipsoid_phantom
 
 from LeftAtriumSegLib.errors import LeftAtriumSegError
-from LeftAtriumSegLib.model_file import ModelConfig
+from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
 from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
     TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_model,
@@ -143,3 +143,63 @@ def test_training_into_a_folder_with_files_is_refused_before_any_work(tmp_path):
     with pytest.raises(LeftAtriumSegError, match=r"run: --output-dir is not empty \(use --overwrite to train into it\)$"):
         train_model([tmp_path / "data"], run, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
     assert [path.name for path in run.iterdir()] == ["notes.txt"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(iterations_run):
+    def on_iteration(iteration, _loss):
+        if iteration + 1 == iterations_run:
+            raise _Interrupted
+
+    return on_iteration
+
+
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
+    settings = TrainingSettings(iterations=9, batch_size=4, crop_size=16, warmup_iterations=2, checkpoint_every=3)
+
+    def weights(network):
+        return [tensor.clone() for tensor in network.state_dict().values()]
+
+    uninterrupted = weights(train_network(prepared, config, settings, "coronal", tmp_path / "a.safetensors",
+                                          show_progress=False))
+    checkpoint = tmp_path / "b.safetensors"
+    with pytest.raises(_Interrupted):  # stopped after 5 iterations; the checkpoint holds 3
+        train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False,
+                      on_iteration=_interrupt_after(5))
+    iterations_run = []
+    resumed = train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False, resume=True,
+                            on_iteration=lambda iteration, _: iterations_run.append(iteration))
+    assert iterations_run == list(range(3, 9))
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted, weights(resumed), strict=True))
+
+    started_afresh = train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted, weights(started_afresh), strict=True))
+
+
+def test_resume_goes_on_only_with_the_same_training(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    settings = TrainingSettings(iterations=4, batch_size=4, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    with pytest.raises(LeftAtriumSegError, match=r"run: no training.json of an earlier run to resume$"):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+
+    first = train_model([tmp_path / "data"], run, config, settings, show_progress=False, command="first")
+    model = model_file_sha256(run / "model.safetensors")
+    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other settings; resume needs"):
+        train_model([tmp_path / "data"], run, config, replace(settings, iterations=8), show_progress=False, resume=True)
+    assert model_file_sha256(run / "model.safetensors") == model  # refused before any work
+
+    _, weights = read_model(run / "model.safetensors")
+    summary = train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True, command="again")
+    _, resumed_weights = read_model(run / "model.safetensors")  # finished views are not trained again
+    assert all(np.array_equal(weights[name], resumed_weights[name]) for name in weights)
+    assert summary["command"] == "first" and summary["resumed_by"] == ["again"]
+    # The training time is the checkpoints' record of the first sitting, not this sitting's few milliseconds.
+    assert "total_seconds" not in summary and summary["training_seconds"] == first["training_seconds"]
