@@ -387,9 +387,14 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     config = ModelConfig(name=args.name, version=args.model_version,
                          **({"views": tuple(args.views)} if args.views else {}))
-    summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds, show_progress=not args.quiet,
-                          command=shlex.join(["leftatriumseg", *args.argv]), device=resolve_device(args.device),
-                          overwrite=args.overwrite, resume=args.resume)
+    try:
+        summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds,
+                              show_progress=not args.quiet, command=shlex.join(["leftatriumseg", *args.argv]),
+                              device=resolve_device(args.device), overwrite=args.overwrite, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted: the same command with --resume goes on from the checkpoints in {args.output_dir}",
+              file=sys.stderr)
+        return 130
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     print(f"model card: {write_model_card(args.output_dir)}")
     return 0

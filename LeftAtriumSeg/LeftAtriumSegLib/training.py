@@ -419,7 +419,6 @@ def train_model(
     """
     cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
     output_dir = Path(output_dir)
-    create_output_folder(output_dir)
     record_path = output_dir / "training.json"
     summary: dict = {
         "command": command,
@@ -434,8 +433,10 @@ def train_model(
     }
     if resume:
         summary = _resumed_summary(record_path, summary)
-    elif not overwrite and any(output_dir.iterdir()):
-        raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
+    else:
+        create_output_folder(output_dir)
+        if not overwrite and any(output_dir.iterdir()):
+            raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
     record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     start = time.perf_counter()
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
@@ -477,7 +478,10 @@ def _resumed_summary(record_path: Path, summary: dict) -> dict:
     """The interrupted run's record, with this command added, once it is sure to be the same training."""
     if not record_path.is_file():
         raise LeftAtriumSegError(f"{record_path.parent}: no training.json of an earlier run to resume")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
     for key in ("cases", "fold_count", "config", "settings"):
         if record.get(key) != json.loads(json.dumps(summary[key])):
             raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "

@@ -79,3 +79,15 @@ def test_train_writes_the_model_and_its_card(tmp_path):
     assert all(np.array_equal(weights[name], resumed_weights[name]) for name in weights)
     assert f"- Resumed with: `leftatriumseg {' '.join(arguments)} --seed 1 --resume`" in (output / "MODEL_CARD.md").read_text()
     assert main([*arguments, "--resume"]) == 2
+
+
+def test_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import LeftAtriumSegLib.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LeftAtriumSegLib.training, "train_model", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: the same command with --resume goes on from the checkpoints in {tmp_path / 'run'}")

@@ -189,6 +189,13 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(LeftAtriumSegError, match=r"run: no training.json of an earlier run to resume$"):
         train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    assert not run.exists()
+
+    run.mkdir()
+    (run / "training.json").write_text("{ not json")
+    with pytest.raises(LeftAtriumSegError, match=r"training.json: not a readable training record \("):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    (run / "training.json").unlink()
 
     first = train_model([tmp_path / "data"], run, config, settings, show_progress=False, command="first")
     model = model_file_sha256(run / "model.safetensors")
