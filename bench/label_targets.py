@@ -2,8 +2,8 @@
 default, or the interpolated fraction kept until after augmentation (``fractional_labels``).
 
     .venv/bin/python bench/label_targets.py ../shared/data/msd_heart ../shared/data/la2018_lge \
-        [--views axial] [--targets cut fraction] [--fold 0] [--iterations 4800] [--output-dir DIR] \
-        [--maps-dir DIR]
+        [--views axial] [--targets cut fraction] [--fold 0] [--iterations 4800] [--slices 5] \
+        [--output-dir DIR] [--maps-dir DIR]
 
 Why: bringing a mask into the model frame interpolates it linearly; la2018_lge's masks are
 0.625 mm and the frame 1.25 mm, so many frame voxels sit exactly half inside, and ``>= 0.5``
@@ -18,7 +18,8 @@ three-view inference the shipped model runs (the first view localises). Prints D
 volume error (prediction minus reference, mL) per case and per data set. With ``--output-dir``
 the networks are kept there (``TARGETS_VIEW.safetensors``) and ones already there are loaded
 instead of trained; with ``--maps-dir`` each column's held-out probability maps are written
-there, for ``bench/error_location.py``. About 19 minutes per network on this project's 2-core
+there, for ``bench/error_location.py``. ``--slices`` gives the networks stacks of another number of
+neighbouring slices (the shipped model's take 5). About 19 minutes per network on this project's 2-core
 CPU.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +44,18 @@ from torch import nn
 TARGETS = {"cut": False, "fraction": True}  # name -> fractional_labels
 
 
-def networks_for(targets: str, views: list[str], training_cases, settings: TrainingSettings,
-                 output_dir: Path | None) -> dict:
+def networks_for(targets: str, views: list[str], training_cases, config: ModelConfig,
+                 settings: TrainingSettings, output_dir: Path | None) -> dict:
     """Each view's network for these targets: loaded from ``output_dir`` if there, else trained."""
-    config, networks, prepared = ModelConfig(), {}, None
+    networks, prepared = {}, None
     for view in views:
         path = output_dir / f"{targets}_{view}.safetensors" if output_dir else None
         if path is not None and path.exists():
-            networks[view] = load_model(path, "cpu")[0][view]
+            loaded, loaded_config = load_model(path, "cpu")
+            if loaded_config.slices != config.slices:
+                raise SystemExit(f"{path} takes {loaded_config.slices} slices, not {config.slices}: "
+                                 "use another --output-dir")
+            networks[view] = loaded[view]
             continue
         if prepared is None:
             prepared = [prepare_case(case, config, TARGETS[targets]) for case in training_cases]
@@ -57,15 +63,15 @@ def networks_for(targets: str, views: list[str], training_cases, settings: Train
         networks[view] = train_network(prepared, config, settings, view, description=f"{targets} {view}")
         print(f"{targets} {view}: trained in {time.perf_counter() - start:.0f} s", flush=True)
         if path is not None:
-            save_model(path, nn.ModuleDict({view: networks[view]}), ModelConfig(views=(view,)))
+            save_model(path, nn.ModuleDict({view: networks[view]}), replace(config, views=(view,)))
     return networks
 
 
-def score(case, networks: dict, cleanup: CleanupSettings, maps_dir: Path | None) -> dict:
+def score(case, networks: dict, config: ModelConfig, cleanup: CleanupSettings, maps_dir: Path | None) -> dict:
     """Metrics of ``networks``' cleaned prediction; its probability map goes to ``maps_dir`` if given."""
     image, reference = sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path))
     slice_networks = {view: TorchSliceNetwork(network) for view, network in networks.items()}
-    probability = predict_probability_map(image, slice_networks, ModelConfig(views=tuple(networks)))
+    probability = predict_probability_map(image, slice_networks, replace(config, views=tuple(networks)))
     if maps_dir is not None:
         sitk.WriteImage(probability, str(maps_dir / f"{case.case_id}.nii.gz"))
     spacing_mm = image.GetSpacing()  # (x, y, z), as clean_mask and the metrics take it
@@ -80,11 +86,14 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=TrainingSettings().iterations)
+    parser.add_argument("--slices", type=int, default=ModelConfig().slices,
+                        help="neighbouring slices each network takes (odd)")
     parser.add_argument("--output-dir", type=Path, help="keep the networks here (and reuse those found)")
     parser.add_argument("--maps-dir", type=Path,
                         help="write each column's held-out probability maps to MAPS_DIR/TARGETS_VIEWS/CASE.nii.gz")
     args = parser.parse_args()
     settings = TrainingSettings(iterations=args.iterations)
+    config = ModelConfig(slices=args.slices)
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     cases = [case for folder in args.data for case in read_decathlon_cases(folder)]
@@ -93,7 +102,7 @@ def main() -> None:
     training_cases = [case for case in cases if case.case_id not in held_out_ids]
     cleanup, rows, columns = CleanupSettings(), {}, []
     for targets in args.targets:
-        networks = networks_for(targets, args.views, training_cases, settings, args.output_dir)
+        networks = networks_for(targets, args.views, training_cases, config, settings, args.output_dir)
         chosen = [{view: networks[view]} for view in args.views] + ([networks] if len(networks) > 1 else [])
         for subset in chosen:
             column = f"{targets}, {'+'.join(subset)}"
@@ -102,8 +111,8 @@ def main() -> None:
             if maps_dir is not None:
                 maps_dir.mkdir(parents=True, exist_ok=True)
             for case in held_out:
-                rows.setdefault(case.case_id, {})[column] = score(case, subset, cleanup, maps_dir)
-    print(f"\nfold {args.fold}, {args.iterations} iterations; Dice and signed volume error (mL)")
+                rows.setdefault(case.case_id, {})[column] = score(case, subset, config, cleanup, maps_dir)
+    print(f"\nfold {args.fold}, {args.iterations} iterations, {args.slices} slices; Dice and signed volume error (mL)")
     print(f"{'case':24s} " + " ".join(f"{column:>28s}" for column in columns))
     for case_id, by_column in rows.items():
         print(f"{case_id:24s} " + " ".join(
