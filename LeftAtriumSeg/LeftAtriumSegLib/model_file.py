@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 FORMAT = "leftatriumseg-model-2"
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything beside the weights that inference needs, stored in the model file."""
@@ -46,9 +50,15 @@ class ModelConfig:
     views: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
     def __post_init__(self) -> None:
+        # Settings come from model files, which may be damaged or made by anyone: refuse here what
+        # would otherwise fail deep inside inference with a traceback.
         unknown = [view for view in self.views if view not in VIEW_AXES]
         if unknown or not self.views or len(set(self.views)) != len(self.views):
             raise ValueError(f"views must be distinct names among {sorted(VIEW_AXES)}, got {list(self.views)}")
+        if not _is_count(self.slices) or self.slices % 2 == 0:
+            raise ValueError(f"slices must be a positive odd number (a stack around a centre slice), got {self.slices!r}")
+        if not self.features or not all(_is_count(channels) for channels in self.features):
+            raise ValueError(f"features must be positive channel counts, got {list(self.features)}")
 
     @property
     def size_multiple(self) -> int:
@@ -123,7 +133,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
             f"{path}: not a LeftAtriumSeg model in format {FORMAT!r} (found {metadata.get('format')!r})")
     try:
         return ModelConfig.from_json(metadata["config"])
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(f"{path}: unreadable model settings ({error})") from None
 
 

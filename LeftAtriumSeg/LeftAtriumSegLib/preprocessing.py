@@ -34,12 +34,35 @@ def from_view(volume: np.ndarray, view: str) -> np.ndarray:
     return volume.transpose(np.argsort(VIEW_AXES[view]))
 
 
+# A model frame's voxel size is bounded because every scan is resampled to it whole: at 0.5 mm a
+# chest MRI's field of view is already ~150 million voxels.
+MIN_FRAME_SPACING_MM, MAX_FRAME_SPACING_MM = 0.5, 10.0
+ANATOMICAL_AXES = ("RL", "AP", "SI")  # each axis code takes one letter of each pair
+
+
 @dataclass(frozen=True)
 class ModelFrame:
-    """Orientation and spacing the network was trained in."""
+    """Orientation and spacing the network was trained in.
+
+    Raises ``ValueError`` for settings no model could have been trained in (they come from model
+    files, which may be damaged or made by anyone).
+    """
 
     orientation: str = "LPS"
     spacing_mm: tuple[float, float, float] = (1.25, 1.25, 1.25)  # (x, y, z)
+
+    def __post_init__(self) -> None:
+        letters = self.orientation if isinstance(self.orientation, str) else ""
+        axes = sorted(pair for letter in letters for pair in ANATOMICAL_AXES if letter in pair)
+        if len(letters) != 3 or axes != sorted(ANATOMICAL_AXES):
+            raise ValueError(f"orientation must be a code such as 'LPS', one letter of each of "
+                             f"{'/'.join(ANATOMICAL_AXES)}, got {self.orientation!r}")
+        spacing = self.spacing_mm
+        if not (isinstance(spacing, tuple) and len(spacing) == 3 and all(
+                isinstance(s, (int, float)) and not isinstance(s, bool)
+                and MIN_FRAME_SPACING_MM <= s <= MAX_FRAME_SPACING_MM for s in spacing)):
+            raise ValueError(f"frame spacing must be three numbers of {MIN_FRAME_SPACING_MM}-"
+                             f"{MAX_FRAME_SPACING_MM} mm, got {spacing!r}")
 
 
 def to_model_frame(

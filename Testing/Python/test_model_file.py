@@ -1,5 +1,6 @@
 """Model files load without executing code and fail with one clear line."""
 
+import json
 import os
 import pickle
 import stat
@@ -48,17 +49,42 @@ def test_networks_must_match_the_views(tmp_path):
         ModelConfig(views=("oblique",))
 
 
-def test_model_with_unknown_view_is_refused(tmp_path, load):
+def _model_with_settings(path, edit) -> None:
+    """A small model file at ``path`` whose stored settings (a dict from its JSON) ``edit`` changed."""
     config = ModelConfig(features=(4, 8), views=("axial",))
-    path = tmp_path / "m.safetensors"
     save_model(path, config.build_networks(), config)
     with safe_open(str(path), framework="pt") as handle:
         state = {name: handle.get_tensor(name) for name in handle.keys()}
         metadata = handle.metadata()
-    metadata["config"] = metadata["config"].replace('"axial"', '"oblique"')
+    settings = json.loads(metadata["config"])
+    metadata["config"] = json.dumps(edit(settings))
     save_file(state, str(path), metadata=metadata)
-    with pytest.raises(ModelFileError, match="unreadable model settings"):
+
+
+# Settings no model could have been trained with, and what the refusal names. Before they were
+# checked, some failed deep inside inference with a traceback (an even number of slices, a zero
+# spacing) and others were blamed on every input image (an invalid orientation code).
+IMPOSSIBLE_SETTINGS = {
+    "unknown view": (lambda s: {**s, "views": ["oblique"]}, "views must be"),
+    "even slices": (lambda s: {**s, "slices": 4}, "slices must be a positive odd number"),
+    "slices as text": (lambda s: {**s, "slices": "5"}, "slices must be"),
+    "no levels": (lambda s: {**s, "features": []}, "features must be"),
+    "zero spacing": (lambda s: {**s, "frame": {"orientation": "LPS", "spacing_mm": [0, 0, 0]}}, "frame spacing"),
+    "tiny spacing": (lambda s: {**s, "frame": {"orientation": "LPS", "spacing_mm": [0.01] * 3}}, "frame spacing"),
+    "2D spacing": (lambda s: {**s, "frame": {"orientation": "LPS", "spacing_mm": [1.25, 1.25]}}, "frame spacing"),
+    "orientation": (lambda s: {**s, "frame": {"orientation": "LPP", "spacing_mm": [1.25] * 3}}, "orientation must"),
+    "not an object": (lambda s: "LeftAtriumSeg", "unreadable model settings"),
+}
+
+
+@pytest.mark.parametrize("edit, problem", IMPOSSIBLE_SETTINGS.values(), ids=IMPOSSIBLE_SETTINGS)
+def test_model_with_impossible_settings_is_refused(tmp_path, load, edit, problem):
+    path = tmp_path / "m.safetensors"
+    _model_with_settings(path, edit)
+    with pytest.raises(ModelFileError, match="unreadable model settings") as refusal:
         load(path)
+    message = str(refusal.value)
+    assert message.startswith(str(path)) and problem in message and "\n" not in message
 
 
 class _Exploit:
