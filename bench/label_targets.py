@@ -92,10 +92,11 @@ def main() -> None:
     parser.add_argument("--maps-dir", type=Path,
                         help="write each column's held-out probability maps to MAPS_DIR/TARGETS_VIEWS/CASE.nii.gz")
     args = parser.parse_args()
-    if args.slices < 1 or args.slices % 2 == 0:
-        parser.error(f"--slices must be odd, so that the stack has a centre slice; got {args.slices}")
+    try:
+        config = ModelConfig(slices=args.slices)
+    except ValueError as error:
+        parser.error(str(error))
     settings = TrainingSettings(iterations=args.iterations)
-    config = ModelConfig(slices=args.slices)
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     cases = [case for folder in args.data for case in read_decathlon_cases(folder)]
