@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.evaluation import files_by_case
+from LeftAtriumSegLib.measurements import measure_volume
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 from scipy import stats
 
@@ -39,14 +40,14 @@ def main() -> None:
     rows = []  # reference, shipped, expected, uncertain: mL
     for case in cases:
         label = sitk.ReadImage(str(labels[case]))
-        voxel_ml = float(np.prod(label.GetSpacing())) / 1000.0
+        spacing_mm = label.GetSpacing()
         probability = sitk.GetArrayFromImage(sitk.ReadImage(str(maps[case])))
-        mask = clean_mask(probability, label.GetSpacing(), CleanupSettings())
+        mask = clean_mask(probability, spacing_mm, CleanupSettings())
         rows.append((
-            np.count_nonzero(sitk.GetArrayViewFromImage(label)) * voxel_ml,
-            np.count_nonzero(mask) * voxel_ml,
-            float(probability.sum(dtype=np.float64)) * voxel_ml,
-            np.count_nonzero((probability >= low) & (probability < high)) * voxel_ml,
+            measure_volume(sitk.GetArrayViewFromImage(label), spacing_mm).volume_ml,
+            measure_volume(mask, spacing_mm).volume_ml,
+            float(probability.sum(dtype=np.float64)) * np.prod(spacing_mm) / 1000.0,
+            measure_volume((probability >= low) & (probability < high), spacing_mm).volume_ml,
         ))
     reference_ml, shipped_ml, expected_ml, uncertain_ml = np.array(rows).T
 
