@@ -279,9 +279,19 @@ def _checkpoint_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
+def _damaged_checkpoint(path: Path, error: Exception) -> LeftAtriumSegError:
+    # Only a damaged or hand-edited checkpoint gets here; torch's and json's messages can run over lines.
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    return LeftAtriumSegError(f"{path}: damaged checkpoint ({reason}); train into a new folder")
+
+
 def checkpoint_seconds(path: Path) -> float:
     """Training seconds a view had taken when its checkpoint was written."""
-    return float(_checkpoint_metadata(path)["seconds"])
+    metadata = _checkpoint_metadata(path)
+    try:
+        return float(metadata["seconds"])
+    except (KeyError, ValueError) as error:
+        raise _damaged_checkpoint(path, error) from None
 
 
 def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
@@ -291,22 +301,29 @@ def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
     from safetensors import safe_open  # noqa: PLC0415
 
     metadata = _checkpoint_metadata(path)
-    if (ModelConfig.from_json(metadata["config"]) != config
-            or json.loads(metadata["settings"]) != json.loads(json.dumps(settings.__dict__))):
+    try:
+        same_training = (ModelConfig.from_json(metadata["config"]) == config
+                         and json.loads(metadata["settings"]) == json.loads(json.dumps(settings.__dict__)))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise _damaged_checkpoint(path, error) from None
+    if not same_training:
         raise LeftAtriumSegError(f"{path}: written by a training with other settings; resume needs the same ones")
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    network.load_state_dict({name.removeprefix("network."): tensor for name, tensor in tensors.items()
-                             if name.startswith("network.")})
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        if name.startswith("optimiser."):
-            _, index, key = name.split(".")
-            moments.setdefault(int(index), {})[key] = tensor
-    optimiser.load_state_dict({"state": moments, "param_groups": optimiser.state_dict()["param_groups"]})
-    torch.set_rng_state(tensors["torch_rng_state"])
-    rng.bit_generator.state = json.loads(metadata["numpy_rng_state"])
-    return int(metadata["iterations_done"]), float(metadata["seconds"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        network.load_state_dict({name.removeprefix("network."): tensor for name, tensor in tensors.items()
+                                 if name.startswith("network.")})
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for name, tensor in tensors.items():
+            if name.startswith("optimiser."):
+                _, index, key = name.split(".")
+                moments.setdefault(int(index), {})[key] = tensor
+        optimiser.load_state_dict({"state": moments, "param_groups": optimiser.state_dict()["param_groups"]})
+        torch.set_rng_state(tensors["torch_rng_state"])
+        rng.bit_generator.state = json.loads(metadata["numpy_rng_state"])
+        return int(metadata["iterations_done"]), float(metadata["seconds"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise _damaged_checkpoint(path, error) from None
 
 
 def train_network(

@@ -182,6 +182,39 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted, weights(started_afresh), strict=True))
 
 
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda metadata, tensors: metadata.update(config=json.dumps({**json.loads(metadata["config"]), "slices": 4})),
+     "slices"),
+    (lambda metadata, tensors: metadata.pop("config"), "KeyError: 'config'"),
+    (lambda metadata, tensors: metadata.update(settings="{ not json"), "JSONDecodeError"),
+    (lambda metadata, tensors: metadata.update(numpy_rng_state="[]"), "TypeError"),
+    (lambda metadata, tensors: metadata.update(iterations_done="three"), "ValueError"),
+    (lambda metadata, tensors: tensors.pop("network.head.weight"), "Missing key"),
+    (lambda metadata, tensors: tensors.pop("torch_rng_state"), "KeyError: 'torch_rng_state'"),
+], ids=["impossible-settings", "no-settings", "settings-not-json", "bad-sampler-state", "bad-iteration-count",
+        "missing-weight", "missing-torch-state"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, reason):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _write_dataset(tmp_path / "data", 1)
+    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    checkpoint = tmp_path / "view.safetensors"
+    train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False)
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    damage(metadata, tensors)
+    save_file(tensors, str(checkpoint), metadata=metadata)
+
+    with pytest.raises(LeftAtriumSegError) as refused:
+        train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False, resume=True)
+    message = str(refused.value)
+    assert message.startswith(f"{checkpoint}: damaged checkpoint (") and reason in message
+    assert message.endswith("; train into a new folder") and "\n" not in message
+
 def test_resume_goes_on_only_with_the_same_training(tmp_path):
     _write_dataset(tmp_path / "data", 2)
     config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
