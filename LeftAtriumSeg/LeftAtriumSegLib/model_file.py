@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # Format 2: one network per slicing view, tensors named "VIEW.parameter".
 FORMAT = "leftatriumseg-model-2"
+# What safetensors raises for a file that is missing, truncated, not safetensors or has a bad header.
+SAFETENSORS_READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
 
 
 def _is_count(value: object) -> bool:
@@ -126,7 +128,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+    except SAFETENSORS_READ_ERRORS as error:
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
     if metadata.get("format") != FORMAT:
         raise ModelFileError(
@@ -147,7 +149,7 @@ def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             return config, {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+    except SAFETENSORS_READ_ERRORS as error:
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
 
 

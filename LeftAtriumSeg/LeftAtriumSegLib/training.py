@@ -22,13 +22,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from .errors import LeftAtriumSegError
 from .inference import predict_probability_map
 from .io import atomic_output, create_output_folder
-from .model_file import ModelConfig, parameter_count, save_model
+from .model_file import (
+    SAFETENSORS_READ_ERRORS,
+    ModelConfig,
+    parameter_count,
+    save_model,
+)
 from .network import UNet2D
 from .onnx_network import load_onnx_networks
 from .preprocessing import (
@@ -252,8 +259,6 @@ def save_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
     """All that one view's training needs to go on exactly where it stopped: the weights, the
     optimiser's moments, the crop sampler's and torch's random states, the iterations done and
     the training seconds so far. Written beside ``path`` first, then renamed."""
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     tensors = {f"network.{name}": tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
     for index, state in optimiser.state_dict()["state"].items():
         tensors.update({f"optimiser.{index}.{key}": value.detach().cpu().contiguous() for key, value in state.items()})
@@ -266,12 +271,10 @@ def save_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
 
 
 def _checkpoint_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+    except SAFETENSORS_READ_ERRORS as error:
         raise LeftAtriumSegError(f"{path}: not a readable checkpoint ({error}); train into a new folder") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise LeftAtriumSegError(f"{path}: not a checkpoint of this version (format {metadata.get('format')!r}); "
@@ -298,8 +301,6 @@ def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
                     config: ModelConfig, settings: TrainingSettings) -> tuple[int, float]:
     """Restore a ``save_checkpoint`` into fresh ``network``, ``optimiser`` and ``rng`` built with the
     same config and settings; returns (iterations done, training seconds so far)."""
-    from safetensors import safe_open  # noqa: PLC0415
-
     metadata = _checkpoint_metadata(path)
     try:
         same_training = (ModelConfig.from_json(metadata["config"]) == config
