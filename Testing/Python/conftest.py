@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop.nii.gz"
@@ -19,6 +21,15 @@ OBLIQUE_DIRECTION = tuple(
 )
 SPACING_MM = (0.9, 1.1, 1.6)
 ORIGIN_MM = (-35.0, 12.5, 80.0)
+
+
+def rewrite_safetensors(path: Path, edit) -> None:
+    """Save the safetensors file at ``path`` again after ``edit(metadata, tensors)`` changed its
+    metadata and tensor dicts in place: a damaged or hand-edited model file or checkpoint."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    edit(metadata, tensors)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def make_image(array_zyx: np.ndarray, spacing=SPACING_MM, origin=ORIGIN_MM, direction=OBLIQUE_DIRECTION) -> sitk.Image:

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 import torch
-from safetensors import safe_open
+from conftest import rewrite_safetensors
 from safetensors.torch import save_file
 
 from LeftAtriumSegLib.errors import ModelFileError
@@ -53,12 +53,8 @@ def _model_with_settings(path, edit) -> None:
     """A small model file at ``path`` whose stored settings (a dict from its JSON) ``edit`` changed."""
     config = ModelConfig(features=(4, 8), views=("axial",))
     save_model(path, config.build_networks(), config)
-    with safe_open(str(path), framework="pt") as handle:
-        state = {name: handle.get_tensor(name) for name in handle.keys()}
-        metadata = handle.metadata()
-    settings = json.loads(metadata["config"])
-    metadata["config"] = json.dumps(edit(settings))
-    save_file(state, str(path), metadata=metadata)
+    rewrite_safetensors(
+        path, lambda metadata, _: metadata.update(config=json.dumps(edit(json.loads(metadata["config"])))))
 
 
 # Settings no model could have been trained with, and what the refusal names. Before they were

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ellipsoid_phantom
+from conftest import ellipsoid_phantom, rewrite_safetensors
 
 from LeftAtriumSegLib.errors import LeftAtriumSegError
 from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
@@ -195,19 +195,13 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path
 ], ids=["impossible-settings", "no-settings", "settings-not-json", "bad-sampler-state", "bad-iteration-count",
         "missing-weight", "missing-torch-state"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, reason):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     _write_dataset(tmp_path / "data", 1)
     config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
     prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     checkpoint = tmp_path / "view.safetensors"
     train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False)
-    with safe_open(str(checkpoint), framework="pt") as handle:
-        metadata, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
-    damage(metadata, tensors)
-    save_file(tensors, str(checkpoint), metadata=metadata)
+    rewrite_safetensors(checkpoint, damage)
 
     with pytest.raises(LeftAtriumSegError) as refused:
         train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False, resume=True)
