@@ -288,7 +288,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingRequirements() -> list:
-        modules = {"onnxruntime": "onnxruntime", "onnx": "onnx", "skimage": "scikit-image", "safetensors": "safetensors",
+        modules = {"onnxruntime": "onnxruntime", "onnx": "onnx", "safetensors": "safetensors",
                    "slicerio": "slicerio", "tqdm": "tqdm", "scipy": "scipy"}
         return [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
 

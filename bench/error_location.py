@@ -35,11 +35,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.evaluation import files_by_case
-from LeftAtriumSegLib.postprocessing import (
-    CleanupSettings,
-    clean_mask,
-    ellipsoid_footprint,
-)
+from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask, distance_mm
 from scipy import ndimage
 
 AXES = ("z", "y", "x")  # of an LPS array (Z, Y, X)
@@ -62,8 +58,14 @@ def end_masks(label: np.ndarray, end_fraction: float) -> list[np.ndarray]:
 
 
 def thin_parts(mask: np.ndarray, spacing_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    """Voxels of a ``(Z, Y, X)`` ``mask`` that an opening with a ball of ``radius_mm`` removes."""
-    return mask & ~ndimage.binary_opening(mask, structure=ellipsoid_footprint(radius_mm, spacing_mm))
+    """Voxels of a ``(Z, Y, X)`` ``mask`` that an opening with a ball of ``radius_mm`` removes
+    (beyond the array counts as background)."""
+    pad = [int(radius_mm // s) + 1 for s in spacing_mm[::-1]]
+    padded = np.pad(mask, [(p, p) for p in pad])
+    body = distance_mm(~padded, spacing_mm) > radius_mm  # the erosion,
+    if body.any():
+        body = distance_mm(body, spacing_mm) <= radius_mm  # then the dilation
+    return mask & ~body[tuple(slice(p, -p) for p in pad)]
 
 
 def error_split(predicted: np.ndarray, reference: np.ndarray, spacing_mm: tuple[float, float, float],

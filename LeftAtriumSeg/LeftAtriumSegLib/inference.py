@@ -7,7 +7,6 @@ from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.special import expit
 
 from .model_file import ModelConfig
 from .postprocessing import keep_largest_component
@@ -62,7 +61,9 @@ def predict_slices(
     for start in range(0, len(z_indices), batch_size):
         logits = network(slice_stacks(padded, slices, z_indices[start : start + batch_size]))
         logits = logits[:, 0, pad_y // 2 : pad_y // 2 + height, pad_x // 2 : pad_x // 2 + width]
-        probabilities[start : start + batch_size] = expit(logits)
+        # The logistic function in a form that cannot overflow; scipy.special.expit would cost
+        # segment its 0.3-0.5 s import.
+        probabilities[start : start + batch_size] = 0.5 + 0.5 * np.tanh(0.5 * logits)
         if progress is not None:
             progress(min(start + batch_size, len(z_indices)) / len(z_indices))
     return probabilities

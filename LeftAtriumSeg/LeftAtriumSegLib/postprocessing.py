@@ -1,6 +1,8 @@
 """Cleanup of a thresholded probability map; every step works in millimetres.
 
 Masks are boolean ``(Z, Y, X)`` arrays; ``spacing_mm`` is ``(x, y, z)`` as SimpleITK gives it.
+The steps use SimpleITK's filters, which ``segment`` loads anyway: scipy's would add its
+0.3-0.5 s import to every run, about a tenth of it.
 """
 
 from __future__ import annotations
@@ -8,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from skimage import measure
+import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,18 @@ class CleanupSettings:
                              f"({self.closing_radius_mm:g} mm) cannot be negative")
 
 
-def ellipsoid_footprint(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Boolean ``(Z, Y, X)`` ball of ``radius_mm`` on an anisotropic voxel grid."""
-    radii = [max(int(radius_mm // s), 0) for s in spacing_mm[::-1]]
-    z, y, x = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    sz, sy, sx = spacing_mm[::-1]
-    return (z * sz) ** 2 + (y * sy) ** 2 + (x * sx) ** 2 <= radius_mm**2
+def _as_image(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> sitk.Image:
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing([float(s) for s in spacing_mm])
+    return image
+
+
+def distance_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """float32 ``(Z, Y, X)``: each voxel's distance in mm to the nearest voxel centre of a
+    non-empty ``mask`` (0 or less inside it)."""
+    distance_map = sitk.SignedMaurerDistanceMap(_as_image(mask, spacing_mm), insideIsPositive=False,
+                                                squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(distance_map)
 
 
 def keep_largest_component(mask: np.ndarray, spacing_mm: tuple[float, float, float], gap_mm: float = 0.0) -> np.ndarray:
@@ -44,32 +51,37 @@ def keep_largest_component(mask: np.ndarray, spacing_mm: tuple[float, float, flo
     The gap keeps fragments that broke off a thin end of the atrium while dropping
     distant false positives.
     """
-    labels = measure.label(mask, connectivity=3)
+    components = sitk.ConnectedComponent(_as_image(mask, spacing_mm), True)  # fully connected: 26 neighbours
+    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(components, sortByObjectSize=True))  # 1: the largest
     if labels.max() <= 1:
         return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    largest = labels == sizes.argmax()
+    largest = labels == 1
     if gap_mm <= 0:
         return largest
-    distance_mm = ndimage.distance_transform_edt(~largest, sampling=spacing_mm[::-1])
-    near = np.unique(labels[(distance_mm <= gap_mm) & mask])
+    near = np.unique(labels[(distance_mm(largest, spacing_mm) <= gap_mm) & mask])
     return np.isin(labels, near[near > 0])
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill cavities enclosed in 3D (the atrium's blood pool has none)."""
-    return ndimage.binary_fill_holes(mask)
+    """Fill cavities enclosed in 3D (the atrium's blood pool has none). A cavity counts as
+    enclosed unless it reaches the outside through face-to-face steps, the background's
+    connectivity that goes with the 26-connected mask."""
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)), fullyConnected=False)
+    return sitk.GetArrayFromImage(filled).astype(bool)
 
 
 def close_mask(mask: np.ndarray, spacing_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    """Morphological closing with a ball of ``radius_mm``: bridges gaps and notches."""
-    footprint = ellipsoid_footprint(radius_mm, spacing_mm)
-    if footprint.sum() <= 1:
+    """Morphological closing with a ball of ``radius_mm``: bridges gaps and notches.
+
+    Dilation and erosion by a ball are thresholds of distance maps in mm. The padding keeps the
+    dilation whole at the array's edges.
+    """
+    if not mask.any():
         return mask.copy()
-    pad = [(r, r) for r in (np.array(footprint.shape) // 2)]
-    closed = ndimage.binary_closing(np.pad(mask, pad), structure=footprint)
-    return closed[tuple(slice(p, -p or None) for p, _ in pad)]
+    pad = [int(radius_mm // s) + 1 for s in spacing_mm[::-1]]
+    dilated = distance_mm(np.pad(mask, [(p, p) for p in pad]), spacing_mm) <= radius_mm
+    closed = distance_mm(~dilated, spacing_mm) > radius_mm
+    return closed[tuple(slice(p, -p) for p in pad)]
 
 
 def clean_mask(probability: np.ndarray, spacing_mm: tuple[float, float, float], settings: CleanupSettings) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Multi-view inference puts every view's slices back where they came from."""
 
+import warnings
+
 import numpy as np
 import pytest
-from LeftAtriumSegLib.inference import predict_frame_probabilities, slice_stacks
+from LeftAtriumSegLib.inference import predict_frame_probabilities, predict_slices, slice_stacks
 from LeftAtriumSegLib.preprocessing import VIEW_AXES, from_view, to_view
 
 
@@ -26,6 +28,23 @@ def test_slice_stacks_repeat_the_end_slices():
     stacks = slice_stacks(volume, 5, [0, 2, 3])
     assert stacks.shape == (3, 5, 2, 3)
     np.testing.assert_array_equal(stacks[:, :, 0, 0], [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]])
+
+
+def test_probabilities_are_the_logistic_of_the_logits_without_overflow():
+    logits = np.array([-1e4, -20.0, -3.0, 0.0, 3.0, 1e4], dtype=np.float32)
+
+    class FixedLogits:
+        size_multiple = 1
+
+        def __call__(self, stacks: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(logits, (len(stacks), 1, 1, len(logits)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in exp would warn
+        probabilities = predict_slices(FixedLogits(), np.zeros((2, 1, 6), np.float32), slices=1, z_indices=[0, 1])
+    expected = 1 / (1 + np.exp(-logits.astype(np.float64).clip(-700, 700)))
+    np.testing.assert_allclose(probabilities, np.broadcast_to(expected, (2, 1, 6)), rtol=1e-6, atol=1e-7)
+    assert probabilities[0, 0, 3] == 0.5  # the threshold sits exactly at logit 0
 
 
 def _off_centre_ellipsoid(shape=(30, 34, 38)) -> np.ndarray:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from LeftAtriumSegLib.postprocessing import (
-    CleanupSettings, clean_mask, close_mask, ellipsoid_footprint, fill_holes, keep_largest_component,
+    CleanupSettings, clean_mask, close_mask, distance_mm, fill_holes, keep_largest_component,
 )
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: z voxels are twice as long
@@ -25,6 +25,28 @@ def test_largest_component_drops_distant_blob_and_gap_keeps_near_fragment():
     assert not with_gap[10:14, 50:54, 50:54].any()
 
 
+@pytest.mark.parametrize("gap_mm, kept", [(8.0, True), (7.9, False)])
+def test_component_gap_is_measured_in_millimetres_between_voxel_centres(gap_mm, kept):
+    mask = _body()  # slices 10-19
+    mask[23:25, 20:24, 20:24] = True  # from slice 19 to 23: 4 slices of 2 mm
+    assert keep_largest_component(mask, SPACING, gap_mm)[23:25].any() == kept
+
+
+def test_a_blob_touching_the_body_only_at_a_corner_is_part_of_it():
+    mask = _body()
+    mask[20:22, 40:42, 40:42] = True  # shares one corner with voxel (19, 39, 39)
+    assert np.array_equal(keep_largest_component(mask, SPACING, gap_mm=0), mask)
+
+
+def test_distance_is_zero_inside_and_in_millimetres_outside():
+    mask = _body()
+    distance = distance_mm(mask, SPACING)
+    assert (distance[mask] <= 0).all()
+    assert distance[22, 15, 15] == pytest.approx(6.0)  # 3 slices of 2 mm beyond slice 19
+    assert distance[15, 15, 43] == pytest.approx(4.0)  # 4 columns of 1 mm beyond column 39
+    assert distance[20, 41, 15] == pytest.approx(np.hypot(2.0, 2.0))
+
+
 def test_fill_holes_fills_an_enclosed_cavity_only():
     mask = _body()
     mask[13:16, 20:25, 20:25] = False          # enclosed cavity
@@ -34,11 +56,16 @@ def test_fill_holes_fills_an_enclosed_cavity_only():
     assert not filled[10:20, 30:33, 10:13].any()
 
 
-def test_footprint_is_a_ball_in_millimetres():
-    footprint = ellipsoid_footprint(4.0, SPACING)
-    assert footprint.shape == (5, 9, 9)  # 4 mm is 2 voxels along z, 4 along y and x
-    assert footprint[2, 4, 4] and footprint[0, 4, 4] and footprint[2, 0, 4]
-    assert not footprint[0, 0, 0]
+def test_a_cavity_open_only_through_an_edge_diagonal_step_counts_as_enclosed():
+    # The mask is 26-connected, so its background is 6-connected: a diagonal step through the
+    # wall does not connect the cavity to the outside.
+    mask = _body()
+    mask[13:16, 20:25, 20:25] = False  # cavity
+    mask[14, 22, 10:19] = False        # tunnel from the outside (column 9) to column 18 ...
+    mask[14, 23, 19] = False           # ... then one step diagonal in y and x into the cavity
+    filled = fill_holes(mask)
+    assert filled[13:16, 20:25, 20:25].all() and filled[14, 23, 19]
+    assert not filled[14, 22, 10:19].any()  # the tunnel is open to the outside
 
 
 def test_closing_bridges_a_gap_narrower_than_its_radius():
@@ -47,6 +74,14 @@ def test_closing_bridges_a_gap_narrower_than_its_radius():
     closed = close_mask(mask, SPACING, radius_mm=2.0)
     assert closed[12:18, 24:26, 12:38].all()
     assert np.array_equal(close_mask(_body(), SPACING, radius_mm=2.0), _body())
+
+
+@pytest.mark.parametrize("radius_mm, closes", [(1.9, False), (2.0, True)])
+def test_closing_radius_is_in_millimetres(radius_mm, closes):
+    mask = _body()
+    mask[15, 10:40, 10:40] = False  # one slice of 2 mm across the body
+    assert close_mask(mask, SPACING, radius_mm)[15, 12:38, 12:38].all() == closes
+    assert not close_mask(mask, SPACING, radius_mm)[15, :, :10].any()  # nothing grows outside
 
 
 def test_clean_mask_thresholds_probabilities():
