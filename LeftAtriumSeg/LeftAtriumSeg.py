@@ -288,9 +288,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingRequirements() -> list:
-        modules = {"onnxruntime": "onnxruntime", "onnx": "onnx", "safetensors": "safetensors",
-                   "slicerio": "slicerio", "tqdm": "tqdm", "scipy": "scipy"}
-        return [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+        # Each package in requirements.txt is imported under its own name (a test checks it).
+        lines = REQUIREMENTS_PATH.read_text(encoding="utf-8").splitlines()
+        packages = [line.split(">=")[0] for line in lines if line and not line.startswith("#")]
+        return [package for package in packages if importlib.util.find_spec(package) is None]
 
     def ensureDependencies(self) -> bool:
         """Install missing Python packages after asking; never downloads silently."""

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from LeftAtriumSegLib.metrics import dice, segmentation_metrics
+from LeftAtriumSegLib.metrics import dice, segmentation_metrics, surface_distances_mm
 
 
 def _ball(shape, centre, radius_vox):
@@ -43,3 +43,13 @@ def test_empty_prediction_has_zero_dice_and_nan_distances():
     metrics = segmentation_metrics(np.zeros_like(reference), reference, (1.0, 1.0, 1.0))
     assert metrics["dice"] == 0.0
     assert np.isnan(metrics["hd95_mm"])
+
+
+def test_a_mask_filling_the_array_has_its_surface_at_the_array_edge():
+    whole = np.ones((5, 5, 5), bool)
+    inner = np.zeros_like(whole)
+    inner[1:-1, 1:-1, 1:-1] = True
+    distances = surface_distances_mm(whole, inner, (1.0, 1.0, 1.0))
+    assert len(distances) == (125 - 27) + (27 - 1)  # the outer shell, then the inner cube's shell
+    assert distances.max() == pytest.approx(np.sqrt(3))  # a corner to the inner cube's corner
+    assert distances.min() == pytest.approx(1.0)

@@ -1,7 +1,8 @@
 """Static checks of the Slicer module: the .ui has every widget the code uses, CMake lists
-every file that ships and nothing that does not exist."""
+every file that ships and nothing that does not exist, its requirements can be checked."""
 
 import ast
+import importlib.util
 import re
 from dataclasses import asdict
 import xml.etree.ElementTree as ElementTree
@@ -109,3 +110,11 @@ def test_cleanup_parameter_defaults_are_the_packages_defaults():
              "component_gap_mm": "componentGapMm", "fill_holes": "fillHoles", "closing_radius_mm": "closingRadiusMm"}
     for field, default in asdict(CleanupSettings()).items():
         assert ast.literal_eval(statements[names[field]].value) == default, field
+
+
+def test_every_module_requirement_is_imported_under_its_own_name():
+    # LeftAtriumSegLogic.missingRequirements looks each one up by that name.
+    lines = (MODULE / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    packages = [line.split(">=")[0] for line in lines if line and not line.startswith("#")]
+    assert packages and all(re.fullmatch(r"[a-z_]+", package) for package in packages), packages
+    assert [package for package in packages if importlib.util.find_spec(package) is None] == []
