@@ -29,9 +29,11 @@ MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 CASE_ERRORS = (LeftAtriumSegError, ValueError, RuntimeError, OSError)
 
 
-def _error_line(path: Path, error: Exception) -> str:
-    """``PATH: problem``, naming the file once."""
-    return str(error) if str(path) in str(error) else f"{path}: {error}"
+def _error_line(error: Exception, *paths: Path | None) -> str:
+    """``PATH: problem``, naming one file once: the message as it is when it names one of
+    ``paths`` already, else with the first of them in front."""
+    message = str(error)
+    return message if any(str(path) in message for path in paths if path) else f"{paths[0]}: {message}"
 
 
 def _add_cleanup_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +247,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 status = "ok"
         except CASE_ERRORS as error:
             failures += 1
-            message = _error_line(case.path, error)
+            message = _error_line(error, case.path)
             progress.write(f"error: {message}", file=sys.stderr)
             rows.append({**row, "output": "", "status": "failed", "error": message})
         else:
@@ -333,7 +335,8 @@ def run_report(args: argparse.Namespace) -> int:
             reports.append(report_case(case.case, image, masks[0], masks[1], output_dir, args.overwrite, *height_weight))
         except CASE_ERRORS as error:
             failures += 1
-            print(f"error: {_error_line(case.path, error)}", file=sys.stderr)
+            line = _error_line(error, case.path, predictions[case.case], labels.get(case.case))
+            print(f"error: {line}", file=sys.stderr)
     if reports:
         write_html_report(report_path, reports, args.overwrite, _makers_of(Path(args.predictions), reports))
         if not args.quiet:
@@ -359,7 +362,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             rows.append({"case": case, **evaluate_case(prediction, label)})
         except CASE_ERRORS as error:
             failures += 1
-            progress.write(f"error: {_error_line(prediction, error)}", file=sys.stderr)
+            progress.write(f"error: {_error_line(error, prediction, label)}", file=sys.stderr)
     if not rows:
         return 1
     rows.append(summarise(rows))

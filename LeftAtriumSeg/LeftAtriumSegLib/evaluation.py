@@ -91,7 +91,7 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
     for case, probability_map, label_path in cases:
-        label = sitk.ReadImage(str(label_path))
+        label = read_mask(label_path)
         yield (case, sitk.GetArrayFromImage(sitk.ReadImage(str(probability_map))), sitk.GetArrayFromImage(label) > 0,
                label.GetSpacing())
 

@@ -205,8 +205,8 @@ def read_image(path: str | Path) -> sitk.Image:
 
 
 def read_mask(path: str | Path) -> sitk.Image:
-    """Read a 3D mask or label map (NIfTI, a one-layer ``.seg.nrrd``, ...); every failure is an
-    ``InputImageError`` naming the file."""
+    """Read a 3D mask, zero outside and one value inside (NIfTI, a one-layer ``.seg.nrrd``, ...);
+    every failure is an ``InputImageError`` naming the file."""
     path = Path(path)
     _check_file_is_there_and_whole(path)
     try:
@@ -216,6 +216,13 @@ def read_mask(path: str | Path) -> sitk.Image:
     if mask.GetDimension() != 3:  # a .seg.nrrd with overlapping segments has layers first
         raise InputImageError(f"{path}: mask is {mask.GetDimension()}D (a segmentation with several layers?), "
                               "a 3D mask is needed")
+    # Callers take every non-zero voxel as atrium, which would turn an MRI given by mistake,
+    # or a map of several structures, into one huge "atrium".
+    values = sitk.GetArrayViewFromImage(mask)
+    labelled = values[values != 0]
+    if labelled.size and (labelled != labelled[0]).any():
+        raise InputImageError(f"{path}: is not a mask: it holds {len(np.unique(labelled))} different non-zero "
+                              "values (an image, or a map of several labels?); a mask of the left atrium alone is needed")
     return mask
 
 

@@ -96,17 +96,25 @@ def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tm
     predictions, labels = tmp_path / "predictions", tmp_path / "labels"
     predictions.mkdir()
     labels.mkdir()
-    for case in ("good", "off_grid", "corrupt"):
+    for case in ("good", "off_grid", "corrupt", "image_as_label", "several_labels"):
         (labels / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
-    (predictions / "good.nii.gz").write_bytes((sample_run / "la_022_crop.nii.gz").read_bytes())
+    for case in ("good", "image_as_label", "several_labels"):
+        (predictions / f"{case}.nii.gz").write_bytes((sample_run / "la_022_crop.nii.gz").read_bytes())
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE_LABEL))[:, :, :-4], str(predictions / "off_grid.nii.gz"))
     (predictions / "corrupt.nii.gz").write_text("not an image")
+    (labels / "image_as_label.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())  # the MRI given as its label
+    two_labels = sitk.ReadImage(str(SAMPLE_LABEL))
+    two_labels[0, 0, 0] = 2
+    sitk.WriteImage(two_labels, str(labels / "several_labels.nii.gz"))
 
     assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--quiet"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2
+    assert len(errors) == 4
     assert errors[0].startswith(f"error: {predictions / 'corrupt.nii.gz'}: file is truncated, corrupt")
-    assert errors[1].startswith(f"error: {predictions / 'off_grid.nii.gz'}: not on the grid of its label")
+    assert errors[1].startswith(f"error: {labels / 'image_as_label.nii.gz'}: is not a mask: it holds ")
+    assert errors[2].startswith(f"error: {predictions / 'off_grid.nii.gz'}: not on the grid of its label")
+    assert errors[3] == (f"error: {labels / 'several_labels.nii.gz'}: is not a mask: it holds 2 different non-zero "
+                         "values (an image, or a map of several labels?); a mask of the left atrium alone is needed")
     rows = list(csv.DictReader(open(predictions / "evaluation.csv")))
     assert [row["case"] for row in rows] == ["good", "mean"]
     assert float(rows[1]["dice"]) == float(rows[0]["dice"]) >= 0.85

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from LeftAtriumSegLib.errors import InputImageError
 from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation
 
 
@@ -34,4 +35,13 @@ def test_ablation_without_a_single_labelled_map_names_the_folders(tmp_path):
     _write(np.zeros((8, 8, 8), np.float32), probabilities / "a.nii.gz")
     _write(np.zeros((8, 8, 8), np.uint8), labels / "b.nii.gz")
     with pytest.raises(ValueError, match="no probability map has a label"):
+        cleanup_ablation(probabilities, labels, ablation_variants()[:1])
+
+
+def test_ablation_refuses_an_image_given_as_a_label(tmp_path):
+    probabilities, labels = tmp_path / "probabilities", tmp_path / "imagesTr"
+    probabilities.mkdir(), labels.mkdir()
+    _write(np.zeros((8, 8, 8), np.float32), probabilities / "a.nii.gz")
+    _write(np.arange(512, dtype=np.int16).reshape(8, 8, 8), labels / "a.nii.gz")  # intensities, not a mask
+    with pytest.raises(InputImageError, match=r"a\.nii\.gz: is not a mask: it holds 511 different non-zero values"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])

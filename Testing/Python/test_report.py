@@ -126,3 +126,16 @@ def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tm
     assert capsys.readouterr().err.strip() == (
         f"error: {clinical}: line 3 (case in_metres): height 1.72 cm is outside 40-250 cm (given in metres or inches?)")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_bad_mask_is_one_line_naming_that_mask_once(tmp_path, capsys):
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    (predictions / "la_022_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (labels / "la_022_crop.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())  # the MRI given as its label
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions), "--labels", str(labels),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {labels / 'la_022_crop.nii.gz'}: is not a mask: it holds ")
+    assert error.count("la_022_crop") == 1 and "\n" not in error
