@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.metrics import segmentation_metrics
+from LeftAtriumSegLib.io import read_mask
 from LeftAtriumSegLib.model_file import ModelConfig
 from LeftAtriumSegLib.training import case_groups, label_in_frame, read_decathlon_cases
 from skimage import measure
@@ -43,7 +44,7 @@ def surface_area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -
 
 def model_frame_volume_ml(path: Path) -> float:
     """Volume of the mask as training prepares it (``training.prepare_case``)."""
-    framed = label_in_frame(path, ModelConfig().frame)
+    framed = label_in_frame(read_mask(path), ModelConfig().frame)
     return np.count_nonzero(sitk.GetArrayViewFromImage(framed) >= 0.5) * float(np.prod(framed.GetSpacing())) / 1000
 
 

@@ -27,9 +27,10 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from .errors import LeftAtriumSegError
+from .errors import InputImageError, LeftAtriumSegError
+from .evaluation import same_grid
 from .inference import predict_probability_map
-from .io import atomic_output, create_output_folder
+from .io import atomic_output, create_output_folder, read_image, read_mask
 from .model_file import (
     SAFETENSORS_READ_ERRORS,
     ModelConfig,
@@ -127,20 +128,24 @@ def read_decathlon_cases(folder: str | Path) -> list[Case]:
     return cases
 
 
-def label_in_frame(label_path: Path, frame: ModelFrame) -> sitk.Image:
-    """A mask file's non-zero voxels, linearly interpolated into ``frame``: float32, the share
-    of each frame voxel inside (0-1)."""
-    return to_model_frame(sitk.Cast(sitk.ReadImage(str(label_path)) > 0, sitk.sitkFloat32), frame)
+def label_in_frame(label: sitk.Image, frame: ModelFrame) -> sitk.Image:
+    """A mask's non-zero voxels, linearly interpolated into ``frame``: float32, the share of
+    each frame voxel inside (0-1)."""
+    return to_model_frame(sitk.Cast(label > 0, sitk.sitkFloat32), frame)
 
 
 def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = False) -> PreparedCase:
     """A case in the model frame: its normalised image, and its label as 0/1 (uint8), or with
-    ``fractional_labels`` as the mask's share of each voxel (float32, 0-1)."""
-    image = to_model_frame(sitk.ReadImage(str(case.image_path)), config.frame)
+    ``fractional_labels`` as the mask's share of each voxel (float32, 0-1). A file that is
+    missing, corrupt or no usable image or mask raises ``InputImageError`` naming it."""
+    image, mask = read_image(case.image_path), read_mask(case.label_path)
+    if not same_grid(mask, image):
+        raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path}")
+    image = to_model_frame(image, config.frame)
     # Labels go through linear interpolation: smoother than nearest neighbour. A cut at 0.5
     # here keeps every voxel that is exactly half inside, which grows la2018_lge's masks by
     # 2.0 mL (model card); fractions are cut only after augmentation (``sample_batch``).
-    fraction = sitk.GetArrayFromImage(label_in_frame(case.label_path, config.frame))
+    fraction = sitk.GetArrayFromImage(label_in_frame(mask, config.frame))
     label = fraction.clip(0, 1) if fractional_labels else (fraction >= 0.5).astype(np.uint8)
     return PreparedCase(case.case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)), label)
 
@@ -455,11 +460,13 @@ def train_model(
         create_output_folder(output_dir)
         if not overwrite and any(output_dir.iterdir()):
             raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
-    record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     start = time.perf_counter()
+    # Every case is read and checked before the record is written: a bad file stops the run
+    # with nothing in the output folder.
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}
     summary["preparation_seconds"] = round(time.perf_counter() - start, 1)
+    record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if folds == 0:
         networks, seconds = train_networks(list(prepared.values()), config, settings, output_dir,
                                            show_progress=show_progress, device=device, resume=resume)

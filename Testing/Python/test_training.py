@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 from conftest import ellipsoid_phantom, rewrite_safetensors
 
-from LeftAtriumSegLib.errors import LeftAtriumSegError
+from LeftAtriumSegLib.errors import InputImageError, LeftAtriumSegError
 from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
 from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
@@ -143,6 +143,40 @@ def test_training_into_a_folder_with_files_is_refused_before_any_work(tmp_path):
     with pytest.raises(LeftAtriumSegError, match=r"run: --output-dir is not empty \(use --overwrite to train into it\)$"):
         train_model([tmp_path / "data"], run, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
     assert [path.name for path in run.iterdir()] == ["notes.txt"]
+
+
+def _corrupt_label(data):
+    (data / "labelsTr" / "case_001.nii.gz").write_text("not an image")
+    return "labelsTr/case_001.nii.gz: file is truncated, corrupt or not gzip-compressed"
+
+
+def _missing_image(data):
+    (data / "imagesTr" / "case_001.nii.gz").unlink()
+    return "imagesTr/case_001.nii.gz: file not found"
+
+
+def _label_on_another_grid(data):
+    path = data / "labelsTr" / "case_001.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(path))[:, :, :-2], str(path))
+    return "labelsTr/case_001.nii.gz: not on the grid of its image"
+
+
+def _image_as_label(data):
+    path = data / "labelsTr" / "case_001.nii.gz"
+    path.write_bytes((data / "imagesTr" / "case_001.nii.gz").read_bytes())
+    return "labelsTr/case_001.nii.gz: is not a mask"
+
+
+@pytest.mark.parametrize("damage", [_corrupt_label, _missing_image, _label_on_another_grid, _image_as_label],
+                         ids=["corrupt-label", "missing-image", "label-off-grid", "image-as-label"])
+def test_a_bad_training_case_stops_the_run_in_one_line_before_it_writes_anything(tmp_path, damage):
+    _write_dataset(tmp_path / "data", 3)
+    problem = damage(tmp_path / "data")
+    run = tmp_path / "run"
+    with pytest.raises(InputImageError) as raised:
+        train_model([tmp_path / "data"], run, ModelConfig(), TrainingSettings(iterations=1), show_progress=False)
+    assert problem in str(raised.value) and "\n" not in str(raised.value)
+    assert list(run.iterdir()) == []
 
 
 class _Interrupted(Exception):
