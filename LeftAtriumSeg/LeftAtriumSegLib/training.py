@@ -462,7 +462,7 @@ def train_model(
             raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
     start = time.perf_counter()
     # Every case is read and checked before the record is written: a bad file stops the run
-    # with nothing in the output folder.
+    # before it writes anything.
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}
     summary["preparation_seconds"] = round(time.perf_counter() - start, 1)
