@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE := LeftAtriumSeg/Resources/SampleData/la_022_crop.nii.gz
 DEMO_OUTPUT := demo-output
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 $(BIN)/leftatriumseg: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ setup: $(BIN)/leftatriumseg
 demo: setup
 	$(BIN)/leftatriumseg segment $(SAMPLE) --output-dir $(DEMO_OUTPUT) --overwrite
 
-test: setup
+# pyflakes-level lint first (pyproject.toml): it reaches the benchmarks, which no test runs.
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -213,25 +213,22 @@ def eval_job(variant, fold, held_out_ids):
     for case in load_cases(held_out_ids):
         image, reference = np.array(case.image), case.label.astype(bool)
 
-        def score(probability):
-            return frame_scores(probability, reference)
-
         probability = predict_frame_probabilities(networks, image, config.slices)
         maps[case.case_id] = np.round(probability * 255).astype(np.uint8)
-        row = {"variant": variant, "fold": fold, "case": case.case_id, **score(probability)}
+        row = {"variant": variant, "fold": fold, "case": case.case_id, **frame_scores(probability, reference)}
         rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
         probe = []
         for perm, flips in orientations(rng, 3):
             turned = np.ascontiguousarray(np.flip(image.transpose(perm), [a for a in range(3) if flips[a]]))
             back = predict_frame_probabilities(networks, turned, config.slices)
             back = np.flip(back, [a for a in range(3) if flips[a]]).transpose(np.argsort(perm))
-            probe.append(score(back)["dice"])
+            probe.append(frame_scores(back, reference)["dice"])
         row["probe_dice"] = probe
         row["margins"] = {}
         for margin in MARGINS:
             other = predict_frame_probabilities(networks, image, config.slices, margin_voxels=margin)
             row["margins"][margin] = {
-                **score(other),
+                **frame_scores(other, reference),
                 "box_voxels": int(np.prod([i.max() - i.min() + 1 for i in np.nonzero(other > 0)])),
             }
         rows.append(row)
