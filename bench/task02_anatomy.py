@@ -8,7 +8,7 @@ posterior along x, inferior along y and to the patient's right along z (the head
 slices are anatomically sagittal; seen on the images: aortic arch at the top of those slices,
 spine behind the heart, descending aorta to the left of the spine once corrected). The
 networks learned bSSFP anatomy in that mislabelled frame. This benchmark gives each case the
-direction its anatomy really has (``ANATOMY_OF_TASK02_LPS``: voxels unchanged, so the reference
+direction its anatomy really has (``preprocessing.TASK02_HEART_ANATOMY_DIRECTION``: voxels unchanged, so the reference
 mask applies as it is), runs the whole ``segment`` pipeline both ways and prints Dice and the
 volume error per case. With the bundled model every case is a training case, so the figures as
 given are optimistic; the difference between the two columns is the point.
@@ -23,18 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH, Segmenter
+from LeftAtriumSegLib.preprocessing import TASK02_HEART_ANATOMY_DIRECTION
 from LeftAtriumSegLib.training import read_decathlon_cases
-
-# Direction (columns: where each index axis points, LPS) of a Task02_Heart image once reoriented
-# to LPS by its header: the header's L is anatomically P, its P is I and its S is R. A rotation
-# (determinant +1), so the correction mirrors nothing.
-ANATOMY_OF_TASK02_LPS = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], dtype=float)
-
 
 def anatomical(image: sitk.Image) -> sitk.Image:
     """``image`` (a Task02_Heart image reoriented to LPS) with the direction of its anatomy."""
     corrected = sitk.Image(image)
-    corrected.SetDirection(ANATOMY_OF_TASK02_LPS.ravel().tolist())
+    corrected.SetDirection(TASK02_HEART_ANATOMY_DIRECTION.ravel().tolist())
     return corrected
 
 

@@ -6,7 +6,13 @@ import SimpleITK as sitk
 from conftest import ellipsoid_phantom
 
 from LeftAtriumSegLib.metrics import dice
-from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame, to_reference_grid
+from LeftAtriumSegLib.preprocessing import (
+    TASK02_HEART_ANATOMY_DIRECTION,
+    ModelFrame,
+    task02_to_anatomical,
+    to_model_frame,
+    to_reference_grid,
+)
 
 
 def test_model_frame_has_frame_spacing_and_orientation():
@@ -41,3 +47,18 @@ def test_flipped_axes_land_in_the_same_frame():
     b = sitk.GetArrayFromImage(to_model_frame(flipped, ModelFrame()))
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_task02_turn_is_the_header_correction():
+    """Turning a framed Task02_Heart-style array gives the voxels of the image with its header
+    corrected to the anatomy, and three turns give the array back (a rotation, no mirror)."""
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.random((6, 7, 8)).astype(np.float32))  # distinct sizes catch a wrong axis order
+    image.SetSpacing((1.25, 1.25, 1.25))
+    corrected = sitk.Image(image)
+    corrected.SetDirection(TASK02_HEART_ANATOMY_DIRECTION.ravel().tolist())
+    framed = sitk.GetArrayFromImage(to_model_frame(image, ModelFrame()))
+    framed_corrected = sitk.GetArrayFromImage(to_model_frame(corrected, ModelFrame()))
+    np.testing.assert_allclose(task02_to_anatomical(framed), framed_corrected, atol=1e-6)
+    assert np.linalg.det(TASK02_HEART_ANATOMY_DIRECTION) == pytest.approx(1.0)
+    np.testing.assert_array_equal(task02_to_anatomical(task02_to_anatomical(task02_to_anatomical(framed))), framed)
