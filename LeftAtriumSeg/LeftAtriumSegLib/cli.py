@@ -393,7 +393,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds,
                               show_progress=not args.quiet, command=shlex.join(["leftatriumseg", *args.argv]),
-                              device=resolve_device(args.device), overwrite=args.overwrite, resume=args.resume)
+                              device=resolve_device(args.device), overwrite=args.overwrite, resume=args.resume,
+                              task02_folders=args.task02_headers)
     except KeyboardInterrupt:
         print(f"interrupted: the same command with --resume goes on from the checkpoints in {args.output_dir}",
               file=sys.stderr)
@@ -489,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=None,
                        help="targets from each model-frame voxel's share of the mask, cut at 0.5 after "
                             "augmentation (default: TrainingSettings.fractional_labels, off)")
+    train.add_argument("--task02-headers", nargs="+", default=[], metavar="FOLDER",
+                       help="those --data folders whose images carry Task02_Heart's headers, which mislabel the "
+                            "axes: their cases are trained on as given and turned to their anatomy, so the model also "
+                            "knows scans with correct geometry")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")

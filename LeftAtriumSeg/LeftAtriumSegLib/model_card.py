@@ -87,6 +87,10 @@ def model_card(run_dir: Path) -> str:
         "## Training data",
         *_dataset_lines(training),
         "",
+        *([f"- Cases of {', '.join(f'`{Path(folder).name}`' for folder in training['task02_header_folders'])} "
+           "(Task02_Heart's headers, which mislabel the axes) were trained on as given and again turned to "
+           "their anatomy, as a scan with correct geometry shows it.", ""]
+          if training.get("task02_header_folders") else []),
         "Respect each data set's licence and cite its reference when you use or share this model.",
         "",
         "## Training",

@@ -43,6 +43,7 @@ from .preprocessing import (
     VIEW_AXES,
     ModelFrame,
     normalise_intensity,
+    task02_to_anatomical,
     to_model_frame,
     to_view,
 )
@@ -53,6 +54,8 @@ class Case:
     case_id: str
     image_path: Path
     label_path: Path
+    # The image's header is Task02_Heart's, which mislabels the axes (preprocessing.task02_to_anatomical).
+    task02_headers: bool = False
 
 
 @dataclass
@@ -72,6 +75,11 @@ class PreparedCase:
         """The case sliced along ``view``'s axis (a contiguous copy: crops are read often)."""
         return PreparedCase(self.case_id, np.ascontiguousarray(to_view(self.image, view)),
                             np.ascontiguousarray(to_view(self.label, view)))
+
+    def turned_to_anatomy(self) -> PreparedCase:
+        """A Task02_Heart case (model frame) as its anatomy lies: as a scan with correct geometry shows it."""
+        return PreparedCase(f"{self.case_id} (anatomical)", np.ascontiguousarray(task02_to_anatomical(self.image)),
+                            np.ascontiguousarray(task02_to_anatomical(self.label)))
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def read_decathlon_cases(folder: str | Path) -> list[Case]:
-    """Cases listed under ``training`` in ``folder/dataset.json``."""
+def read_decathlon_cases(folder: str | Path, task02_headers: bool = False) -> list[Case]:
+    """Cases listed under ``training`` in ``folder/dataset.json``; ``task02_headers``: the
+    folder's images carry Task02_Heart's headers, which mislabel the axes."""
     folder = Path(folder)
     if not (folder / "dataset.json").is_file():
         raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
@@ -124,7 +133,7 @@ def read_decathlon_cases(folder: str | Path) -> list[Case]:
     cases = []
     for entry in listing["training"]:
         image_path = (folder / entry["image"]).resolve()
-        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve()))
+        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve(), task02_headers))
     return cases
 
 
@@ -160,6 +169,14 @@ def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
         digest = hashlib.sha1(sitk.GetArrayFromImage(sitk.ReadImage(str(case.image_path))).tobytes()).hexdigest()
         groups.setdefault(digest, []).append(case)
     return sorted(groups.values(), key=lambda group: group[0].case_id)
+
+
+def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCase]) -> list[PreparedCase]:
+    """What the networks train on: every case as prepared, then every Task02_Heart case again,
+    turned to its anatomy. So the model knows bSSFP both in Task02_Heart's mislabelled frame (as
+    that data set comes) and as a scan with correct geometry presents it (model card)."""
+    return ([prepared[case.case_id] for case in cases]
+            + [prepared[case.case_id].turned_to_anatomy() for case in cases if case.task02_headers])
 
 
 def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Case]]:
@@ -428,8 +445,12 @@ def train_model(
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     resume: bool = False,
+    task02_folders: Sequence[str | Path] = (),
 ) -> dict:
     """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
+
+    ``task02_folders``: those of ``data_folders`` whose images carry Task02_Heart's headers; their
+    cases are trained on as given and turned to their anatomy (``training_presentations``).
 
     Cross-validation writes, per fold, ``fold_K/model.safetensors`` and the held-out cases'
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
@@ -440,7 +461,12 @@ def train_model(
     ``resume``: go on with the interrupted run there, from its checkpoints, which needs the
     same cases, folds, config and settings.
     """
-    cases = [case for folder in data_folders for case in read_decathlon_cases(folder)]
+    task02 = {Path(folder).resolve() for folder in task02_folders}
+    unknown = task02 - {Path(folder).resolve() for folder in data_folders}
+    if unknown:
+        raise LeftAtriumSegError(f"{sorted(map(str, unknown))[0]}: given as a Task02_Heart folder but not among the data folders")
+    cases = [case for folder in data_folders
+             for case in read_decathlon_cases(folder, task02_headers=Path(folder).resolve() in task02)]
     output_dir = Path(output_dir)
     record_path = output_dir / "training.json"
     summary: dict = {
@@ -448,6 +474,7 @@ def train_model(
         "data_folders": [str(folder) for folder in data_folders],
         "cases": [case.case_id for case in cases],
         "fold_count": folds,
+        "task02_header_folders": [str(folder) for folder in data_folders if Path(folder).resolve() in task02],
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
         "parameters": parameter_count(config.build_networks()),
@@ -468,7 +495,7 @@ def train_model(
     summary["preparation_seconds"] = round(time.perf_counter() - start, 1)
     record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if folds == 0:
-        networks, seconds = train_networks(list(prepared.values()), config, settings, output_dir,
+        networks, seconds = train_networks(training_presentations(cases, prepared), config, settings, output_dir,
                                            show_progress=show_progress, device=device, resume=resume)
         save_model(output_dir / "model.safetensors", networks, config)
         summary["training_seconds"] = seconds
@@ -481,7 +508,7 @@ def train_model(
             fold_dir = output_dir / f"fold_{index}"
             fold_dir.mkdir(exist_ok=True)
             networks, seconds = train_networks(
-                [prepared[case_id] for case_id in prepared if case_id not in held_out],
+                training_presentations([case for case in cases if case.case_id not in held_out], prepared),
                 config, settings, fold_dir, description=f"fold {index + 1}/{folds} ", show_progress=show_progress,
                 device=device, resume=resume,
             )
@@ -507,7 +534,9 @@ def _resumed_summary(record_path: Path, summary: dict) -> dict:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
-    for key in ("cases", "fold_count", "config", "settings"):
+    # Runs recorded before Task02_Heart folders could be named had none.
+    record.setdefault("task02_header_folders", [])
+    for key in ("cases", "fold_count", "task02_header_folders", "config", "settings"):
         if record.get(key) != json.loads(json.dumps(summary[key])):
             raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "
                                      "resume needs the same data and options (or train into a new folder)")

@@ -10,11 +10,12 @@ import torch
 from conftest import ellipsoid_phantom, rewrite_safetensors
 
 from LeftAtriumSegLib.errors import InputImageError, LeftAtriumSegError
+from LeftAtriumSegLib.model_card import write_model_card
 from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
-from LeftAtriumSegLib.preprocessing import ModelFrame
+from LeftAtriumSegLib.preprocessing import ModelFrame, task02_to_anatomical
 from LeftAtriumSegLib.training import (
     TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_model,
-    train_network,
+    train_network, training_presentations,
 )
 
 
@@ -271,3 +272,35 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     assert summary["command"] == "first" and summary["resumed_by"] == ["again"]
     # The training time is the checkpoints' record of the first sitting, not this sitting's few milliseconds.
     assert "total_seconds" not in summary and summary["training_seconds"] == first["training_seconds"]
+
+
+def test_task02_cases_are_trained_on_also_turned_to_their_anatomy(tmp_path):
+    _write_dataset(tmp_path, 2)
+    config = ModelConfig(slices=3, features=(4, 8))
+    for task02_headers, turned in ((False, 0), (True, 2)):
+        cases = read_decathlon_cases(tmp_path, task02_headers=task02_headers)
+        prepared = {case.case_id: prepare_case(case, config) for case in cases}
+        presentations = training_presentations(cases, prepared)
+        assert len(presentations) == len(cases) + turned
+        assert presentations[: len(cases)] == list(prepared.values())  # as given first: seeds give the same runs
+    for case, anatomical in zip(cases, presentations[len(cases):]):
+        np.testing.assert_array_equal(anatomical.image, task02_to_anatomical(prepared[case.case_id].image))
+        np.testing.assert_array_equal(anatomical.label, task02_to_anatomical(prepared[case.case_id].label))
+        assert len(anatomical.foreground_slices) > 0
+
+
+def test_task02_folders_are_recorded_and_must_be_data_folders(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    with pytest.raises(LeftAtriumSegError, match=r"elsewhere: given as a Task02_Heart folder but not among the data folders$"):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, task02_folders=[tmp_path / "elsewhere"])
+    assert not run.exists()
+    summary = train_model([tmp_path / "data"], run, config, settings, show_progress=False,
+                          task02_folders=[tmp_path / "data"])
+    assert summary["task02_header_folders"] == [str(tmp_path / "data")]
+    assert json.loads((run / "training.json").read_text())["task02_header_folders"] == [str(tmp_path / "data")]
+    assert "Cases of `data` (Task02_Heart's headers" in write_model_card(run).read_text()
+    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other task02 header folders; resume needs"):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
