@@ -459,7 +459,7 @@ def train_model(
     written as ``training.json``, first when training starts. ``output_dir`` must be new or
     empty unless ``overwrite`` (an earlier run's model and held-out maps are the user's) or
     ``resume``: go on with the interrupted run there, from its checkpoints, which needs the
-    same cases, folds, config and settings.
+    same cases, folds, Task02_Heart folders, config and settings.
     """
     task02 = {Path(folder).resolve() for folder in task02_folders}
     unknown = task02 - {Path(folder).resolve() for folder in data_folders}
