@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from LeftAtriumSegLib.io import read_mask
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH, Segmenter
 from LeftAtriumSegLib.preprocessing import TASK02_HEART_ANATOMY_DIRECTION
 from LeftAtriumSegLib.training import read_decathlon_cases
+
 
 def anatomical(image: sitk.Image) -> sitk.Image:
     """``image`` (a Task02_Heart image reoriented to LPS) with the direction of its anatomy."""
@@ -46,7 +48,7 @@ def main() -> None:
     scores: dict[str, list[tuple[float, float]]] = {"as given": [], "anatomical": []}
     for case in cases:
         image = sitk.DICOMOrient(sitk.ReadImage(str(case.image_path)), "LPS")
-        reference = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(case.label_path)), "LPS")) > 0
+        reference = sitk.GetArrayFromImage(sitk.DICOMOrient(read_mask(case.label_path), "LPS")) > 0
         cells = []
         for name, presented in (("as given", image), ("anatomical", anatomical(image))):
             metrics = segmentation_metrics(segmenter.segment(presented), reference, presented.GetSpacing())

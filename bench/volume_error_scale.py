@@ -29,9 +29,8 @@ from LeftAtriumSegLib.training import case_groups, label_in_frame, read_decathlo
 from skimage import measure
 
 
-def mask_array(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+def mask_array(mask: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Boolean ``(Z, Y, X)`` array and its spacing in mm, (x, y, z) as the package's metrics take it."""
-    mask = read_mask(path)
     return sitk.GetArrayViewFromImage(mask) > 0, mask.GetSpacing()
 
 
@@ -42,9 +41,9 @@ def surface_area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -
     return float(measure.mesh_surface_area(vertices, faces))
 
 
-def model_frame_volume_ml(path: Path) -> float:
+def model_frame_volume_ml(mask: sitk.Image) -> float:
     """Volume of the mask as training prepares it (``training.prepare_case``)."""
-    framed = label_in_frame(read_mask(path), ModelConfig().frame)
+    framed = label_in_frame(mask, ModelConfig().frame)
     return np.count_nonzero(sitk.GetArrayViewFromImage(framed) >= 0.5) * float(np.prod(framed.GetSpacing())) / 1000
 
 
@@ -58,11 +57,12 @@ def main() -> None:
     print(f"{'case':24s} {'volume mL':>9s} {'area cm2':>8s} {'mL per mm':>9s} {f'{args.target_ml:g} mL as mm':>12s} "
           f"{'model frame mL':>14s}")
     for case in cases:
-        mask, spacing_mm = mask_array(case.label_path)
+        mask_image = read_mask(case.label_path)
+        mask, spacing_mm = mask_array(mask_image)
         volume_ml = np.count_nonzero(mask) * float(np.prod(spacing_mm)) / 1000
         area_mm2 = surface_area_mm2(mask, spacing_mm)
         ml_per_mm.append(area_mm2 / 1000)  # a shell of area A and thickness 1 mm holds A mm3
-        frame_change_ml.append(model_frame_volume_ml(case.label_path) - volume_ml)
+        frame_change_ml.append(model_frame_volume_ml(mask_image) - volume_ml)
         print(f"{case.case_id:24s} {volume_ml:9.1f} {area_mm2 / 100:8.0f} {ml_per_mm[-1]:9.1f} "
               f"{args.target_ml / ml_per_mm[-1]:12.2f} {frame_change_ml[-1]:+14.2f}")
     print(f"mean: {np.mean(ml_per_mm):.1f} mL per mm; {args.target_ml:g} mL stands for a mean boundary shift of "
@@ -70,8 +70,8 @@ def main() -> None:
           f"{np.mean(frame_change_ml):+.2f} mL ({min(frame_change_ml):+.2f} to {max(frame_change_ml):+.2f})")
     for group in case_groups(cases):
         for first, second in itertools.combinations(group, 2):
-            mask_a, spacing_mm = mask_array(first.label_path)
-            mask_b, _ = mask_array(second.label_path)
+            mask_a, spacing_mm = mask_array(read_mask(first.label_path))
+            mask_b, _ = mask_array(read_mask(second.label_path))
             agreement = segmentation_metrics(mask_a, mask_b, spacing_mm)
             print(f"one image, two reference masks: {first.case_id} vs {second.case_id}: Dice {agreement['dice']:.3f}, "
                   f"HD95 {agreement['hd95_mm']:.2f} mm, ASSD {agreement['assd_mm']:.2f} mm, "

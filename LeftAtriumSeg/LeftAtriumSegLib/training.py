@@ -77,9 +77,10 @@ class PreparedCase:
                             np.ascontiguousarray(to_view(self.label, view)))
 
     def turned_to_anatomy(self) -> PreparedCase:
-        """A Task02_Heart case (model frame) as its anatomy lies: as a scan with correct geometry shows it."""
-        return PreparedCase(f"{self.case_id} (anatomical)", np.ascontiguousarray(task02_to_anatomical(self.image)),
-                            np.ascontiguousarray(task02_to_anatomical(self.label)))
+        """A Task02_Heart case (model frame) as its anatomy lies: as a scan with correct geometry shows it
+        (no copy: training slices every case with ``in_view``, which makes the contiguous arrays)."""
+        return PreparedCase(f"{self.case_id} (anatomical)", task02_to_anatomical(self.image),
+                            task02_to_anatomical(self.label))
 
 
 @dataclass(frozen=True)
