@@ -49,6 +49,14 @@ def task02_to_anatomical(volume: np.ndarray) -> np.ndarray:
     return np.flip(volume, (0, 1)).transpose(1, 2, 0)
 
 
+def task02_header_corrected(image: sitk.Image) -> sitk.Image:
+    """A Task02_Heart image (or mask) reoriented to LPS by its header, then given the direction its
+    anatomy has: the same voxels, shown as a scan of that heart with correct geometry would be."""
+    corrected = sitk.DICOMOrient(image, "LPS")
+    corrected.SetDirection(TASK02_HEART_ANATOMY_DIRECTION.ravel().tolist())
+    return corrected
+
+
 # A model frame's voxel size is bounded because every scan is resampled to it whole: at 0.5 mm a
 # chest MRI's field of view is already ~150 million voxels.
 MIN_FRAME_SPACING_MM, MAX_FRAME_SPACING_MM = 0.5, 10.0

@@ -9,6 +9,7 @@ from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.preprocessing import (
     TASK02_HEART_ANATOMY_DIRECTION,
     ModelFrame,
+    task02_header_corrected,
     task02_to_anatomical,
     to_model_frame,
     to_reference_grid,
@@ -55,10 +56,9 @@ def test_task02_turn_is_the_header_correction():
     rng = np.random.default_rng(0)
     image = sitk.GetImageFromArray(rng.random((6, 7, 8)).astype(np.float32))  # distinct sizes catch a wrong axis order
     image.SetSpacing((1.25, 1.25, 1.25))
-    corrected = sitk.Image(image)
-    corrected.SetDirection(TASK02_HEART_ANATOMY_DIRECTION.ravel().tolist())
     framed = sitk.GetArrayFromImage(to_model_frame(image, ModelFrame()))
-    framed_corrected = sitk.GetArrayFromImage(to_model_frame(corrected, ModelFrame()))
+    framed_corrected = sitk.GetArrayFromImage(to_model_frame(task02_header_corrected(image), ModelFrame()))
     np.testing.assert_allclose(task02_to_anatomical(framed), framed_corrected, atol=1e-6)
     assert np.linalg.det(TASK02_HEART_ANATOMY_DIRECTION) == pytest.approx(1.0)
     np.testing.assert_array_equal(task02_to_anatomical(task02_to_anatomical(task02_to_anatomical(framed))), framed)
+
