@@ -40,9 +40,9 @@ class LeftAtriumSeg(ScriptedLoadableModule):
             "Segments the left atrium in a 3D cardiac MRI with a U-Net, cleans the mask up and reports the "
             "atrial volume (mL, and indexed to body surface area). Correct the result in Segment Editor, "
             "first where the pulmonary veins join the atrium, where the errors gather: the table follows "
-            "every edit. The bundled model learned bSSFP anatomy from images whose headers mislabel their axes "
-            "(Task02_Heart): on a bSSFP scan with correct geometry it mostly misses the atrium; check every "
-            "result (model card, Limitations). See the README of the LeftAtriumSeg extension."
+            "every edit. The bundled model knows bSSFP with correct geometry and with Task02_Heart's "
+            "mislabelled headers, and LGE as in one cropped release; a scan oriented otherwise may be missed: "
+            "check every result (model card, Limitations). See the README of the LeftAtriumSeg extension."
         )
         self.parent.acknowledgementText = _(
             "The bundled model is trained on the Medical Segmentation Decathlon Task02_Heart data "
