@@ -28,18 +28,17 @@ from LeftAtriumSegLib.io import read_mask
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH, Segmenter
 from LeftAtriumSegLib.preprocessing import task02_header_corrected
-from LeftAtriumSegLib.training import read_decathlon_cases
+from LeftAtriumSegLib.training import Case, read_decathlon_cases
 
 
-def case_models(args: argparse.Namespace) -> dict[str, Path]:
+def case_models(cases: list[Case], args: argparse.Namespace) -> dict[str, Path]:
     """The model file to score each case with: the given one, or with ``--run`` the model of the
-    fold that held the case out."""
-    cases = [case.case_id for case in read_decathlon_cases(args.data_dir) if not args.cases or case.case_id in args.cases]
+    fold that held the case out (cases it did not hold out are left out)."""
     if args.run is None:
-        return {case: args.model for case in cases}
+        return {case.case_id: args.model for case in cases}
     folds = json.loads((args.run / "training.json").read_text(encoding="utf-8"))["folds"]
-    return {case: args.run / f"fold_{index}" / "model.safetensors"
-            for index, fold in enumerate(folds) for case in fold["validation"] if case in cases}
+    return {case_id: args.run / f"fold_{index}" / "model.safetensors"
+            for index, fold in enumerate(folds) for case_id in fold["validation"]}
 
 
 def main() -> None:
@@ -50,12 +49,13 @@ def main() -> None:
     which_model.add_argument("--run", type=Path, help="a `train --folds K` run: score each case it held out with its fold's model")
     parser.add_argument("--cases", nargs="+", help="case IDs (default: all)")
     args = parser.parse_args()
-    models = case_models(args)
+    cases = [case for case in read_decathlon_cases(args.data_dir) if not args.cases or case.case_id in args.cases]
+    models = case_models(cases, args)
     segmenters: dict[Path, Segmenter] = {}
     print("Dice, HD95 (mm) and signed volume error (mL), segment's whole pipeline")
     print(f"{'case':10s} {'model':40s} {'as given':>24s} {'anatomical header':>24s}")
     scores: dict[str, list[tuple[float, float, float]]] = {"as given": [], "anatomical": []}
-    for case in read_decathlon_cases(args.data_dir):
+    for case in cases:
         if case.case_id not in models:
             continue
         if models[case.case_id] not in segmenters:

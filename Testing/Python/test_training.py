@@ -19,6 +19,10 @@ from LeftAtriumSegLib.training import (
 )
 
 
+# A one-view network small enough to train in milliseconds.
+TINY_CONFIG = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+
+
 def _write_dataset(folder, count, duplicate_of=None):
     """Decathlon-layout folder of ellipsoid phantoms; optionally one image repeated."""
     (folder / "imagesTr").mkdir(parents=True)
@@ -60,7 +64,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
 
 def test_training_is_reproducible_with_a_fixed_seed(tmp_path):
     _write_dataset(tmp_path, 2)
-    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    config = TINY_CONFIG
     prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path)]
     settings = TrainingSettings(iterations=4, batch_size=4, crop_size=16, warmup_iterations=1)
 
@@ -194,7 +198,7 @@ def _interrupt_after(iterations_run):
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     _write_dataset(tmp_path / "data", 2)
-    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    config = TINY_CONFIG
     prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
     settings = TrainingSettings(iterations=9, batch_size=4, crop_size=16, warmup_iterations=2, checkpoint_every=3)
 
@@ -231,7 +235,7 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path
         "missing-weight", "missing-torch-state"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, reason):
     _write_dataset(tmp_path / "data", 1)
-    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    config = TINY_CONFIG
     prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     checkpoint = tmp_path / "view.safetensors"
@@ -246,7 +250,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, reason):
 
 def test_resume_goes_on_only_with_the_same_training(tmp_path):
     _write_dataset(tmp_path / "data", 2)
-    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    config = TINY_CONFIG
     settings = TrainingSettings(iterations=4, batch_size=4, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
     with pytest.raises(LeftAtriumSegError, match=r"run: no training.json of an earlier run to resume$"):
@@ -291,7 +295,7 @@ def test_task02_cases_are_trained_on_also_turned_to_their_anatomy(tmp_path):
 
 def test_task02_folders_are_recorded_and_must_be_data_folders(tmp_path):
     _write_dataset(tmp_path / "data", 2)
-    config = ModelConfig(slices=3, features=(4, 8), views=("coronal",))
+    config = TINY_CONFIG
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
     with pytest.raises(LeftAtriumSegError, match=r"elsewhere: given as a Task02_Heart folder but not among the data folders$"):
