@@ -41,7 +41,8 @@ class LeftAtriumSeg(ScriptedLoadableModule):
             "atrial volume (mL, and indexed to body surface area). Correct the result in Segment Editor, "
             "first where the pulmonary veins join the atrium, where the errors gather: the table follows "
             "every edit. The bundled model knows bSSFP with correct geometry and with Task02_Heart's "
-            "mislabelled headers, and LGE as in one cropped release; a scan oriented otherwise may be missed: "
+            "mislabelled headers, and LGE as in one cropped release, whose files state half the real slice "
+            "spacing (LGE with the scan's spacing is segmented less well); a scan oriented otherwise may be missed: "
             "check every result (model card, Limitations). See the README of the LeftAtriumSeg extension."
         )
         self.parent.acknowledgementText = _(

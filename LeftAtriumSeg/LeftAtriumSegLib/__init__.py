@@ -8,4 +8,4 @@ PyTorch), ``inference`` (probability map on the input grid), ``postprocessing`` 
 ``training``, ``model_card`` and ``cli``.
 """
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"

@@ -106,6 +106,23 @@ def _parse_threads(text: str) -> int:
     return threads
 
 
+class _RespacedFolder(argparse.Action):
+    """``--respaced FOLDER X,Y,Z``, repeatable: collects ``{FOLDER: (x, y, z)}`` in mm."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .io import MAX_SPACING_MM, MIN_SPACING_MM  # noqa: PLC0415
+
+        folder, text = values
+        try:
+            spacing_mm = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            spacing_mm = ()
+        if len(spacing_mm) != 3 or not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing_mm):
+            parser.error(f"{option_string} {folder} {text}: the spacing must be x,y,z in mm, "
+                         f"each {MIN_SPACING_MM}-{MAX_SPACING_MM}")
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), folder: spacing_mm})
+
+
 def _collect_cases(args: argparse.Namespace):
     from .io import find_cases, read_manifest  # noqa: PLC0415
 
@@ -394,7 +411,7 @@ def run_train(args: argparse.Namespace) -> int:
         summary = train_model(args.data, args.output_dir, config, settings, folds=args.folds,
                               show_progress=not args.quiet, command=shlex.join(["leftatriumseg", *args.argv]),
                               device=resolve_device(args.device), overwrite=args.overwrite, resume=args.resume,
-                              task02_folders=args.task02_headers)
+                              task02_folders=args.task02_headers, respaced_folders=args.respaced)
     except KeyboardInterrupt:
         print(f"interrupted: the same command with --resume goes on from the checkpoints in {args.output_dir}",
               file=sys.stderr)
@@ -494,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="those --data folders whose images carry Task02_Heart's headers, which mislabel the "
                             "axes: their cases are trained on as given and turned to their anatomy, so the model also "
                             "knows scans with correct geometry")
+    train.add_argument("--respaced", nargs=2, action=_RespacedFolder, metavar=("FOLDER", "X,Y,Z"),
+                       help="a --data folder whose headers state a wrong voxel spacing, and the scans' spacing in "
+                            "mm: its cases are trained on as given and with that spacing (repeatable)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")

@@ -56,6 +56,10 @@ class Case:
     label_path: Path
     # The image's header is Task02_Heart's, which mislabels the axes (preprocessing.task02_to_anatomical).
     task02_headers: bool = False
+    # Voxel spacing (x, y, z mm) of the scan where its header states another; the case is also
+    # trained on with it (la2018_lge's release writes 0.625 mm between slices; its masks' shapes
+    # say 1.25 mm: model card).
+    respaced_mm: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -124,9 +128,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def read_decathlon_cases(folder: str | Path, task02_headers: bool = False) -> list[Case]:
+def read_decathlon_cases(folder: str | Path, task02_headers: bool = False,
+                         respaced_mm: tuple[float, float, float] | None = None) -> list[Case]:
     """Cases listed under ``training`` in ``folder/dataset.json``; ``task02_headers``: the
-    folder's images carry Task02_Heart's headers, which mislabel the axes."""
+    folder's images carry Task02_Heart's headers, which mislabel the axes; ``respaced_mm``: the
+    spacing (x, y, z mm) of the scans, where their headers state another."""
     folder = Path(folder)
     if not (folder / "dataset.json").is_file():
         raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
@@ -134,7 +140,8 @@ def read_decathlon_cases(folder: str | Path, task02_headers: bool = False) -> li
     cases = []
     for entry in listing["training"]:
         image_path = (folder / entry["image"]).resolve()
-        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve(), task02_headers))
+        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve(),
+                          task02_headers, respaced_mm))
     return cases
 
 
@@ -144,20 +151,26 @@ def label_in_frame(label: sitk.Image, frame: ModelFrame) -> sitk.Image:
     return to_model_frame(sitk.Cast(label > 0, sitk.sitkFloat32), frame)
 
 
-def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = False) -> PreparedCase:
+def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = False,
+                 respaced: bool = False) -> PreparedCase:
     """A case in the model frame: its normalised image, and its label as 0/1 (uint8), or with
-    ``fractional_labels`` as the mask's share of each voxel (float32, 0-1). A file that is
-    missing, corrupt or no usable image or mask raises ``InputImageError`` naming it."""
+    ``fractional_labels`` as the mask's share of each voxel (float32, 0-1); with ``respaced``,
+    read with ``case.respaced_mm`` as its spacing. A file that is missing, corrupt or no usable
+    image or mask raises ``InputImageError`` naming it."""
     image, mask = read_image(case.image_path), read_mask(case.label_path)
     if not same_grid(mask, image):
         raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path}")
+    if respaced:
+        image.SetSpacing(case.respaced_mm)
+        mask.SetSpacing(case.respaced_mm)
     image = to_model_frame(image, config.frame)
     # Labels go through linear interpolation: smoother than nearest neighbour. A cut at 0.5
     # here keeps every voxel that is exactly half inside, which grows la2018_lge's masks by
     # 2.0 mL (model card); fractions are cut only after augmentation (``sample_batch``).
     fraction = sitk.GetArrayFromImage(label_in_frame(mask, config.frame))
     label = fraction.clip(0, 1) if fractional_labels else (fraction >= 0.5).astype(np.uint8)
-    return PreparedCase(case.case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)), label)
+    case_id = f"{case.case_id} (respaced)" if respaced else case.case_id
+    return PreparedCase(case_id, normalise_intensity(sitk.GetArrayViewFromImage(image)), label)
 
 
 def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -172,12 +185,16 @@ def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
     return sorted(groups.values(), key=lambda group: group[0].case_id)
 
 
-def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCase]) -> list[PreparedCase]:
+def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCase],
+                           respaced: dict[str, PreparedCase] | None = None) -> list[PreparedCase]:
     """What the networks train on: every case as prepared, then every Task02_Heart case again,
-    turned to its anatomy. So the model knows bSSFP both in Task02_Heart's mislabelled frame (as
-    that data set comes) and as a scan with correct geometry presents it (model card)."""
+    turned to its anatomy, then every case of ``respaced`` (``prepare_case(..., respaced=True)``).
+    So the model knows each data set both as it comes (mislabelled headers included) and as a scan
+    with correct geometry presents it (model card)."""
+    respaced = respaced or {}
     return ([prepared[case.case_id] for case in cases]
-            + [prepared[case.case_id].turned_to_anatomy() for case in cases if case.task02_headers])
+            + [prepared[case.case_id].turned_to_anatomy() for case in cases if case.task02_headers]
+            + [respaced[case.case_id] for case in cases if case.case_id in respaced])
 
 
 def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Case]]:
@@ -447,11 +464,14 @@ def train_model(
     overwrite: bool = False,
     resume: bool = False,
     task02_folders: Sequence[str | Path] = (),
+    respaced_folders: dict[str | Path, tuple[float, float, float]] | None = None,
 ) -> dict:
     """Cross-validate (``folds`` >= 2) or train one model on every case (``folds`` = 0).
 
     ``task02_folders``: those of ``data_folders`` whose images carry Task02_Heart's headers; their
     cases are trained on as given and turned to their anatomy (``training_presentations``).
+    ``respaced_folders``: data folder -> the spacing (x, y, z mm) of its scans, where their headers
+    state another; their cases are trained on as given and with that spacing.
 
     Cross-validation writes, per fold, ``fold_K/model.safetensors`` and the held-out cases'
     probability maps on their own grids, ``probabilities/CASE.nii.gz``, for ``evaluate``
@@ -460,14 +480,17 @@ def train_model(
     written as ``training.json``, first when training starts. ``output_dir`` must be new or
     empty unless ``overwrite`` (an earlier run's model and held-out maps are the user's) or
     ``resume``: go on with the interrupted run there, from its checkpoints, which needs the
-    same cases, folds, Task02_Heart folders, config and settings.
+    same cases, folds, Task02_Heart and respaced folders, config and settings.
     """
+    data = {Path(folder).resolve() for folder in data_folders}
     task02 = {Path(folder).resolve() for folder in task02_folders}
-    unknown = task02 - {Path(folder).resolve() for folder in data_folders}
-    if unknown:
-        raise LeftAtriumSegError(f"{sorted(map(str, unknown))[0]}: given as a Task02_Heart folder but not among the data folders")
+    respaced_mm = {Path(folder).resolve(): tuple(spacing) for folder, spacing in (respaced_folders or {}).items()}
+    for named, role in ((task02, "a Task02_Heart folder"), (set(respaced_mm), "a respaced folder")):
+        if named - data:
+            raise LeftAtriumSegError(f"{sorted(map(str, named - data))[0]}: given as {role} but not among the data folders")
     cases = [case for folder in data_folders
-             for case in read_decathlon_cases(folder, task02_headers=Path(folder).resolve() in task02)]
+             for case in read_decathlon_cases(folder, task02_headers=Path(folder).resolve() in task02,
+                                              respaced_mm=respaced_mm.get(Path(folder).resolve()))]
     output_dir = Path(output_dir)
     record_path = output_dir / "training.json"
     summary: dict = {
@@ -476,6 +499,8 @@ def train_model(
         "cases": [case.case_id for case in cases],
         "fold_count": folds,
         "task02_header_folders": [str(folder) for folder in data_folders if Path(folder).resolve() in task02],
+        "respaced_folders": {str(folder): list(respaced_mm[Path(folder).resolve()])
+                             for folder in data_folders if Path(folder).resolve() in respaced_mm},
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
         "parameters": parameter_count(config.build_networks()),
@@ -493,10 +518,12 @@ def train_model(
     # before it writes anything.
     prepared = {case.case_id: prepare_case(case, config, settings.fractional_labels)
                 for case in tqdm(cases, desc="preparing", disable=not show_progress)}
+    respaced = {case.case_id: prepare_case(case, config, settings.fractional_labels, respaced=True)
+                for case in cases if case.respaced_mm}
     summary["preparation_seconds"] = round(time.perf_counter() - start, 1)
     record_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if folds == 0:
-        networks, seconds = train_networks(training_presentations(cases, prepared), config, settings, output_dir,
+        networks, seconds = train_networks(training_presentations(cases, prepared, respaced), config, settings, output_dir,
                                            show_progress=show_progress, device=device, resume=resume)
         save_model(output_dir / "model.safetensors", networks, config)
         summary["training_seconds"] = seconds
@@ -509,7 +536,7 @@ def train_model(
             fold_dir = output_dir / f"fold_{index}"
             fold_dir.mkdir(exist_ok=True)
             networks, seconds = train_networks(
-                training_presentations([case for case in cases if case.case_id not in held_out], prepared),
+                training_presentations([case for case in cases if case.case_id not in held_out], prepared, respaced),
                 config, settings, fold_dir, description=f"fold {index + 1}/{folds} ", show_progress=show_progress,
                 device=device, resume=resume,
             )
@@ -535,9 +562,10 @@ def _resumed_summary(record_path: Path, summary: dict) -> dict:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
-    # Runs recorded before Task02_Heart folders could be named had none.
+    # Runs recorded before these folders could be named had none.
     record.setdefault("task02_header_folders", [])
-    for key in ("cases", "fold_count", "task02_header_folders", "config", "settings"):
+    record.setdefault("respaced_folders", {})
+    for key in ("cases", "fold_count", "task02_header_folders", "respaced_folders", "config", "settings"):
         if record.get(key) != json.loads(json.dumps(summary[key])):
             raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "
                                      "resume needs the same data and options (or train into a new folder)")

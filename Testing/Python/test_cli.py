@@ -339,3 +339,14 @@ def test_cleanup_arguments_parse_back_to_the_same_settings(settings):
     """The Slicer module passes its cleanup settings to the background process this way."""
     args = build_parser().parse_args(["segment", "x.nii.gz", "--output-dir", "out", *cleanup_arguments(settings)])
     assert _cleanup_from(args) == settings
+
+
+def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys):
+    args = build_parser().parse_args(["train", "--data", "a", "b", "--output-dir", "out",
+                                      "--respaced", "a", "0.625,0.625,1.25", "--respaced", "b", "1,1,2"])
+    assert args.respaced == {"a": (0.625, 0.625, 1.25), "b": (1.0, 1.0, 2.0)}
+    assert build_parser().parse_args(["train", "--data", "a", "--output-dir", "out"]).respaced is None
+    for spacing in ("0.625,1.25", "1,1,x", "1,1,0"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--data", "a", "--output-dir", "out", "--respaced", "a", spacing])
+        assert f"--respaced a {spacing}: the spacing must be x,y,z in mm" in capsys.readouterr().err

@@ -308,3 +308,40 @@ def test_task02_folders_are_recorded_and_must_be_data_folders(tmp_path):
     assert "Cases of `data` (Task02_Heart's headers" in write_model_card(run).read_text()
     with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other task02 header folders; resume needs"):
         train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+
+
+def test_respaced_cases_are_trained_on_also_with_the_scans_spacing(tmp_path):
+    # The phantoms' headers say 1.25 mm between slices; their "scans" had 2.5 mm, so each
+    # ellipsoid's z radius, and its volume, doubles.
+    _write_dataset(tmp_path, 2)
+    config = ModelConfig(slices=3, features=(4, 8))
+    cases = read_decathlon_cases(tmp_path, respaced_mm=(1.25, 1.25, 2.5))
+    prepared = {case.case_id: prepare_case(case, config) for case in cases}
+    respaced = {case.case_id: prepare_case(case, config, respaced=True) for case in cases}
+    presentations = training_presentations(cases, prepared, respaced)
+    assert presentations == [*prepared.values(), *respaced.values()]  # as given first: seeds give the same runs
+    for index, case in enumerate(cases):
+        given, scan = prepared[case.case_id], respaced[case.case_id]
+        assert scan.case_id == f"{case.case_id} (respaced)"
+        assert scan.image.shape == (2 * given.image.shape[0], *given.image.shape[1:])
+        radii_mm = (10 + index % 3, 8 + index % 2, 2 * 7.0)
+        ellipsoid_ml = 4 / 3 * np.pi * np.prod(radii_mm) / 1000
+        assert scan.label.sum() * 1.25**3 / 1000 == pytest.approx(ellipsoid_ml, rel=0.05)
+
+
+def test_respaced_folders_are_recorded_and_must_be_data_folders(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    with pytest.raises(LeftAtriumSegError, match=r"elsewhere: given as a respaced folder but not among the data folders$"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False,
+                    respaced_folders={tmp_path / "elsewhere": (1.25, 1.25, 2.5)})
+    assert not run.exists()
+    summary = train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False,
+                          respaced_folders={tmp_path / "data": (1.25, 1.25, 2.5)})
+    assert summary["respaced_folders"] == {str(tmp_path / "data"): [1.25, 1.25, 2.5]}
+    assert json.loads((run / "training.json").read_text())["respaced_folders"] == summary["respaced_folders"]
+    assert "Cases of `data` were trained on as given and again with a voxel spacing of 1.25 x 1.25 x 2.5 mm" \
+        in write_model_card(run).read_text()
+    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other respaced folders; resume needs"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
