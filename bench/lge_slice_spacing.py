@@ -32,13 +32,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.io import read_mask
-from LeftAtriumSegLib.metrics import segmentation_metrics
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH, Segmenter
 from LeftAtriumSegLib.preprocessing import task02_header_corrected
 from LeftAtriumSegLib.training import read_decathlon_cases
 from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame
 from skimage.measure import label, regionprops
-from task02_anatomy import case_models
+from presentations import add_model_arguments, score_presentations
 
 SCAN_SPACING_MM = (0.625, 0.625, 1.25)
 VEIN_END_FRACTION = 0.12  # the outer share of the right-left extent, at either end
@@ -119,47 +117,17 @@ def print_shapes(lge_dir: Path, msd_dir: Path) -> None:
               f"{np.median(dice):.3f}, best as it lies in {sum(best)} of {len(masks)}")
 
 
-def print_scores(lge_dir: Path, args: argparse.Namespace) -> None:
-    cases = read_decathlon_cases(lge_dir)
-    models = case_models(cases, args)
-    segmenters: dict[Path, Segmenter] = {}
-    print("\nDice, HD95 (mm) and signed volume error (mL, in the presentation's own scale), segment's whole pipeline")
-    print(f"{'case':22s} {'model':12s} {'as given':>22s} {'1.25 mm slices':>22s}")
-    scores: dict[str, list[tuple[float, float, float]]] = {"as given": [], "1.25 mm slices": []}
-    for case in cases:
-        if case.case_id not in models:
-            continue
-        if models[case.case_id] not in segmenters:
-            segmenters[models[case.case_id]] = Segmenter.load(models[case.case_id], "cpu")
-        segmenter = segmenters[models[case.case_id]]
-        image, mask = sitk.ReadImage(str(case.image_path)), read_mask(case.label_path)
-        cells = []
-        for name, presented, reference in (("as given", image, mask), ("1.25 mm slices", respaced(image), respaced(mask))):
-            metrics = segmentation_metrics(segmenter.segment(presented), sitk.GetArrayFromImage(reference) > 0,
-                                           presented.GetSpacing())
-            signed_ml = metrics["predicted_ml"] - metrics["reference_ml"]
-            scores[name].append((metrics["dice"], metrics["hd95_mm"], signed_ml))
-            cells.append(f"{metrics['dice']:.3f} {metrics['hd95_mm']:6.2f} {signed_ml:+7.1f}")
-        model = models[case.case_id].parent.name if args.run else segmenter.model_label
-        print(f"{case.case_id:22s} {model[:12]:12s} {cells[0]:>22s} {cells[1]:>22s}", flush=True)
-    for name, values in scores.items():
-        dice, hd95_mm, signed_ml = np.array(values).T
-        print(f"{name}: mean Dice {dice.mean():.3f} (lowest {dice.min():.3f}), HD95 {hd95_mm.mean():.2f} mm, "
-              f"absolute volume error {np.abs(signed_ml).mean():.2f} mL (signed {signed_ml.mean():+.2f})")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lge_dir", type=Path, help="la2018_lge in the Decathlon layout")
     parser.add_argument("msd_dir", type=Path, help="Task02_Heart in the Decathlon layout (the shapes' control)")
-    which_model = parser.add_mutually_exclusive_group()
-    which_model.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    which_model.add_argument("--run", type=Path, help="a `train --folds K` run: score each case it held out with its fold's model")
+    add_model_arguments(parser)
     parser.add_argument("--shapes-only", action="store_true", help="part 1 only")
     args = parser.parse_args()
     print_shapes(args.lge_dir, args.msd_dir)
     if not args.shapes_only:
-        print_scores(args.lge_dir, args)
+        print()
+        score_presentations(read_decathlon_cases(args.lge_dir), args, {"as given": sitk.Image, "1.25 mm slices": respaced})
 
 
 if __name__ == "__main__":
