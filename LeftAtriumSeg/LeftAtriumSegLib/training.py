@@ -119,6 +119,15 @@ class TrainingSettings:
     checkpoint_every: int = 500
 
 
+# One place in the training list: a case, or presentations of one case that share its place, each
+# drawn alike when it comes up.
+TrainingEntry = PreparedCase | tuple[PreparedCase, ...]
+
+
+def _alternatives(entry: TrainingEntry) -> tuple[PreparedCase, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
 def resolve_device(device: str) -> torch.device:
     """Where to train: ``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
     if device == "auto":
@@ -186,15 +195,17 @@ def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
 
 
 def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCase],
-                           respaced: dict[str, PreparedCase] | None = None) -> list[PreparedCase]:
-    """What the networks train on: every case as prepared, then every Task02_Heart case again,
-    turned to its anatomy, then every case of ``respaced`` (``prepare_case(..., respaced=True)``).
-    So the model knows each data set both as it comes (mislabelled headers included) and as a scan
-    with correct geometry presents it (model card)."""
+                           respaced: dict[str, PreparedCase] | None = None) -> list[TrainingEntry]:
+    """What the networks train on: every case as prepared, paired with its ``respaced`` presentation
+    (``prepare_case(..., respaced=True)``) where it has one, then every Task02_Heart case again,
+    turned to its anatomy. So the model knows each data set both as it comes (mislabelled headers
+    included) and as a scan with correct geometry presents it (model card). A respaced case keeps
+    one place, so the data sets' shares of the crops stay as they were (a place of its own cost
+    Task02_Heart's cases accuracy); a turned case has its own, as 1.7 was trained."""
     respaced = respaced or {}
-    return ([prepared[case.case_id] for case in cases]
-            + [prepared[case.case_id].turned_to_anatomy() for case in cases if case.task02_headers]
-            + [respaced[case.case_id] for case in cases if case.case_id in respaced])
+    return ([(prepared[case.case_id], respaced[case.case_id]) if case.case_id in respaced else prepared[case.case_id]
+             for case in cases]
+            + [prepared[case.case_id].turned_to_anatomy() for case in cases if case.task02_headers])
 
 
 def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Case]]:
@@ -368,7 +379,7 @@ def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
 
 
 def train_network(
-    cases: Sequence[PreparedCase],
+    cases: Sequence[TrainingEntry],
     config: ModelConfig,
     settings: TrainingSettings,
     view: str = "axial",
@@ -379,19 +390,19 @@ def train_network(
     device: str | torch.device = "cpu",
     resume: bool = False,
 ) -> UNet2D:
-    """Train a fresh network for ``view`` on model-frame ``cases``, on ``device``; return it in
-    evaluation mode.
+    """Train a fresh network for ``view`` on model-frame ``cases`` (entries of
+    ``training_presentations``), on ``device``; return it in evaluation mode.
 
     With ``checkpoint_path``, the training state is saved every ``settings.checkpoint_every``
     iterations and at the end; with ``resume`` and a checkpoint there, training goes on from it
     and ends with the weights an uninterrupted run would have.
     """
     if settings.random_orientation:
-        slicings = [[case.in_view(name) for name in VIEW_AXES] for case in cases]
+        slicings = [[case.in_view(name) for case in _alternatives(entry) for name in VIEW_AXES] for entry in cases]
         # Every view then samples the same crops; its own seed makes its network differ.
         seed = settings.seed + list(VIEW_AXES).index(view)
     else:
-        slicings, seed = [[case.in_view(view)] for case in cases], settings.seed
+        slicings, seed = [[case.in_view(view) for case in _alternatives(entry)] for entry in cases], settings.seed
     checkpoint_config = replace(config, views=(view,))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -430,7 +441,7 @@ def train_network(
 
 
 def train_networks(
-    cases: Sequence[PreparedCase],
+    cases: Sequence[TrainingEntry],
     config: ModelConfig,
     settings: TrainingSettings,
     output_dir: Path,

@@ -318,8 +318,9 @@ def test_respaced_cases_are_trained_on_also_with_the_scans_spacing(tmp_path):
     cases = read_decathlon_cases(tmp_path, respaced_mm=(1.25, 1.25, 2.5))
     prepared = {case.case_id: prepare_case(case, config) for case in cases}
     respaced = {case.case_id: prepare_case(case, config, respaced=True) for case in cases}
+    # Each case keeps one place, drawn with either spacing: the data sets' shares stay as they were.
     presentations = training_presentations(cases, prepared, respaced)
-    assert presentations == [*prepared.values(), *respaced.values()]  # as given first: seeds give the same runs
+    assert presentations == [(prepared[case.case_id], respaced[case.case_id]) for case in cases]
     for index, case in enumerate(cases):
         given, scan = prepared[case.case_id], respaced[case.case_id]
         assert scan.case_id == f"{case.case_id} (respaced)"
