@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "knows scans with correct geometry")
     train.add_argument("--respaced", nargs=2, action=_RespacedFolder, metavar=("FOLDER", "X,Y,Z"),
                        help="a --data folder whose headers state a wrong voxel spacing, and the scans' spacing in "
-                            "mm: its cases are trained on as given and with that spacing (repeatable)")
+                            "mm: each of its cases is drawn half the time as given, half with that spacing (repeatable)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")

@@ -92,8 +92,9 @@ def model_card(run_dir: Path) -> str:
            "their anatomy, as a scan with correct geometry shows it.", ""]
           if training.get("task02_header_folders") else []),
         *(line for folder, spacing_mm in training.get("respaced_folders", {}).items() for line in (
-            f"- Cases of `{Path(folder).name}` were trained on as given and again with a voxel spacing of "
-            f"{' x '.join(str(s) for s in spacing_mm)} mm (x, y, z), where their headers state another.", "")),
+            f"- Cases of `{Path(folder).name}` were trained on as given and with a voxel spacing of "
+            f"{' x '.join(str(s) for s in spacing_mm)} mm (x, y, z), where their headers state another "
+            "(each case drawn half the time each way).", "")),
         "Respect each data set's licence and cite its reference when you use or share this model.",
         "",
         "## Training",

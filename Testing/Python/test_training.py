@@ -342,7 +342,7 @@ def test_respaced_folders_are_recorded_and_must_be_data_folders(tmp_path):
                           respaced_folders={tmp_path / "data": (1.25, 1.25, 2.5)})
     assert summary["respaced_folders"] == {str(tmp_path / "data"): [1.25, 1.25, 2.5]}
     assert json.loads((run / "training.json").read_text())["respaced_folders"] == summary["respaced_folders"]
-    assert "Cases of `data` were trained on as given and again with a voxel spacing of 1.25 x 1.25 x 2.5 mm" \
+    assert "Cases of `data` were trained on as given and with a voxel spacing of 1.25 x 1.25 x 2.5 mm" \
         in write_model_card(run).read_text()
     with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other respaced folders; resume needs"):
         train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
