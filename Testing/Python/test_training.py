@@ -90,7 +90,7 @@ def test_random_flips_give_all_sixteen_variants_and_keep_label_on_centre_slice()
 
 def test_random_orientation_crops_keep_image_and_label_aligned(tmp_path):
     _write_dataset(tmp_path, 1)
-    config = ModelConfig(slices=3, features=(4, 8))
+    config = TINY_CONFIG
     case = prepare_case(read_decathlon_cases(tmp_path)[0], config)
     case.image = case.label.astype(np.float32)  # the image is its own label
     settings = TrainingSettings(batch_size=64, crop_size=16, random_orientation=True, max_rotation_deg=0.0,
@@ -116,7 +116,7 @@ def test_fractional_labels_keep_the_mask_volume_and_give_binary_targets(tmp_path
     (tmp_path / "dataset.json").write_text(json.dumps({"training": [
         {"image": "./imagesTr/case.nii.gz", "label": "./labelsTr/case.nii.gz"}]}))
     case = read_decathlon_cases(tmp_path)[0]
-    config = ModelConfig(slices=3, features=(4, 8))  # the shipped frame: 1.25 mm
+    config = TINY_CONFIG  # the shipped frame: 1.25 mm
     cut, fractional = prepare_case(case, config), prepare_case(case, config, fractional_labels=True)
     voxel_mm3 = float(np.prod(config.frame.spacing_mm))
     analytic_mm3 = 4 / 3 * np.pi * np.prod(radii_mm)
@@ -280,7 +280,7 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
 
 def test_task02_cases_are_trained_on_also_turned_to_their_anatomy(tmp_path):
     _write_dataset(tmp_path, 2)
-    config = ModelConfig(slices=3, features=(4, 8))
+    config = TINY_CONFIG
     for task02_headers, turned in ((False, 0), (True, 2)):
         cases = read_decathlon_cases(tmp_path, task02_headers=task02_headers)
         prepared = {case.case_id: prepare_case(case, config) for case in cases}
@@ -314,7 +314,7 @@ def test_respaced_cases_are_trained_on_also_with_the_scans_spacing(tmp_path):
     # The phantoms' headers say 1.25 mm between slices; their "scans" had 2.5 mm, so each
     # ellipsoid's z radius, and its volume, doubles.
     _write_dataset(tmp_path, 2)
-    config = ModelConfig(slices=3, features=(4, 8))
+    config = TINY_CONFIG
     cases = read_decathlon_cases(tmp_path, respaced_mm=(1.25, 1.25, 2.5))
     prepared = {case.case_id: prepare_case(case, config) for case in cases}
     respaced = {case.case_id: prepare_case(case, config, respaced=True) for case in cases}
