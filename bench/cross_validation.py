@@ -1,4 +1,5 @@
-"""Score a cross-validation run with the shipped inference code; print the model card's tables.
+"""Score a cross-validation run with the shipped inference code; print the model card's tables
+and the cleanup ablation (``docs/model-development.md``).
 
     .venv/bin/python bench/cross_validation.py RUN_DIR DATA_DIR [--output REPORT.md]
 

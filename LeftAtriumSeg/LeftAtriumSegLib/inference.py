@@ -92,7 +92,8 @@ def predict_frame_probabilities(
     predicts the whole volume.
 
     The margin also gives the networks context: in 1.5's cross-validation, 16 voxels lost up
-    to 3 mL of atrium near the box's edge; 32 scored as well as the whole volume (model card).
+    to 3 mL of atrium near the box's edge; 32 scored as well as the whole volume
+    (docs/model-development.md, "Localiser").
     """
     views = list(networks)
     localiser = to_view(normalised, views[0])

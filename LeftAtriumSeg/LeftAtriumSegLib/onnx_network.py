@@ -4,7 +4,8 @@ The graph of each view's network is built here from the safetensors weights (no 
 file to keep in step). It mirrors ``network.UNet2D`` layer for layer, with each BatchNorm folded
 into the convolution before it; ``test_onnx_network.py`` checks that both give the same logits.
 Importing onnxruntime and onnx takes about 0.3 s against 1.5 s for torch, so a whole ``segment``
-run takes about 0.7 of the time it took with torch on a 2-core CPU (model card).
+run takes about 0.7 of the time it took with torch on a 2-core CPU
+(``docs/model-development.md``, "Other measurements").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class CleanupSettings:
-    """Defaults chosen by the cross-validated ablation in the model card."""
+    """Defaults chosen by the cross-validated ablations in ``docs/model-development.md``."""
 
     threshold: float = 0.5
     keep_largest_component: bool = True

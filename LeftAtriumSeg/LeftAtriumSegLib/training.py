@@ -57,8 +57,8 @@ class Case:
     # The image's header is Task02_Heart's, which mislabels the axes (preprocessing.task02_to_anatomical).
     task02_headers: bool = False
     # Voxel spacing (x, y, z mm) of the scan where its header states another; the case is also
-    # trained on with it (la2018_lge's release writes 0.625 mm between slices; its masks' shapes
-    # say 1.25 mm: model card).
+    # trained on with it (la2018_lge's release writes 0.625 mm between slices where the scans'
+    # are 1.25 mm apart: model card).
     respaced_mm: tuple[float, float, float] | None = None
 
 
@@ -105,7 +105,8 @@ class TrainingSettings:
     # Present each crop in one of the 48 axis orders and flips of the model frame (slicing axis,
     # in-plane transpose, three flips): a header may orient the anatomy any way (Task02_Heart's
     # call sagittal slices axial), and a network that saw one order misses the others. Off:
-    # at 2,400 iterations it cut cross-validated Dice from 0.920 to 0.776 (model card).
+    # at 2,400 iterations it cut cross-validated Dice from 0.920 to 0.776
+    # (docs/model-development.md, "Training variants").
     random_orientation: bool = False
     # Forward pass in bfloat16 where autocast allows (convolutions). Off: the trained model then
     # does not depend on the CPU's instructions (on an AVX2-only CPU autocast emulates bfloat16,
@@ -113,7 +114,8 @@ class TrainingSettings:
     bfloat16: bool = False
     # Targets from the mask's share of each model-frame voxel, cut at 0.5 only after each crop's
     # rotation and scaling, where exact halves are rare. Off (1.5): cut when the case is
-    # prepared, which keeps all exact halves of la2018_lge's 0.625 mm masks (model card).
+    # prepared, which keeps all exact halves of la2018_lge's 0.625 mm masks
+    # (docs/model-development.md, "Training targets").
     fractional_labels: bool = False
     seed: int = 0
     checkpoint_every: int = 500
@@ -175,7 +177,7 @@ def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = Fals
     image = to_model_frame(image, config.frame)
     # Labels go through linear interpolation: smoother than nearest neighbour. A cut at 0.5
     # here keeps every voxel that is exactly half inside, which grows la2018_lge's masks by
-    # 2.0 mL (model card); fractions are cut only after augmentation (``sample_batch``).
+    # 2.0 mL (docs/model-development.md, "Training targets"); fractions are cut only after augmentation (``sample_batch``).
     fraction = sitk.GetArrayFromImage(label_in_frame(mask, config.frame))
     label = fraction.clip(0, 1) if fractional_labels else (fraction >= 0.5).astype(np.uint8)
     case_id = f"{case.case_id} (respaced)" if respaced else case.case_id
@@ -199,7 +201,7 @@ def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCa
     """What the networks train on: every case as prepared, paired with its ``respaced`` presentation
     (``prepare_case(..., respaced=True)``) where it has one, then every Task02_Heart case again,
     turned to its anatomy. So the model knows each data set both as it comes (mislabelled headers
-    included) and as a scan with correct geometry presents it (model card). A respaced case keeps
+    included) and as a scan with correct geometry presents it (``docs/model-development.md``). A respaced case keeps
     one place, so the data sets' shares of the crops stay as they were (a place of its own cost
     Task02_Heart's cases accuracy); a turned case has its own, as 1.7 was trained."""
     respaced = respaced or {}

@@ -15,7 +15,7 @@ Environment: ``LAS_VARIANTS`` (comma-separated names from ``variants()``; defaul
 ``LAS_TRAIN_DEADLINE`` (seconds after start when unfinished training is abandoned and only
 complete variants are scored; default 390, to fit a 10-minute call), ``LAS_WORKERS`` (parallel
 networks, default 16), ``LAS_MARGINS`` (comma-separated localiser margins in voxels: each
-held-out case is also scored with each, as in the model card's "Localiser" table),
+held-out case is also scored with each, as in the "Localiser" table of docs/model-development.md),
 ``LAS_SMOKE=1`` (3 iterations, one held-out case per fold: a CPU check of the script),
 ``LAS_SPEED=1`` (seconds per 200 iterations, one network alone and 16 at once).
 """
@@ -78,7 +78,7 @@ def variants():
         # 1.5's settings with another seed: how far the scores move by chance alone.
         "v5_seed1": replace(base, iterations=4800, bfloat16=True, seed=1),
         "v5_seed2": replace(base, iterations=4800, bfloat16=True, seed=2),
-        # 1.5's settings with targets cut only after augmentation (model card, "Training targets").
+        # 1.5's settings with targets cut only after augmentation (docs/model-development.md, "Training targets").
         "v9_fraction": replace(base, iterations=4800, bfloat16=True, fractional_labels=True),
         # 1.6: half-width networks (ModelConfig's default since) in float32, as `train` runs by
         # default since package 0.7.0: 4,800 iterations fit the hour on a 2-core AVX2 CPU.
