@@ -36,8 +36,9 @@ def from_view(volume: np.ndarray, view: str) -> np.ndarray:
 
 # Task02_Heart's headers mislabel its images' axes: read in LPS as the header has it, the anatomy
 # runs posterior along x, inferior along y and to the patient's right along z (its "axial" slices
-# are anatomically sagittal; docs/model-development.md, "Scans with correct geometry"). This is the direction, in LPS, that such an image has
-# once reoriented to LPS by its header; a rotation, so correcting it mirrors nothing.
+# are anatomically sagittal; docs/model-development.md, "Scans with correct geometry"). This is
+# the direction, in LPS, that such an image has once reoriented to LPS by its header; a rotation,
+# so correcting it mirrors nothing.
 TASK02_HEART_ANATOMY_DIRECTION = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], dtype=float)
 
 

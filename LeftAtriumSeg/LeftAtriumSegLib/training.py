@@ -177,7 +177,8 @@ def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = Fals
     image = to_model_frame(image, config.frame)
     # Labels go through linear interpolation: smoother than nearest neighbour. A cut at 0.5
     # here keeps every voxel that is exactly half inside, which grows la2018_lge's masks by
-    # 2.0 mL (docs/model-development.md, "Training targets"); fractions are cut only after augmentation (``sample_batch``).
+    # 2.0 mL (docs/model-development.md, "Training targets"); fractions are cut only after
+    # augmentation (``sample_batch``).
     fraction = sitk.GetArrayFromImage(label_in_frame(mask, config.frame))
     label = fraction.clip(0, 1) if fractional_labels else (fraction >= 0.5).astype(np.uint8)
     case_id = f"{case.case_id} (respaced)" if respaced else case.case_id
@@ -201,9 +202,10 @@ def training_presentations(cases: Sequence[Case], prepared: dict[str, PreparedCa
     """What the networks train on: every case as prepared, paired with its ``respaced`` presentation
     (``prepare_case(..., respaced=True)``) where it has one, then every Task02_Heart case again,
     turned to its anatomy. So the model knows each data set both as it comes (mislabelled headers
-    included) and as a scan with correct geometry presents it (``docs/model-development.md``). A respaced case keeps
-    one place, so the data sets' shares of the crops stay as they were (a place of its own cost
-    Task02_Heart's cases accuracy); a turned case has its own, as 1.7 was trained."""
+    included) and as a scan with correct geometry presents it (``docs/model-development.md``). A
+    respaced case keeps one place, so the data sets' shares of the crops stay as they were (a
+    place of its own cost Task02_Heart's cases accuracy); a turned case has its own, as 1.7 was
+    trained."""
     respaced = respaced or {}
     return ([(prepared[case.case_id], respaced[case.case_id]) if case.case_id in respaced else prepared[case.case_id]
              for case in cases]
