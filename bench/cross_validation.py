@@ -1,5 +1,5 @@
-"""Score a cross-validation run with the shipped inference code; print the model card's tables
-and the cleanup ablation (``docs/model-development.md``).
+"""Score a cross-validation run with the shipped inference code; print the model card's tables,
+its cleanup ablation among them.
 
     .venv/bin/python bench/cross_validation.py RUN_DIR DATA_DIR [--output REPORT.md]
 

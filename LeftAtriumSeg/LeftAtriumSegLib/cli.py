@@ -40,7 +40,7 @@ def _add_cleanup_arguments(parser: argparse.ArgumentParser) -> None:
     from .postprocessing import CleanupSettings  # noqa: PLC0415
 
     defaults = CleanupSettings()
-    group = parser.add_argument_group("cleanup (defaults from the cross-validated ablations in docs/model-development.md)")
+    group = parser.add_argument_group("cleanup (defaults from the cross-validated ablation in the model card)")
     group.add_argument("--threshold", type=float, default=defaults.threshold, help="probability threshold (default %(default)s)")
     group.add_argument("--no-largest-component", dest="keep_largest_component", action="store_false",
                        help="keep every connected component")
