@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.io import read_mask
-from LeftAtriumSegLib.preprocessing import task02_header_corrected
+from LeftAtriumSegLib.preprocessing import ModelFrame, task02_header_corrected, to_model_frame
 from LeftAtriumSegLib.training import read_decathlon_cases
-from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame
 from skimage.measure import label, regionprops
 from presentations import add_model_arguments, score_presentations
 
