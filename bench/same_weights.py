@@ -25,13 +25,12 @@ def main() -> int:
     (first_config, first), (second_config, second) = read_model(args.first), read_model(args.second)
     for path in (args.first, args.second):
         print(f"{model_file_sha256(path)}  {path}")
-    same = first_config == second_config and first.keys() == second.keys()
-    print(f"settings {'equal' if first_config == second_config else 'differ'}; "
-          f"tensor names {'equal' if first.keys() == second.keys() else 'differ'}")
+    same_settings, same_names = first_config == second_config, first.keys() == second.keys()
+    print(f"settings {'equal' if same_settings else 'differ'}; tensor names {'equal' if same_names else 'differ'}")
+    same = same_settings and same_names
     for view in first_config.views:
         names = [name for name in first if name.startswith(f"{view}.") and name in second]
-        differing = [name for name in names if first[name].shape != second[name].shape
-                     or not np.array_equal(first[name], second[name])]
+        differing = [name for name in names if not np.array_equal(first[name], second[name])]
         largest = max((float(np.abs(first[name].astype(np.float64) - second[name]).max()) for name in differing
                        if first[name].shape == second[name].shape), default=0.0)
         print(f"{view}: {len(differing)} of {len(names)} tensors differ (largest difference {largest:.3g})")
