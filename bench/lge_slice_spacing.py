@@ -5,7 +5,7 @@
 The release writes 0.625 mm between slices (the challenge's stated resolution, 0.625 mm
 isotropic). Part 1 needs no model: it compares the shapes of la2018_lge's masks, read at the
 stated spacing and at 1.25 mm between slices, with Task02_Heart's masks turned to their
-anatomy (``preprocessing.task02_header_corrected``), as a control of known geometry:
+anatomy (``datasets.task02_header_corrected``), as a control of known geometry:
 - the median extent of the masks superior-inferior, anterior-posterior and right-left, and their
   median volume;
 - near the atrium's right and left ends, where the pulmonary veins leave it, the cross-sections
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from LeftAtriumSegLib.datasets import read_decathlon_cases, task02_header_corrected
 from LeftAtriumSegLib.io import read_mask
-from LeftAtriumSegLib.preprocessing import ModelFrame, task02_header_corrected, to_model_frame
-from LeftAtriumSegLib.training import read_decathlon_cases
+from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame
 from skimage.measure import label, regionprops
 from presentations import add_model_arguments, score_presentations
 

@@ -12,8 +12,9 @@ import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.io import read_mask
 from LeftAtriumSegLib.metrics import segmentation_metrics
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH, Segmenter
-from LeftAtriumSegLib.training import Case
+from LeftAtriumSegLib.models import model_path
+from LeftAtriumSegLib.pipeline import Segmenter
+from LeftAtriumSegLib.datasets import Case
 
 # How a case is shown to the model: applied alike to its image and its reference mask.
 Present = Callable[[sitk.Image], sitk.Image]
@@ -21,7 +22,7 @@ Present = Callable[[sitk.Image], sitk.Image]
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     which_model = parser.add_mutually_exclusive_group()
-    which_model.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    which_model.add_argument("--model", type=Path, default=model_path())
     which_model.add_argument("--run", type=Path, help="a `train --folds K` run: score each case it held out with its fold's model")
 
 
@@ -54,12 +55,12 @@ def score_presentations(cases: list[Case], args: argparse.Namespace, presentatio
         cells = []
         for name, present in presentations.items():
             presented, reference = present(image), present(mask)
-            metrics = segmentation_metrics(segmenter.segment(presented), sitk.GetArrayFromImage(reference) > 0,
+            metrics = segmentation_metrics(segmenter.segment(presented).mask, sitk.GetArrayFromImage(reference) > 0,
                                            presented.GetSpacing())
             signed_ml = metrics["predicted_ml"] - metrics["reference_ml"]
             scores[name].append((metrics["dice"], metrics["hd95_mm"], signed_ml))
             cells.append(f"{metrics['dice']:.3f} {metrics['hd95_mm']:6.2f} {signed_ml:+7.1f}")
-        model = models[case.case_id].parent.name if args.run else segmenter.model_label
+        model = models[case.case_id].parent.name if args.run else segmenter.config.label
         print(f"{case.case_id:22s} {model[:12]:12s}" + "".join(f" {cell:>22s}" for cell in cells), flush=True)
     for name, values in scores.items():
         dice, hd95_mm, signed_ml = np.array(values).T

@@ -8,7 +8,7 @@ posterior along x, inferior along y and to the patient's right along z (the head
 slices are anatomically sagittal; seen on the images: aortic arch at the top of those slices,
 spine behind the heart, descending aorta to the left of the spine once corrected). The
 networks learned bSSFP anatomy in that mislabelled frame. This benchmark gives each case the
-direction its anatomy really has (``preprocessing.task02_header_corrected``: voxels unchanged, so the reference
+direction its anatomy really has (``datasets.task02_header_corrected``: voxels unchanged, so the reference
 mask applies as it is), runs the whole ``segment`` pipeline both ways and prints Dice, HD95 and
 the volume error per case. With the bundled model every case is a training case, so the figures
 as given are optimistic; the difference between the two columns is the point. With ``--run`` (a
@@ -22,8 +22,7 @@ import argparse
 from pathlib import Path
 
 import SimpleITK as sitk
-from LeftAtriumSegLib.preprocessing import task02_header_corrected
-from LeftAtriumSegLib.training import read_decathlon_cases
+from LeftAtriumSegLib.datasets import read_decathlon_cases, task02_header_corrected
 from presentations import add_model_arguments, score_presentations
 
 

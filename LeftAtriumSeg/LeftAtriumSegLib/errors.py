@@ -11,3 +11,10 @@ class InputImageError(LeftAtriumSegError):
 
 class ModelFileError(LeftAtriumSegError):
     """A model file that is missing, corrupt, unsafe or not a LeftAtriumSeg model."""
+
+
+def error_line(error: Exception, *paths) -> str:
+    """``PATH: problem``, naming one file once: the message as it is when it names one of
+    ``paths`` already, else with the first of them in front."""
+    message = str(error)
+    return message if any(str(path) in message for path in paths if path) else f"{paths[0]}: {message}"

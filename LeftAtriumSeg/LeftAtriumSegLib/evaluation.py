@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,8 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .errors import LeftAtriumSegError
-from .io import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, case_name, read_mask
+from .errors import LeftAtriumSegError, error_line
+from .io import files_by_case, read_mask, same_grid
 from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -42,21 +43,6 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
         yield index, case, image, label, model
 
 
-def files_by_case(folder: Path) -> dict[str, Path]:
-    """Image and segmentation files of a folder by case name (file name without suffix)."""
-    if not folder.is_dir():
-        raise LeftAtriumSegError(f"{folder}: not a folder")
-    suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
-    return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
-
-
 def matched_cases(predictions: Path, labels: Path) -> list[tuple[str, Path, Path]]:
     """``(case, prediction, label)`` for every case present in both folders (matched by file name)."""
     predicted, reference = files_by_case(predictions), files_by_case(labels)
@@ -73,6 +59,38 @@ def evaluate_case(prediction: Path, label: Path) -> dict:
         sitk.GetArrayViewFromImage(label_image) > 0,
         label_image.GetSpacing(),
     )
+
+
+def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = False) -> tuple[list[dict], int, int]:
+    """Score every prediction against the label of the same name; one ``error:`` line on standard
+    error for each case that cannot be scored and each label without a prediction.
+
+    Returns
+    -------
+    rows : one per scored case, then their mean (case ``mean``); empty when none could be scored
+    failures : cases whose files could not be scored
+    missing : labels without a prediction (left out of the mean, as the failures are)
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a folder that does not exist, or no case in both.
+    """
+    cases = matched_cases(predictions, labels)
+    unpredicted = sorted(files_by_case(labels).keys() - files_by_case(predictions).keys())
+    if not cases:
+        raise LeftAtriumSegError(f"no case is in both {predictions} and {labels}")
+    for case in unpredicted:
+        print(f"error: {files_by_case(labels)[case]}: no prediction for case {case} in {predictions}", file=sys.stderr)
+    rows, failures = [], 0
+    progress = tqdm(cases, desc="evaluating", unit="case", disable=not show_progress, dynamic_ncols=True)
+    for case, prediction, label in progress:
+        try:
+            rows.append({"case": case, **evaluate_case(prediction, label)})
+        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
+            failures += 1
+            progress.write(f"error: {error_line(error, prediction, label)}", file=sys.stderr)
+    return (rows + [summarise(rows)] if rows else []), failures, len(unpredicted)
 
 
 def summarise(rows: list[dict]) -> dict:

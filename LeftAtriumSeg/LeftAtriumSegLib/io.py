@@ -1,25 +1,31 @@
 """Reading and checking input images; writing label maps and Slicer segmentation files.
 
-Every write goes to a temporary file in the target folder that is then renamed, so an
-interrupted run never leaves a half-written output under its final name.
+Every write goes to a temporary file in the target folder, is read back and compared with what
+was meant to be written, and only then renamed: an interrupted run or a full disk never leaves a
+half-written output under its final name.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
+import hashlib
+import math
 import os
+import re
+import shutil
 import socket
+import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import slicerio
 
 from .errors import InputImageError, LeftAtriumSegError
 
@@ -29,6 +35,9 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 20.0
 MAX_VOXELS = 2e8  # about 800 MB as float32; a 512 x 512 x 300 scan has 7.9e7
 MIN_DISTINCT_INTENSITIES = 8  # fewer is a label map or a mask, not an MRI
+# An adult left atrium spans 30-70 mm along every axis: a volume thinner than this along any
+# axis cannot hold one (a slab of a few slices, say).
+MIN_EXTENT_MM = 20.0
 
 # Terminology of the left atrium as Slicer writes it (DICOM master list, SNOMED CT codes).
 LEFT_ATRIUM_SEGMENT = {
@@ -58,6 +67,15 @@ def case_name(path: str | Path) -> str:
     return Path(name).stem
 
 
+def check_case_name(name: str, source: str | Path) -> str:
+    """``name`` if it can name an output file inside the output folder; else ``InputImageError``
+    naming ``source`` (a manifest, say): a case named ``../x`` or ``/abs/x`` would write outside it."""
+    if not name or name in (".", "..") or re.search(r"[/\\\x00]", name) or name != name.strip():
+        raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
+                              "(no path separators, '..' or surrounding spaces)")
+    return name
+
+
 @dataclass(frozen=True)
 class CaseInput:
     """One case to segment: an image file, or a DICOM folder and the series in it."""
@@ -82,7 +100,9 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
     """Turn files and folders into cases.
 
     A folder holding DICOM files is one case (named after the folder); any other folder
-    contributes the image files directly inside it, sorted.
+    contributes every entry directly inside it whose name has an image suffix, sorted, including
+    those that cannot be read (a dangling link, say): reading them fails with the reason, so that
+    they get a row instead of vanishing.
     """
     cases: list[CaseInput] = []
     for entry in map(Path, inputs):
@@ -91,7 +111,7 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
                 cases.append(CaseInput(entry.name, entry, series_uid))
             else:
                 cases.extend(CaseInput(case_name(p), p) for p in sorted(entry.iterdir())
-                             if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+                             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.is_dir())
         else:
             cases.append(CaseInput(case_name(entry), entry))
     return cases
@@ -109,9 +129,10 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
     if not rows or "image" not in rows[0]:
         raise InputImageError(f"{path}: manifest needs a header row with an 'image' column")
     cases = []
-    for row in rows:
-        image = (path.parent / row["image"]).resolve()
-        cases.append(CaseInput(row.get("case") or case_name(image), image, row.get("series_uid") or None))
+    for line, row in enumerate(rows, start=2):
+        image = (path.parent / (row["image"] or "")).resolve()
+        name = check_case_name(row.get("case") or case_name(image), f"{path}: line {line}")
+        cases.append(CaseInput(name, image, row.get("series_uid") or None))
     return cases
 
 
@@ -124,6 +145,11 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
             f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} mm is outside "
             f"{MIN_SPACING_MM}-{MAX_SPACING_MM} mm"
         )
+    extent_mm = [n * s for n, s in zip(image.GetSize(), spacing)]
+    if min(extent_mm) < MIN_EXTENT_MM:
+        raise InputImageError(
+            f"{path}: image covers only {min(extent_mm):.1f} mm along one axis (size {image.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in spacing)} mm): too thin to hold a left atrium (at least {MIN_EXTENT_MM:g} mm)")
     voxels = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(voxels).all():
         raise InputImageError(f"{path}: image contains NaN or infinite intensities")
@@ -178,10 +204,102 @@ def _check_header(size: tuple[int, ...], components: int, path: Path) -> None:
 
 
 def _check_file_is_there_and_whole(path: Path) -> None:
-    if not path.exists():
-        raise InputImageError(f"{path}: file not found")
+    _check_file_is_there(path)
     if path.name.lower().endswith(".gz"):
         _check_gzip_stream(path)
+
+
+def _check_file_is_there(path: Path) -> None:
+    if not path.exists():
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+            except RuntimeError:  # what pathlib raises for a loop
+                raise InputImageError(f"{path}: symbolic link loop") from None
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise InputImageError(f"{path}: symbolic link loop") from None
+            raise InputImageError(f"{path}: dangling symbolic link (to {os.readlink(path)}, which does not exist)")
+        raise InputImageError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputImageError(f"{path}: not a regular file")
+
+
+def _spacing_problem(spacing_mm) -> str | None:
+    values = [float(s) for s in spacing_mm]
+    if all(math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in values):
+        return None
+    return f"{tuple(round(s, 4) for s in values)} mm (each must be {MIN_SPACING_MM}-{MAX_SPACING_MM} mm)"
+
+
+# NIfTI-1 and NIfTI-2 header fields that give the voxel size and position: (offset, type, count),
+# from the format's definitions (nifti1.h, nifti2.h).
+_NIFTI_FIELDS = {
+    348: {"dim": (40, "h", 8), "pixdim": (76, "f", 8), "qform_code": (252, "h", 1), "sform_code": (254, "h", 1),
+          "quatern": (256, "f", 6), "srow": (280, "f", 12)},
+    540: {"dim": (16, "q", 8), "pixdim": (104, "d", 8), "qform_code": (344, "i", 1), "sform_code": (348, "i", 1),
+          "quatern": (352, "d", 6), "srow": (400, "d", 12)},
+}
+
+
+def _nifti_header(path: Path) -> dict[str, np.ndarray]:
+    """The voxel-size and position fields of a NIfTI-1 or NIfTI-2 header, without nibabel (whose
+    import costs ``segment`` a tenth of its time)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        head = handle.read(540)
+    for size, fields in _NIFTI_FIELDS.items():
+        for order in "<>":
+            if len(head) >= size and struct.unpack(order + "i", head[:4])[0] == size:
+                return {name: np.array(struct.unpack_from(f"{order}{count}{kind}", head, offset), dtype=float)
+                        for name, (offset, kind, count) in fields.items()}
+    raise InputImageError(f"{path}: cannot read image (not a NIfTI header: it does not start with 348 or 540)")
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Every voxel-size field of a NIfTI header ITK may use must be sane: ITK reads a zero or NaN
+    ``pixdim`` as 1 mm and ignores an sform whose scales it dislikes, without a word, and a volume
+    measured on the wrong voxel size looks plausible."""
+    try:
+        header = _nifti_header(path)
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputImageError(f"{path}: cannot read image ({error.strerror if isinstance(error, OSError) and error.strerror else error})") from None
+    dimensions = int(header["dim"][0])
+    pixdim = header["pixdim"][1 : 1 + min(max(dimensions, 1), 3)]
+    problem = _spacing_problem(pixdim)
+    if problem:
+        raise InputImageError(f"{path}: the header's voxel size (pixdim) is {problem}")
+    if header["qform_code"][0] > 0 and not np.isfinite(header["quatern"]).all():
+        raise InputImageError(f"{path}: the header's qform holds NaN or infinite values")
+    if header["sform_code"][0] > 0 and dimensions >= 3:
+        sform = header["srow"].reshape(3, 4)
+        if not np.isfinite(sform).all():
+            raise InputImageError(f"{path}: the header's sform holds NaN or infinite values")
+        sform_spacing = np.linalg.norm(sform[:, :3], axis=0)
+        problem = _spacing_problem(sform_spacing)
+        if problem:
+            raise InputImageError(f"{path}: the header's sform gives a voxel size of {problem}")
+        if not np.allclose(sform_spacing, pixdim, rtol=0.01):
+            raise InputImageError(
+                f"{path}: the header states two voxel sizes, {tuple(round(float(s), 4) for s in pixdim)} mm (pixdim) and "
+                f"{tuple(round(float(s), 4) for s in sform_spacing)} mm (sform); which one is the scan's?")
+
+
+def _check_metaimage_header(path: Path) -> None:
+    """ITK reads a negative MetaImage ``ElementSpacing`` as its absolute value; a header that states
+    one is damaged."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16).decode("latin-1")
+    match = re.search(r"^\s*ElementSpacing\s*=\s*(.*)$", head, re.MULTILINE)
+    if match is None:
+        return
+    try:
+        spacing = [float(part) for part in match.group(1).split()]
+    except ValueError:
+        raise InputImageError(f"{path}: unreadable ElementSpacing {match.group(1)!r}") from None
+    problem = _spacing_problem(spacing)
+    if problem:
+        raise InputImageError(f"{path}: the header's ElementSpacing is {problem}")
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -190,6 +308,10 @@ def read_image(path: str | Path) -> sitk.Image:
     if path.is_dir():
         raise InputImageError(f"{path}: is a folder without DICOM files, not an image file")
     _check_file_is_there_and_whole(path)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        _check_nifti_header(path)
+    elif path.name.lower().endswith((".mha", ".mhd")):
+        _check_metaimage_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -252,18 +374,78 @@ def read_case(case: CaseInput) -> sitk.Image:
     return read_image(case.path)
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def case_sha256(case: CaseInput) -> str:
+    """SHA-256 that identifies a case's image: of its file, or of its DICOM series' files in order.
+
+    Raises ``InputImageError`` naming the case's path when it cannot be read.
+    """
+    try:
+        if not case.path.is_dir():
+            _check_file_is_there(case.path)
+            return file_sha256(case.path)
+        series = dicom_series_ids(case.path)
+        uid = case.series_uid or (series[0] if len(series) == 1 else None)
+        if uid is None or uid not in series:
+            raise InputImageError(f"{case.path}: cannot tell which DICOM series to read")
+        digest = hashlib.sha256()
+        for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(case.path), uid):
+            digest.update(bytes.fromhex(file_sha256(name)))
+        return digest.hexdigest()
+    except OSError as error:
+        raise InputImageError(f"{case.path}: cannot read ({error.strerror or error})") from None
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether two images have the same size, spacing, origin and direction (to rounding)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def files_by_case(folder: Path) -> dict[str, Path]:
+    """Image and segmentation files of a folder by case name (file name without suffix)."""
+    if not folder.is_dir():
+        raise LeftAtriumSegError(f"{folder}: not a folder")
+    suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
+    return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
+
+
 def _partial_prefix() -> str:
     return f".partial-{socket.gethostname()}-{os.getpid()}-"
 
 
+# Below this, a full disk is found before any inference; outputs are 0.1-1 MB each.
+MIN_FREE_BYTES = 64 << 20
+
+
 def create_output_folder(folder: Path) -> None:
-    """Make ``--output-dir`` once, before any case: one clear error instead of one per case."""
+    """Make ``--output-dir`` once, before any case, and make sure it takes files: one clear error
+    instead of one per case after each one's inference."""
     if folder.exists() and not folder.is_dir():
         raise LeftAtriumSegError(f"{folder}: --output-dir exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-probe", dir=folder)
+        try:
+            os.write(handle, b"\0")  # a folder may take new files but no data (a full disk, a quota)
+        finally:
+            os.close(handle)
+            os.remove(probe)
     except OSError as error:
-        raise LeftAtriumSegError(f"{folder}: cannot create the output folder ({error.strerror})") from None
+        raise LeftAtriumSegError(f"{folder}: cannot write into the output folder ({error.strerror})") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise LeftAtriumSegError(f"{folder}: only {free >> 20} MB free in the output folder's file system")
 
 
 def refuse_existing_output(path: Path, overwrite: bool = False) -> None:
@@ -278,16 +460,22 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
 
     Refuses to replace an existing file unless ``overwrite``. On failure the temporary file
     is removed and ``path`` is untouched. A process killed meanwhile leaves only the hidden
-    temporary file, which ``remove_stale_partials`` clears on the next run.
+    temporary file, which ``remove_stale_partials`` clears on the next run. An ``OSError`` while
+    writing (a full disk, say) is raised with ``path`` in its message.
     """
     refuse_existing_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-" + path.name, dir=path.parent)
     os.close(handle)
     try:
-        yield Path(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
-        os.replace(temporary, path)
+        try:
+            yield Path(temporary)
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
+            os.replace(temporary, path)
+        except OSError as error:
+            if str(path) in str(error):
+                raise
+            raise OSError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -297,6 +485,38 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for the block: runs that share an output folder take
+    turns at its tables. On POSIX the folder itself is locked (flock), so no lock file is left
+    behind; elsewhere a ``.leftatriumseg.lock`` file in it."""
+    if os.name == "posix":
+        import fcntl  # noqa: PLC0415
+
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
+        return
+    import msvcrt  # noqa: PLC0415
+
+    with open(folder / ".leftatriumseg.lock", "a+b") as handle:
+        while True:
+            try:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                break
+            except OSError:  # LK_LOCK gives up after 10 s while another run holds the lock
+                continue
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
@@ -335,18 +555,56 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
-def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False) -> None:
-    """Write a ``(Z, Y, X)`` 0/1 mask as uint8 on ``reference``'s grid (NIfTI, NRRD, ...)."""
+def _verify_written(path: Path, final_path: Path, mask: np.ndarray, reference: sitk.Image) -> None:
+    """Read a just-written mask back, whole, and compare it with what was meant: a writer that
+    ran out of disk may say nothing and leave a file that reads as part of the mask."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_stream(path)
+        written = sitk.ReadImage(str(path))
+    except (InputImageError, RuntimeError) as error:
+        raise OSError(f"{final_path}: the written file does not read back ({error}); disk full?") from None
+    voxels = sitk.GetArrayViewFromImage(written)
+    if written.GetDimension() == 4:  # a .seg.nrrd with layers
+        voxels = voxels.any(axis=-1)
+    if voxels.shape != mask.shape or not same_grid(written, reference) or not np.array_equal(voxels != 0, mask):
+        raise OSError(f"{final_path}: the written file does not hold the mask that was written; disk full?")
+
+
+BeforeRename = Callable[[Path], None]
+
+
+def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
+                    before_rename: BeforeRename | None = None) -> None:
+    """Write a ``(Z, Y, X)`` 0/1 mask as uint8 on ``reference``'s grid (NIfTI, NRRD, ...), read it
+    back and compare before it takes its name.
+
+    ``before_rename(written_file)``, if given, runs once the file is verified and before it takes
+    its name (so that a record of it exists before it does).
+    """
     label_map = sitk.GetImageFromArray(mask.astype(np.uint8))
     label_map.CopyInformation(reference)
     with atomic_output(path, overwrite) as temporary:
-        sitk.WriteImage(label_map, str(temporary), useCompression=True)
+        try:
+            sitk.WriteImage(label_map, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            raise OSError(f"{path}: cannot be written ({_itk_reason(error)})") from None
+        _verify_written(temporary, path, mask, reference)
+        if before_rename is not None:
+            before_rename(temporary)
 
 
-def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False) -> None:
-    """Write a ``(Z, Y, X)`` mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment."""
+def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
+                       before_rename: BeforeRename | None = None) -> None:
+    """Write a ``(Z, Y, X)`` mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment, read it
+    back and compare before it takes its name (``before_rename`` as in ``write_label_map``)."""
+    import slicerio  # noqa: PLC0415 - the Slicer module imports this module before its packages are installed
+
     segmentation = slicerio.create_segmentation(mask.shape[::-1], ijk_to_lps(reference))
     slicerio.add_segment(segmentation, mask.transpose(2, 1, 0).astype(bool), dict(LEFT_ATRIUM_SEGMENT))
     segmentation["segments"][0]["status"] = "completed"
     with atomic_output(path, overwrite) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)
+        _verify_written(temporary, path, mask, reference)
+        if before_rename is not None:
+            before_rename(temporary)

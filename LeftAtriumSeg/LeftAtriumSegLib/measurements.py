@@ -22,10 +22,6 @@ ASE_2005_LAVI_GRADES: tuple[tuple[float, str], ...] = (
 ASE_2005_SOURCE = "Lang et al., J Am Soc Echocardiogr 2005;18:1440-63"
 
 
-# Adult left atria measure 20-200 mL; a mask under this has most likely missed the atrium
-# (a scan in an orientation the model never saw, or no heart in the field of view).
-SMALLEST_PLAUSIBLE_VOLUME_ML = 5.0
-
 
 @dataclass(frozen=True)
 class VolumeMeasurement:
@@ -84,3 +80,38 @@ def index_volume(volume_ml: float, height_cm: float, weight_kg: float,
     bsa_m2 = body_surface_area_m2(height_cm, weight_kg)
     ml_per_m2 = volume_ml / bsa_m2
     return VolumeIndex(bsa_m2, ml_per_m2, grade_lavi(ml_per_m2, grades))
+
+
+@dataclass(frozen=True)
+class AtriumMeasurement:
+    """What every front end reports of one left atrium: ``volumes.csv``'s row, the Slicer table.
+
+    ``index`` is None where height or weight is not known.
+    """
+
+    volume: VolumeMeasurement
+    index: VolumeIndex | None = None
+
+
+def measure_atrium(mask: np.ndarray, spacing_mm: tuple[float, float, float], height_cm: float | None = None,
+                   weight_kg: float | None = None,
+                   grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> AtriumMeasurement:
+    """Volume of a ``(Z, Y, X)`` mask and, given height and weight (both > 0), its index and grade.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : (x, y, z) voxel spacing in mm, as SimpleITK gives it
+    height_cm, weight_kg : float or None
+        None or 0 where unknown.
+    grades : the LAVI grades, ``ASE_2005_LAVI_GRADES`` unless others apply
+
+    Raises
+    ------
+    ValueError
+        For a height or weight outside ``HEIGHT_RANGE_CM`` / ``WEIGHT_RANGE_KG``.
+    """
+    volume = measure_volume(mask, spacing_mm)
+    if not (height_cm and weight_kg):
+        return AtriumMeasurement(volume)
+    return AtriumMeasurement(volume, index_volume(volume.volume_ml, height_cm, weight_kg, grades))

@@ -63,6 +63,11 @@ class ModelConfig:
             raise ValueError(f"features must be positive channel counts, got {list(self.features)}")
 
     @property
+    def label(self) -> str:
+        """How results name the model that made them: ``NAME VERSION``."""
+        return f"{self.name} {self.version}"
+
+    @property
     def size_multiple(self) -> int:
         """Slice height and width must be multiples of this (the U-Net's pooling)."""
         return 2 ** (len(self.features) - 1)
@@ -148,9 +153,15 @@ def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     config = read_model_config(path)
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            return config, {name: handle.get_tensor(name) for name in handle.keys()}
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}
     except SAFETENSORS_READ_ERRORS as error:
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
+    # A network with a NaN weight outputs NaN everywhere, which thresholds to an empty mask: a
+    # damaged model would report 0 mL for every scan.
+    broken = [name for name, array in weights.items() if not np.isfinite(array).all()]
+    if broken:
+        raise ModelFileError(f"{path}: damaged model: tensor {broken[0]!r} holds NaN or infinite weights")
+    return config, weights
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.ModuleDict, ModelConfig]:

@@ -1,4 +1,5 @@
-"""From an image to a cleaned left-atrium mask and its volume: what ``segment`` and Slicer run."""
+"""From an image to a cleaned left-atrium mask, its volume and its quality flag: the segmentation
+of one image, which ``segment``'s batch and the Slicer module's worker both run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ import SimpleITK as sitk
 from .inference import ProgressCallback, SliceNetwork, predict_probability_map
 from .measurements import VolumeMeasurement, measure_volume
 from .model_file import ModelConfig, model_file_sha256
+from .models import model_path
 from .onnx_network import load_onnx_networks
 from .postprocessing import CleanupSettings, clean_mask
+from .quality import QualityCheck, check_quality
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "leftatriumseg.safetensors"
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The segmentation of one image."""
+
+    mask: np.ndarray  # bool (Z, Y, X), on exactly the image's grid
+    volume: VolumeMeasurement
+    quality: QualityCheck
 
 
 @dataclass
@@ -28,23 +38,35 @@ class Segmenter:
     model_sha256: str
 
     @classmethod
-    def load(cls, model_path: str | Path = DEFAULT_MODEL_PATH, device: str = "auto",
-             cleanup: CleanupSettings | None = None, threads: int = 0) -> "Segmenter":
-        """``device``: ``auto`` (CUDA where onnxruntime has it, else CPU), ``cpu`` or ``cuda``;
-        ``threads``: CPU threads for the networks, 0 for one per physical core."""
-        networks, config = load_onnx_networks(model_path, device, threads)
-        return cls(networks, config, cleanup or CleanupSettings(), Path(model_path), model_file_sha256(model_path))
+    def load(cls, model: str | Path | None = None, device: str = "auto",
+             cleanup: CleanupSettings | None = None, threads: int = 0) -> Segmenter:
+        """Load a model.
 
-    @property
-    def model_label(self) -> str:
-        return f"{self.config.name} {self.config.version}"
+        Parameters
+        ----------
+        model : a LeftAtriumSeg model file (safetensors), a model id of the catalogue
+            (``models.read_catalogue``; downloaded on first use), or None for the catalogue's default
+        device : ``auto`` (CUDA where onnxruntime has it, else CPU), ``cpu`` or ``cuda``
+        cleanup : cleanup settings; ``CleanupSettings()`` when None
+        threads : CPU threads for the networks, 0 for one per physical core
 
-    def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> np.ndarray:
-        """Boolean ``(Z, Y, X)`` left-atrium mask on exactly ``image``'s grid."""
+        Raises
+        ------
+        ModelFileError
+            For a file that is not a usable LeftAtriumSeg model.
+        ValueError
+            For a device onnxruntime cannot use here.
+        """
+        path = model_path(model)
+        networks, config = load_onnx_networks(path, device, threads)
+        return cls(networks, config, cleanup or CleanupSettings(), path, model_file_sha256(path))
+
+    def segment(self, image: sitk.Image, progress: ProgressCallback | None = None) -> Segmentation:
+        """Segment the left atrium of a checked 3D image (``io.read_image``, ``io.check_image``).
+
+        ``progress``, if given, is called with the fraction done (0-1).
+        """
         probability_map = predict_probability_map(image, self.networks, self.config, progress)
-        return clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
-
-    def segment_and_measure(self, image: sitk.Image, progress: ProgressCallback | None = None
-                            ) -> tuple[np.ndarray, VolumeMeasurement]:
-        mask = self.segment(image, progress)
-        return mask, measure_volume(mask, image.GetSpacing())
+        mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
+        volume = measure_volume(mask, image.GetSpacing())
+        return Segmentation(mask, volume, check_quality(volume.volume_ml))

@@ -30,6 +30,45 @@ class CleanupSettings:
             raise ValueError(f"component gap ({self.component_gap_mm:g} mm) and closing radius "
                              f"({self.closing_radius_mm:g} mm) cannot be negative")
 
+    def options(self) -> list[str]:
+        """The ``segment`` options that make these settings: how ``volumes.csv`` records what made a
+        mask, and how the Slicer module hands its settings to its worker. ``from_options`` reads them
+        back."""
+        options = ["--threshold", str(self.threshold), "--component-gap-mm", str(self.component_gap_mm),
+                   "--closing-radius-mm", str(self.closing_radius_mm)]
+        if not self.keep_largest_component:
+            options.append("--no-largest-component")
+        if not self.fill_holes:
+            options.append("--no-fill-holes")
+        return options
+
+    @classmethod
+    def from_options(cls, options: str | list[str]) -> CleanupSettings:
+        """Settings from ``options()`` (a list, or one space-separated string).
+
+        Raises
+        ------
+        ValueError
+            For an unknown option, a missing or unreadable value, or a value out of range.
+        """
+        words = options.split() if isinstance(options, str) else list(options)
+        values: dict[str, object] = {}
+        numbers = {"--threshold": "threshold", "--component-gap-mm": "component_gap_mm",
+                   "--closing-radius-mm": "closing_radius_mm"}
+        switches = {"--no-largest-component": "keep_largest_component", "--no-fill-holes": "fill_holes"}
+        while words:
+            word = words.pop(0)
+            if word in switches:
+                values[switches[word]] = False
+            elif word in numbers:
+                try:
+                    values[numbers[word]] = float(words.pop(0))
+                except (IndexError, ValueError):
+                    raise ValueError(f"cleanup option {word} needs a number") from None
+            else:
+                raise ValueError(f"unknown cleanup option {word!r}")
+        return cls(**values)
+
 
 def _as_image(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> sitk.Image:
     image = sitk.GetImageFromArray(mask.astype(np.uint8))

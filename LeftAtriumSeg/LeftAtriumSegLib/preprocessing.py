@@ -34,30 +34,6 @@ def from_view(volume: np.ndarray, view: str) -> np.ndarray:
     return volume.transpose(np.argsort(VIEW_AXES[view]))
 
 
-# Task02_Heart's headers mislabel its images' axes: read in LPS as the header has it, the anatomy
-# runs posterior along x, inferior along y and to the patient's right along z (its "axial" slices
-# are anatomically sagittal; docs/model-development.md, "Scans with correct geometry"). This is
-# the direction, in LPS, that such an image has once reoriented to LPS by its header; a rotation,
-# so correcting it mirrors nothing.
-TASK02_HEART_ANATOMY_DIRECTION = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], dtype=float)
-
-
-def task02_to_anatomical(volume: np.ndarray) -> np.ndarray:
-    """A model-frame ``(Z, Y, X)`` array of a Task02_Heart image as its anatomy lies, which is how
-    a scan with correct geometry reaches the model frame (no copy; exact on an isotropic frame).
-
-    The same voxels as resampling the image with ``TASK02_HEART_ANATOMY_DIRECTION``."""
-    return np.flip(volume, (0, 1)).transpose(1, 2, 0)
-
-
-def task02_header_corrected(image: sitk.Image) -> sitk.Image:
-    """A Task02_Heart image (or mask) reoriented to LPS by its header, then given the direction its
-    anatomy has: the same voxels, shown as a scan of that heart with correct geometry would be."""
-    corrected = sitk.DICOMOrient(image, "LPS")
-    corrected.SetDirection(TASK02_HEART_ANATOMY_DIRECTION.ravel().tolist())
-    return corrected
-
-
 # A model frame's voxel size is bounded because every scan is resampled to it whole: at 0.5 mm a
 # chest MRI's field of view is already ~150 million voxels.
 MIN_FRAME_SPACING_MM, MAX_FRAME_SPACING_MM = 0.5, 10.0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import math
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +28,11 @@ import trimesh  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from .io import atomic_output  # noqa: E402
+from .batch import mask_maker, read_results  # noqa: E402
+from .errors import LeftAtriumSegError, error_line  # noqa: E402
+from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
 from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import dice  # noqa: E402
 
@@ -273,3 +278,57 @@ img{{max-width:520px}}</style></head><body>
 </body></html>"""
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(page, encoding="utf-8")
+
+
+def _makers_of(results: dict[str, dict], reports: list[CaseReport]) -> str:
+    """What made the reported masks, from the tables that ``segment`` wrote beside them."""
+    makers = Counter(mask_maker(results.get(report.case, {})) for report in reports)
+    return "; ".join(f"{maker} ({count} of {len(reports)} cases)" for maker, count in makers.most_common())
+
+
+def write_report(images: list[str], predictions: Path, labels: Path | None, clinical: dict[str, tuple[float, float]],
+                 output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
+    """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
+
+    ``labels``: reference masks, drawn and scored; ``clinical``: ``case -> (height_cm, weight_kg)``.
+    A case whose files cannot be used gets one ``error:`` line and is left out. Returns the case
+    reports and the number of cases that failed.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For no image with a prediction.
+    FileExistsError
+        For an existing ``report.html`` without ``overwrite``, before any work.
+    """
+    report_path = output_dir / "report.html"
+    refuse_existing_output(report_path, overwrite)
+    masks = files_by_case(predictions)
+    references = files_by_case(labels) if labels else {}
+    cases = [case for case in find_cases(images) if case.case in masks]
+    if not cases:
+        raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
+    create_output_folder(output_dir)
+    reports, failures = [], 0
+    for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
+        try:
+            image = read_case(case)
+            arrays = []
+            for path in (masks[case.case], references.get(case.case)):
+                if path is None:
+                    arrays.append(None)
+                    continue
+                mask_image = read_mask(path)
+                if not same_grid(mask_image, image):
+                    raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
+                arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
+            height_weight = clinical.get(case.case, (None, None))
+            reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight))
+        except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
+            failures += 1
+            print(f"error: {error_line(error, case.path, masks[case.case], references.get(case.case))}", file=sys.stderr)
+    if reports:
+        write_html_report(report_path, reports, overwrite, _makers_of(read_results(predictions), reports))
+        if not quiet:
+            print(f"report of {len(reports)} case(s): {report_path}")
+    return reports, failures

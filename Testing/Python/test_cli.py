@@ -13,11 +13,11 @@ import slicerio
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL
 
 from LeftAtriumSegLib import __version__
-from LeftAtriumSegLib.cli import PROVENANCE_COLUMNS, _cleanup_from, build_parser, cleanup_arguments, main
+from LeftAtriumSegLib.cli import _cleanup_from, build_parser, main
 from LeftAtriumSegLib.measurements import grade_lavi
 from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.model_file import read_model_config
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+from LeftAtriumSegLib.models import model_path
 from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 
@@ -80,8 +80,10 @@ def test_clinical_table_adds_the_volume_index_to_the_volumes_table(sample_run, t
     clinical.write_text("case,height_cm,weight_kg\nla_022_crop,172,70\nanother_case,,\n")
     output = tmp_path / "out"
     output.mkdir()
-    # The sample's mask from the shared run: re-measured, not segmented again.
-    (output / "la_022_crop.nii.gz").write_bytes((sample_run / "la_022_crop.nii.gz").read_bytes())
+    # The sample's mask from the shared run, with the table that records what made it: re-measured,
+    # not segmented again.
+    for name in ("la_022_crop.nii.gz", "volumes.csv"):
+        (output / name).write_bytes((sample_run / name).read_bytes())
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(output), "--format", "nii.gz",
                  "--clinical", str(clinical)]) == 0
     row = _read_volumes(output)["la_022_crop"]
@@ -217,9 +219,10 @@ def test_a_volume_without_an_atrium_is_flagged_not_failed(tmp_path, capsys):
                  "--format", "nii.gz"]) == 0
     row = _read_volumes(tmp_path / "out")["no_heart"]
     assert float(row["volume_ml"]) < 5.0
-    assert row["status"] == "ok; check: under 5 mL, atrium probably missed"
+    assert (row["status"], row["qc"]) == ("ok", "review")
+    assert row["qc_reasons"].startswith("under 5 mL: atrium probably missed")
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and "no_heart.nii.gz: left atrium of" in warning[0]
+    assert len(warning) == 1 and "no_heart.nii.gz: review this result (under 5 mL: atrium probably missed" in warning[0]
 
 
 def test_cleanup_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys):
@@ -240,10 +243,10 @@ def test_a_second_run_skips_complete_outputs_and_keeps_them(sample_run):
 
 def test_each_row_names_the_model_file_version_and_cleanup_that_made_its_mask(sample_run):
     row = _read_volumes(sample_run)["la_022_crop"]
-    assert row["model"] == "{0.name} {0.version}".format(read_model_config(DEFAULT_MODEL_PATH))
-    assert row["model_sha256"] == hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
+    assert row["model"] == "{0.name} {0.version}".format(read_model_config(model_path()))
+    assert row["model_sha256"] == hashlib.sha256(model_path().read_bytes()).hexdigest()
     assert row["leftatriumseg_version"] == __version__
-    assert row["cleanup_options"].split() == cleanup_arguments(CleanupSettings())
+    assert row["cleanup_options"].split() == CleanupSettings().options()
 
 
 def test_a_kept_mask_keeps_the_record_of_what_made_it_and_a_changed_run_is_warned(tmp_path, capsys):
@@ -267,10 +270,11 @@ def test_a_kept_mask_keeps_the_record_of_what_made_it_and_a_changed_run_is_warne
     copied = tmp_path / "copied"
     copied.mkdir()
     (copied / "la_022_crop.nii.gz").write_bytes((output / "la_022_crop.nii.gz").read_bytes())
-    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(copied), "--format", "nii.gz", "--quiet"]) == 0
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(copied), "--format", "nii.gz", "--quiet"]) == 1
     row = _read_volumes(copied)["la_022_crop"]
-    assert [row[column] for column in PROVENANCE_COLUMNS] == ["unknown"] * len(PROVENANCE_COLUMNS)
-    assert "no record of" in capsys.readouterr().err
+    assert row["status"] == "failed" and "no table in" in row["error"] and "records which scan made it" in row["error"]
+    assert f"error: {copied / 'la_022_crop.nii.gz'}: exists, but no table" in capsys.readouterr().err
+    assert (copied / "la_022_crop.nii.gz").read_bytes() == (output / "la_022_crop.nii.gz").read_bytes()
 
 
 def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):
@@ -317,28 +321,25 @@ def test_existing_outputs_are_kept_and_named_before_any_work(command, existing, 
     assert (names["out"] / existing).read_text() == "the user's file"
 
 
-def test_progress_lines_for_the_slicer_module(tmp_path):
-    """The exact command the Slicer module runs in its background process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path),
-         "--format", "nii.gz", "--quiet", "--progress-lines", "--device", "cpu", *cleanup_arguments(CleanupSettings())],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    fractions = [float(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("progress ")]
-    assert len(fractions) >= 3
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert (tmp_path / "la_022_crop.nii.gz").exists()
-
-
 @pytest.mark.parametrize("settings", [
     CleanupSettings(),
     CleanupSettings(threshold=0.35, keep_largest_component=False, component_gap_mm=7.5, fill_holes=False, closing_radius_mm=2.0),
 ])
-def test_cleanup_arguments_parse_back_to_the_same_settings(settings):
-    """The Slicer module passes its cleanup settings to the background process this way."""
-    args = build_parser().parse_args(["segment", "x.nii.gz", "--output-dir", "out", *cleanup_arguments(settings)])
+def test_cleanup_options_parse_back_to_the_same_settings(settings):
+    """volumes.csv records cleanup settings as segment options, and the Slicer module hands them to its
+    worker so: the command line and CleanupSettings.from_options read them back alike."""
+    args = build_parser().parse_args(["segment", "x.nii.gz", "--output-dir", "out", *settings.options()])
     assert _cleanup_from(args) == settings
+    assert CleanupSettings.from_options(" ".join(settings.options())) == settings
+
+
+@pytest.mark.parametrize("options, message", [
+    ("--threshold", "needs a number"), ("--threshold x", "needs a number"), ("--sharpen", "unknown cleanup option"),
+    ("--threshold 2", "must lie between 0 and 1"),
+])
+def test_unreadable_cleanup_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        CleanupSettings.from_options(options)
 
 
 def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys):

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from LeftAtriumSegLib.errors import ModelFileError
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, read_model_config, save_model
 from LeftAtriumSegLib.onnx_network import load_onnx_networks
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+from LeftAtriumSegLib.models import model_path
 
 
 @pytest.fixture(params=["torch", "onnxruntime"])
@@ -106,7 +106,7 @@ def test_pickled_model_is_refused_without_running_its_code(tmp_path, load):
 
 
 def test_truncated_model_file_is_refused(tmp_path, load):
-    data = DEFAULT_MODEL_PATH.read_bytes()
+    data = model_path().read_bytes()
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match=str(path)):
@@ -128,7 +128,7 @@ def test_missing_model_file(tmp_path, load):
 
 
 def test_shipped_model_loads():
-    networks, config = load_model(DEFAULT_MODEL_PATH)
+    networks, config = load_model(model_path())
     assert config.frame.spacing_mm == (1.25, 1.25, 1.25)
     assert list(networks) == list(config.views)
     assert not networks.training

@@ -14,7 +14,7 @@ from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
 from LeftAtriumSegLib.network import TorchSliceNetwork
 from LeftAtriumSegLib.onnx_network import execution_providers, load_onnx_networks
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+from LeftAtriumSegLib.models import model_path
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 from safetensors.torch import save_file
 
@@ -51,8 +51,8 @@ def test_onnx_logits_match_torch(tmp_path, features, slices):
 
 
 def test_shipped_model_segments_the_sample_as_torch_does(sample_image):
-    onnx_networks, config = load_onnx_networks(DEFAULT_MODEL_PATH, "cpu")
-    torch_networks, _ = load_model(DEFAULT_MODEL_PATH)
+    onnx_networks, config = load_onnx_networks(model_path(), "cpu")
+    torch_networks, _ = load_model(model_path())
     masks = []
     for networks in (onnx_networks, {view: TorchSliceNetwork(network) for view, network in torch_networks.items()}):
         probability_map = predict_probability_map(sample_image, networks, config)

@@ -11,9 +11,10 @@ import SimpleITK as sitk
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, ellipsoid_phantom
 from PIL import Image
 
-from LeftAtriumSegLib.cli import _read_clinical, main
+from LeftAtriumSegLib.batch import read_clinical
+from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
-from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+from LeftAtriumSegLib.models import model_path
 from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,7 +105,7 @@ def test_report_says_what_made_the_masks(tmp_path):
     assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions),
                  "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
-    sha256 = hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
+    sha256 = hashlib.sha256(model_path().read_bytes()).hexdigest()
     assert f"(model file {sha256[:12]}) with cleanup &#x27;--threshold 0.6 " in page and "(1 of 1 cases)" in page
 
     (predictions / "volumes.csv").unlink()  # masks without segment's table: said so, not guessed
@@ -117,7 +118,7 @@ def test_report_says_what_made_the_masks(tmp_path):
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
     clinical.write_text("case,height_cm,weight_kg\nunknown,,70\nknown,172,70.5\n")
-    assert _read_clinical(str(clinical)) == {"known": (172.0, 70.5)}
+    assert read_clinical(str(clinical)) == {"known": (172.0, 70.5)}
 
     clinical.write_text("case,height_cm,weight_kg\nknown,172,70\nin_metres,1.72,70\n")
     (tmp_path / "predictions").mkdir()

@@ -9,14 +9,15 @@ import SimpleITK as sitk
 import torch
 from conftest import ellipsoid_phantom, rewrite_safetensors
 
+from LeftAtriumSegLib.datasets import DataFolders, read_decathlon_cases, task02_to_anatomical
 from LeftAtriumSegLib.errors import InputImageError, LeftAtriumSegError
 from LeftAtriumSegLib.model_card import write_model_card
 from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
-from LeftAtriumSegLib.preprocessing import ModelFrame, task02_to_anatomical
+from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
-    TrainingSettings, _random_flips, make_folds, prepare_case, read_decathlon_cases, sample_batch, train_model,
-    train_network, training_presentations,
+    TrainingSettings, make_folds, prepare_case, sample_batch, train_model, train_network, training_presentations,
 )
+from LeftAtriumSegLib.training.augmentation import _random_flips
 
 
 # A one-view network small enough to train in milliseconds.
@@ -299,10 +300,11 @@ def test_task02_folders_are_recorded_and_must_be_data_folders(tmp_path):
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
     with pytest.raises(LeftAtriumSegError, match=r"elsewhere: given as a Task02_Heart folder but not among the data folders$"):
-        train_model([tmp_path / "data"], run, config, settings, show_progress=False, task02_folders=[tmp_path / "elsewhere"])
+        train_model(DataFolders([tmp_path / "data"], task02_headers=[tmp_path / "elsewhere"]), run, config, settings,
+                    show_progress=False)
     assert not run.exists()
-    summary = train_model([tmp_path / "data"], run, config, settings, show_progress=False,
-                          task02_folders=[tmp_path / "data"])
+    summary = train_model(DataFolders([tmp_path / "data"], task02_headers=[tmp_path / "data"]), run, config, settings,
+                          show_progress=False)
     assert summary["task02_header_folders"] == [str(tmp_path / "data")]
     assert json.loads((run / "training.json").read_text())["task02_header_folders"] == [str(tmp_path / "data")]
     assert "Cases of `data` (Task02_Heart's headers" in write_model_card(run).read_text()
@@ -335,11 +337,11 @@ def test_respaced_folders_are_recorded_and_must_be_data_folders(tmp_path):
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
     with pytest.raises(LeftAtriumSegError, match=r"elsewhere: given as a respaced folder but not among the data folders$"):
-        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False,
-                    respaced_folders={tmp_path / "elsewhere": (1.25, 1.25, 2.5)})
+        train_model(DataFolders([tmp_path / "data"], respaced={tmp_path / "elsewhere": (1.25, 1.25, 2.5)}), run,
+                    TINY_CONFIG, settings, show_progress=False)
     assert not run.exists()
-    summary = train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False,
-                          respaced_folders={tmp_path / "data": (1.25, 1.25, 2.5)})
+    summary = train_model(DataFolders([tmp_path / "data"], respaced={tmp_path / "data": (1.25, 1.25, 2.5)}), run,
+                          TINY_CONFIG, settings, show_progress=False)
     assert summary["respaced_folders"] == {str(tmp_path / "data"): [1.25, 1.25, 2.5]}
     assert json.loads((run / "training.json").read_text())["respaced_folders"] == summary["respaced_folders"]
     assert "Cases of `data` were trained on as given and with a voxel spacing of 1.25 x 1.25 x 2.5 mm" \

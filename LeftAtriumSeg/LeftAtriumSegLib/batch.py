@@ -1,0 +1,380 @@
+"""The batch stage: from the user's inputs to one checked result per case, in ``volumes.csv``.
+
+``segment`` runs it (``cli.py`` only parses the arguments); ``merge`` and ``report`` read its
+tables back. Each row records what made its mask: the SHA-256 of the input image, of the model
+file and of the mask file itself, the cleanup options and the package version. A mask found in
+place from an earlier run is credited to a case only where a table of the output folder records
+that it was made from that very image; otherwise the case fails with a line saying why, and
+``--overwrite`` segments it again.
+
+Runs that share an output folder (two at once, or the shards of a job array) take turns at its
+tables under a lock, each re-reading the table before it writes its row, so no row is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from . import __version__
+from .errors import LeftAtriumSegError, error_line
+from .io import (
+    SEGMENTATION_SUFFIX,
+    CaseInput,
+    atomic_output,
+    case_sha256,
+    check_case_name,
+    create_output_folder,
+    file_sha256,
+    find_cases,
+    locked,
+    read_case,
+    read_manifest,
+    read_mask,
+    remove_stale_partials,
+    write_label_map,
+    write_segmentation,
+)
+from .measurements import body_surface_area_m2, measure_atrium
+
+if TYPE_CHECKING:
+    from .pipeline import Segmenter
+
+# What made a row's mask: enough to make it again, to tell that two masks were made alike, and to
+# tell which scan a mask belongs to.
+PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options", "input_sha256",
+                      "output_sha256")
+VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
+                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS)
+# Provenance that changes the mask; a new package version with the same model and cleanup does not.
+MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
+# What one case of a batch may raise without stopping the others: the user's files, not bugs.
+CASE_ERRORS = (LeftAtriumSegError, ValueError, RuntimeError, OSError)
+
+OUTPUT_WRITERS = {"seg.nrrd": (SEGMENTATION_SUFFIX, write_segmentation), "nii.gz": (".nii.gz", write_label_map)}
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Where and how a batch writes.
+
+    Parameters
+    ----------
+    output_dir : folder for the masks and the table
+    output_format : ``seg.nrrd`` (a Slicer segmentation) or ``nii.gz`` (a 0/1 label map)
+    overwrite : segment cases again whose output exists, replacing it
+    shard : ``(K, N)``: this run takes the K-th of N equal shares of the cases and writes its own
+        table, ``volumes.shard-K-of-N.csv``
+    """
+
+    output_dir: Path
+    output_format: str = "seg.nrrd"
+    overwrite: bool = False
+    shard: tuple[int, int] | None = None
+
+    @property
+    def table_path(self) -> Path:
+        name = f"volumes.shard-{self.shard[0]}-of-{self.shard[1]}.csv" if self.shard else "volumes.csv"
+        return self.output_dir / name
+
+    def output_path(self, case: CaseInput) -> Path:
+        return self.output_dir / f"{case.case}{OUTPUT_WRITERS[self.output_format][0]}"
+
+
+def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: str | None = None,
+                  shard: tuple[int, int] | None = None) -> list[CaseInput]:
+    """The cases of a run: image files, folders of them, DICOM folders and a manifest's rows.
+
+    Every shard sees the same list, checked whole before it is shared out, so shards never overlap
+    and two inputs of one name are found whichever shards they would fall in.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For no inputs, or two inputs with the same case name (their outputs would collide).
+    """
+    cases = find_cases(inputs, series_uid)
+    for case in cases:
+        check_case_name(case.case, case.path)
+    if manifest:
+        cases += read_manifest(manifest)
+    if not cases:
+        raise LeftAtriumSegError("no input images: give image files, folders or --manifest")
+    first_by_name: dict[str, CaseInput] = {}
+    for case in cases:
+        if case.case in first_by_name:
+            raise LeftAtriumSegError(
+                f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
+                "(their outputs would be one file; name them apart, e.g. with a --manifest 'case' column)")
+        first_by_name[case.case] = case
+    if shard:
+        index, count = shard
+        cases = sorted(cases, key=lambda case: (case.case, str(case.path)))[index - 1 :: count]
+    return cases
+
+
+def check_outputs_apart_from_inputs(cases: list[CaseInput], settings: BatchSettings) -> None:
+    """Refuse, before any work, an output that would replace an input or land outside the output
+    folder."""
+    inputs = {os.path.realpath(case.path) for case in cases}  # realpath: a link loop is the case's error, later
+    folder = os.path.realpath(settings.output_dir)
+    for case in cases:
+        output = os.path.realpath(settings.output_path(case))
+        if os.path.dirname(output) != folder:
+            raise LeftAtriumSegError(f"{case.path}: case name {case.case!r} would write outside {settings.output_dir}")
+        if output in inputs:
+            raise LeftAtriumSegError(f"{output}: is an input image and would be replaced by a mask; "
+                                     "choose another --output-dir or --format")
+
+
+def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
+    """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
+
+    A case whose height or weight cell is empty gets no LA volume index; any other value that
+    is not a plausible number stops the command before any work, naming the line.
+    """
+    if not path:
+        return {}
+    if not Path(path).is_file():
+        raise LeftAtriumSegError(f"{path}: file not found")
+    try:
+        rows = read_table(Path(path))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
+    if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
+        raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
+    clinical = {}
+    for line, row in enumerate(rows, start=2):
+        if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
+            continue
+        try:
+            height_weight = float(row["height_cm"]), float(row["weight_kg"])
+            body_surface_area_m2(*height_weight)
+        except ValueError as error:
+            raise LeftAtriumSegError(f"{path}: line {line} (case {row['case']}): {error}") from None
+        clinical[row["case"]] = height_weight
+    return clinical
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of a CSV table; none where the file does not exist."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_table(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None, overwrite: bool = True) -> None:
+    """Write rows as CSV, atomically: the table is whole or as it was."""
+    with atomic_output(path, overwrite) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def result_tables(output_dir: Path) -> list[Path]:
+    """The tables of an output folder: ``volumes.csv`` first, then the shards' tables."""
+    return [path for path in (output_dir / "volumes.csv", *sorted(output_dir.glob("volumes.shard-*-of-*.csv")))
+            if path.is_file()]
+
+
+def read_results(output_dir: Path) -> dict[str, dict]:
+    """The last row of each case in an output folder's tables (``volumes.csv`` over the shards')."""
+    results: dict[str, dict] = {}
+    for path in reversed(result_tables(output_dir)):
+        try:
+            results.update({row["case"]: row for row in read_table(path) if "case" in row})
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+    return results
+
+
+def record_row(table_path: Path, row: dict) -> None:
+    """Put a case's row into a table shared with other runs: read it again under the lock, replace
+    the case's row, write it whole. A failed row does not replace a done one of the same image and
+    settings whose mask is still as recorded (another run at the same time made it)."""
+    with locked(table_path.parent):
+        rows = {earlier["case"]: earlier for earlier in read_table(table_path)}
+        earlier = rows.get(row["case"])
+        if not (row["status"] == "failed" and earlier and earlier.get("status") != "failed"
+                and row.get("input_sha256") and _made_from(earlier, row)):
+            rows[row["case"]] = row
+        write_table(list(rows.values()), table_path, VOLUME_COLUMNS)
+
+
+def _made_from(earlier: dict, row: dict) -> bool:
+    """Whether ``earlier``'s mask was made from ``row``'s image with its settings and is still in place."""
+    output = Path(earlier.get("output") or "")
+    return (all(earlier.get(column) == row.get(column) for column in ("input_sha256", *MASK_DEFINING_COLUMNS))
+            and output.is_file() and file_sha256(output) == earlier.get("output_sha256"))
+
+
+def mask_maker(row: dict) -> str:
+    """The model and cleanup that made a row's mask, in words."""
+    model, sha256, cleanup = (row.get(column) or "unknown" for column in ("model", *MASK_DEFINING_COLUMNS))
+    if model == sha256 == cleanup == "unknown":
+        return "a run this folder's table has no record of"
+    return f"{model} (model file {sha256[:12]}) with cleanup '{cleanup}'"
+
+
+def _kept_output_record(output_path: Path, input_sha256: str, case: CaseInput) -> dict:
+    """The row that made an output found in place, if it was made from this case's image and is
+    unchanged since; else ``LeftAtriumSegError`` saying why it cannot be credited."""
+    recorded = [row for table in result_tables(output_path.parent) for row in read_table(table)
+                if Path(row.get("output") or "").name == output_path.name and row.get("status") != "failed"
+                and row.get("output_sha256")]
+    again = f"--overwrite segments {case.case} again"
+    if not recorded:
+        raise LeftAtriumSegError(f"{output_path}: exists, but no table in {output_path.parent} records which scan made "
+                                 f"it (copied in, or made by a version before 0.12?); {again}")
+    output_sha256 = file_sha256(output_path)
+    unchanged = [row for row in recorded if row["output_sha256"] == output_sha256]
+    if not unchanged:
+        raise LeftAtriumSegError(f"{output_path}: has changed since the run that made it (its SHA-256 is not the "
+                                 f"recorded one); {again}")
+    for row in unchanged:
+        if row.get("input_sha256") == input_sha256:
+            return row
+    raise LeftAtriumSegError(
+        f"{output_path}: was made from another image (SHA-256 {unchanged[0].get('input_sha256', '')[:12]}...), not "
+        f"from {case.path} ({input_sha256[:12]}...); {again}")
+
+
+def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | None) -> dict:
+    measurement = measure_atrium(mask, spacing_mm, *(height_weight or (None, None)))
+    volume, index = measurement.volume, measurement.index
+    columns = {"voxel_count": volume.voxel_count, "volume_mm3": f"{volume.volume_mm3:.1f}",
+               "volume_ml": f"{volume.volume_ml:.2f}"}
+    if index is not None:
+        columns.update({"bsa_m2": f"{index.bsa_m2:.3f}", "lavi_ml_per_m2": f"{index.ml_per_m2:.2f}",
+                        "lavi_grade": index.grade})
+    return columns
+
+
+def _case_line(row: dict) -> str:
+    indexed = f", {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
+    return (f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) "
+            f"-> {row['output']}")
+
+
+def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
+                  clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False) -> tuple[int, int]:
+    """Segment every case into ``settings.output_dir`` and record a row per case in its table.
+
+    A case whose image cannot be used fails alone: ``error: FILE: problem`` on standard error and a
+    ``failed`` row; a result flagged for review gets a ``warning:`` line. Returns (cases done,
+    cases failed).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        Before any case, for an output folder that cannot take files or outputs that would replace
+        inputs; during the run, when the table itself cannot be written.
+    """
+    clinical = clinical or {}
+    check_outputs_apart_from_inputs(cases, settings)
+    create_output_folder(settings.output_dir)
+    remove_stale_partials(settings.output_dir)
+    writer = OUTPUT_WRITERS[settings.output_format][1]
+    this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
+                "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
+    done = failures = 0
+    bar = tqdm(cases, desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
+    for case in bar:
+        output_path = settings.output_path(case)
+        row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
+        try:
+            row["input_sha256"] = case_sha256(case)
+            if output_path.exists() and not settings.overwrite:
+                made_by = _kept_output_record(output_path, row["input_sha256"], case)
+                mask_image = read_mask(output_path)
+                mask, spacing = sitk.GetArrayViewFromImage(mask_image) > 0, mask_image.GetSpacing()
+                row.update({column: made_by.get(column, "") for column in (*PROVENANCE_COLUMNS, "qc", "qc_reasons")})
+                row["status"] = "skipped: output exists"
+                row.update(_measurement_columns(mask, spacing, clinical.get(case.case)))
+                if any(row[column] != this_run[column] for column in MASK_DEFINING_COLUMNS):
+                    bar.write(f"warning: {output_path}: kept as made by {mask_maker(row)}, which may not be what this "
+                              "run would make (--overwrite segments it again)", file=sys.stderr)
+            else:
+                image = read_case(case)
+                result = segmenter.segment(image)
+                row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": "; ".join(result.quality.reasons),
+                            **_measurement_columns(result.mask, image.GetSpacing(), clinical.get(case.case))})
+
+                def record_before_rename(written: Path, row: dict = row) -> None:
+                    # A mask never carries its final name without the row that says what made it.
+                    row["output_sha256"] = file_sha256(written)
+                    record_row(settings.table_path, row)
+
+                writer(result.mask, image, output_path, overwrite=settings.overwrite, before_rename=record_before_rename)
+        except CASE_ERRORS as error:
+            failures += 1
+            message = error_line(error, case.path, output_path)
+            bar.write(f"error: {message}", file=sys.stderr)
+            row.update({"output": "", "status": "failed", "error": message, "output_sha256": ""})
+        else:
+            done += 1
+            if row["qc"] == "review":
+                bar.write(f"warning: {case.path}: review this result ({row['qc_reasons']})", file=sys.stderr)
+            if not quiet:
+                bar.write(_case_line(row))
+        try:
+            record_row(settings.table_path, row)
+        except OSError as error:
+            raise LeftAtriumSegError(error_line(error, settings.table_path)) from None
+    if not quiet:
+        print(f"{done} of {len(cases)} cases done; volumes in {settings.table_path}")
+    return done, failures
+
+
+def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
+    """Combine the shard tables of an output folder into ``volumes.csv``.
+
+    Rows of an unsharded run already in ``volumes.csv`` stay where no shard has the case. Returns
+    the merged rows and the problems to report (missing shards; masks not all made alike).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For no shard tables, shard tables of runs with different shard counts, or one case in two
+        shard tables.
+    """
+    shards = sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
+    if not shards:
+        raise LeftAtriumSegError(f"{output_dir}: no volumes.shard-K-of-N.csv files to merge")
+    counts = {path.name.rsplit("-of-", 1)[1] for path in shards}
+    if len(counts) != 1:
+        raise LeftAtriumSegError(f"{output_dir}: shard tables of different runs ({', '.join(p.name for p in shards)})")
+    expected = int(counts.pop().split(".")[0])
+    missing = sorted(set(range(1, expected + 1)) - {int(p.name.split("-")[1]) for p in shards})
+    by_case: dict[str, tuple[Path, dict]] = {}
+    for path in shards:
+        for row in read_table(path):
+            if row["case"] in by_case:
+                raise LeftAtriumSegError(f"{output_dir}: case {row['case']!r} has rows in {by_case[row['case']][0].name} "
+                                         f"and {path.name}; which is right?")
+            by_case[row["case"]] = (path, row)
+    table_path = output_dir / "volumes.csv"
+    problems = []
+    with locked(output_dir):
+        unsharded = [row for row in read_table(table_path) if row["case"] not in by_case]
+        rows = sorted([*unsharded, *(row for _, row in by_case.values())], key=lambda row: row["case"])
+        write_table(rows, table_path, VOLUME_COLUMNS)
+    if unsharded:
+        problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
+    makers = {mask_maker(row) for row in rows if row["status"] != "failed"}
+    if len(makers) > 1:
+        counted = sorted(((sum(mask_maker(row) == maker for row in rows if row["status"] != "failed"), maker)
+                          for maker in makers), reverse=True)
+        problems.append("warning: the masks were not all made alike: "
+                        + "; ".join(f"{count} by {maker}" for count, maker in counted))
+    if missing:
+        problems.append(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet")
+    return rows, problems

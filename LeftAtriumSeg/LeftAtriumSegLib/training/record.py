@@ -1,0 +1,117 @@
+"""The training record, ``training.json``: what a run trained on and with, how long it took, and
+the commands that ran it. Written when training starts and after each fold, so an interrupted
+run can be resumed only with the same data and options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..datasets import Case, DataFolders
+from ..errors import LeftAtriumSegError
+from ..model_file import ModelConfig, parameter_count
+from .settings import TrainingSettings
+
+RECORD_NAME = "training.json"
+# What a resumed run must share with the run it goes on with.
+SAME_TRAINING_KEYS = ("cases", "fold_count", "task02_header_folders", "respaced_folders", "config", "settings")
+
+
+def new_record(data: DataFolders, cases: Sequence[Case], folds: int, config: ModelConfig, settings: TrainingSettings,
+               command: str, device: str | torch.device) -> dict:
+    """The record of a run about to start.
+
+    Parameters
+    ----------
+    data : DataFolders
+        The data folders and their known faults.
+    cases : sequence of Case
+        The cases read from them.
+    folds : int
+        The fold count, 0 for training on every case.
+    config : ModelConfig
+        The model's config; its parameter count is recorded too.
+    settings : TrainingSettings
+        The training settings.
+    command : str
+        The command line, as the user would type it again.
+    device : str or torch.device
+        Where the networks train.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``command``, ``data_folders``, ``cases``, ``fold_count``,
+        ``task02_header_folders``, ``respaced_folders``, ``settings``, ``config``, ``parameters``,
+        ``torch_threads``, ``device``.
+    """
+    return {
+        "command": command,
+        "data_folders": [str(folder) for folder in data.folders],
+        "cases": [case.case_id for case in cases],
+        "fold_count": folds,
+        "task02_header_folders": [str(folder) for folder in data.folders if data.has_task02_headers(folder)],
+        "respaced_folders": {str(folder): list(data.scan_spacing(folder))
+                             for folder in data.folders if data.scan_spacing(folder) is not None},
+        "settings": settings.__dict__,
+        "config": json.loads(config.to_json()),
+        "parameters": parameter_count(config.build_networks()),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
+def resumed_record(record_path: Path, record: dict) -> dict:
+    """The interrupted run's record, with this sitting's command, threads and device added, once it
+    is sure to be the same training.
+
+    Parameters
+    ----------
+    record_path : pathlib.Path
+        The interrupted run's ``training.json``.
+    record : dict
+        ``new_record`` of this sitting.
+
+    Returns
+    -------
+    dict
+        The earlier record without its end times, with ``resumed_by`` extended by this command.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        There is no readable record, or it differs from this sitting in any of
+        ``SAME_TRAINING_KEYS``.
+    """
+    if not record_path.is_file():
+        raise LeftAtriumSegError(f"{record_path.parent}: no training.json of an earlier run to resume")
+    try:
+        earlier = json.loads(record_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
+    # A record without these keys named no such folders.
+    earlier.setdefault("task02_header_folders", [])
+    earlier.setdefault("respaced_folders", {})
+    for key in SAME_TRAINING_KEYS:
+        if earlier.get(key) != json.loads(json.dumps(record[key])):
+            raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "
+                                     "resume needs the same data and options (or train into a new folder)")
+    earlier = {key: value for key, value in earlier.items() if key not in ("total_seconds", "last_sitting_seconds")}
+    return {**earlier, "resumed_by": [*earlier.get("resumed_by", []), record["command"]],
+            **{key: record[key] for key in ("torch_threads", "device")}}
+
+
+def write_record(record_path: Path, record: dict) -> None:
+    """Write a record as indented JSON.
+
+    Parameters
+    ----------
+    record_path : pathlib.Path
+        ``training.json`` in the run folder, replaced if it exists.
+    record : dict
+        JSON-ready, as ``new_record`` and ``train_model`` build it.
+    """
+    record_path.write_text(json.dumps(record, indent=2), encoding="utf-8")

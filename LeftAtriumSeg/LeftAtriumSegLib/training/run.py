@@ -1,0 +1,131 @@
+"""``leftatriumseg train``: one model on every case, or a cross-validation, from data folders to
+model files, checkpoints and the training record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..datasets import DataFolders
+from ..errors import LeftAtriumSegError
+from ..io import create_output_folder
+from ..model_file import ModelConfig, save_model
+from .cross_validation import cross_validate
+from .data import prepare_cases
+from .losses import Loss, dice_bce_loss
+from .loop import train_networks
+from .record import RECORD_NAME, new_record, resumed_record, write_record
+from .settings import TrainingSettings
+
+
+def train_model(
+    data: DataFolders | Sequence[str | Path],
+    output_dir: str | Path,
+    config: ModelConfig,
+    settings: TrainingSettings,
+    folds: int = 0,
+    *,
+    show_progress: bool = True,
+    command: str = "",
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    resume: bool = False,
+    loss: Loss = dice_bce_loss,
+) -> dict:
+    """Train one model on every case (``folds`` = 0), or cross-validate (``folds`` >= 2).
+
+    Every case is read and checked before anything is written, so a bad file stops the run in
+    one line. Training on every case writes ``model.safetensors``; cross-validation writes, per
+    fold, ``fold_K/model.safetensors`` and the held-out cases' probability maps,
+    ``probabilities/CASE.nii.gz`` (``cross_validation.cross_validate``). Each view's
+    checkpoint lies beside its model. ``training.json`` records the run when training starts,
+    after each fold and at the end.
+
+    Parameters
+    ----------
+    data : DataFolders or sequence of str or pathlib.Path
+        The Decathlon folders to train on and their known faults; a plain sequence of folders
+        has none. Task02_Heart folders' cases are trained on as given and turned to their
+        anatomy, respaced folders' as given and with the scans' spacing
+        (``training.data.training_presentations``).
+    output_dir : str or pathlib.Path
+        Must be new or empty, unless ``overwrite`` or ``resume``.
+    config : ModelConfig
+        The model: views, slices, channels, frame, name and version.
+    settings : TrainingSettings
+        How each view's network trains.
+    folds : int
+        0, or the number of folds.
+    show_progress : bool
+        Show progress bars.
+    command : str
+        The command line, recorded (a resumed run adds it to ``resumed_by``).
+    device : str or torch.device
+        Where the networks train.
+    overwrite : bool
+        Train into an ``output_dir`` that holds files (an earlier run's model and maps are the
+        user's, so this must be asked for).
+    resume : bool
+        Go on with the interrupted run in ``output_dir`` from its checkpoints; needs the same
+        cases, folds, Task02_Heart and respaced folders, config and settings. Finished views and
+        folds are not trained again, and the weights end as an uninterrupted run's would.
+    loss : callable
+        (logits, targets) -> scalar to minimise (``losses.Loss``).
+
+    Returns
+    -------
+    dict
+        The record as written to ``training.json``: ``new_record``'s keys, then
+        ``preparation_seconds``, ``training_seconds`` by view (every case) or ``folds`` (each
+        with ``validation`` and ``training_seconds``), and ``total_seconds``, or with ``resume``
+        ``resumed_by`` and ``last_sitting_seconds`` (only the views' training seconds add up
+        all sittings).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        A folder is not in the Decathlon layout; ``output_dir`` is a file, cannot be written or
+        holds files; with ``resume``, there is no earlier run of the same training there or a
+        checkpoint is damaged.
+    InputImageError
+        A case's image or label is missing, corrupt, unusable or off its image's grid.
+    """
+    data = data if isinstance(data, DataFolders) else DataFolders(data)
+    cases = data.read_cases()
+    output_dir = Path(output_dir)
+    record_path = output_dir / RECORD_NAME
+    record = new_record(data, cases, folds, config, settings, command, device)
+    if resume:
+        record = resumed_record(record_path, record)
+    else:
+        _claim_output_folder(output_dir, overwrite)
+    start = time.perf_counter()
+    prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
+    record["preparation_seconds"] = round(time.perf_counter() - start, 1)
+    write_record(record_path, record)
+    if folds == 0:
+        networks, record["training_seconds"] = train_networks(
+            prepared.training_list(), config, settings, output_dir,
+            show_progress=show_progress, device=device, resume=resume, loss=loss)
+        save_model(output_dir / "model.safetensors", networks, config)
+    else:
+        record["folds"] = []
+        for fold in cross_validate(prepared, folds, config, settings, output_dir,
+                                   show_progress=show_progress, device=device, resume=resume, loss=loss):
+            record["folds"].append(fold)
+            write_record(record_path, record)
+    # A resumed run's earlier sittings ended unrecorded: only the views' training seconds add them all.
+    record["last_sitting_seconds" if resume else "total_seconds"] = round(time.perf_counter() - start, 1)
+    write_record(record_path, record)
+    return record
+
+
+def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
+    """Make ``output_dir``, and refuse one that holds files unless ``overwrite``."""
+    create_output_folder(output_dir)
+    if not overwrite and any(output_dir.iterdir()):
+        raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
+

@@ -1,0 +1,74 @@
+"""The training settings: one frozen record of every choice that shapes the trained weights.
+
+``training.json`` and every checkpoint store them; a resumed run must have the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How each view's network is trained.
+
+    Attributes
+    ----------
+    iterations : int
+        Optimiser steps per network.
+    batch_size : int
+        Crops per step.
+    crop_size : int
+        Height and width of each crop, in model-frame voxels.
+    learning_rate : float
+        Peak learning rate of AdamW (``loop.learning_rate_at``).
+    warmup_iterations : int
+        Steps of linear warm-up before the cosine decay.
+    foreground_fraction : float
+        Share of crops centred on a voxel of the atrium; the others are centred anywhere.
+    max_rotation_deg : float
+        In-plane rotation of each crop, uniform in +-this many degrees.
+    max_scaling : float
+        Isotropic scaling of each crop, uniform in 1 +- this.
+    max_gain_change, max_offset : float
+        Intensity jitter: x U(1 - gain, 1 + gain), then + U(-offset, offset) in z-score units.
+    random_orientation : bool
+        Present each crop in one of the 48 axis orders and flips of the model frame.
+    bfloat16 : bool
+        Run the forward pass in bfloat16 where autocast allows (convolutions).
+    fractional_labels : bool
+        Targets from the mask's share of each model-frame voxel, cut at 0.5 only after each
+        crop's rotation and scaling; otherwise cut when the case is prepared.
+    seed : int
+        Seeds torch (initial weights) and the crop sampler.
+    checkpoint_every : int
+        Steps between checkpoints.
+    """
+
+    iterations: int = 4800
+    batch_size: int = 16
+    crop_size: int = 96
+    learning_rate: float = 2e-3
+    warmup_iterations: int = 100
+    foreground_fraction: float = 2 / 3
+    max_rotation_deg: float = 15.0
+    max_scaling: float = 0.15
+    # The z-score depends on the field of view; cropping a volume from 224 to 160 voxels shifted
+    # it by gains of 0.87-0.96 and offsets down to -0.52 (la_003, la_007, la_010), hence the
+    # wide offset.
+    max_gain_change: float = 0.2
+    max_offset: float = 0.6
+    # A header may orient the anatomy any way (Task02_Heart's call sagittal slices axial), and a
+    # network that saw one order misses the others. Off: at 2,400 iterations it cut
+    # cross-validated Dice from 0.920 to 0.776 (docs/model-development.md, "Training variants").
+    random_orientation: bool = False
+    # Off: the trained model then does not depend on the CPU's instructions (on an AVX2-only CPU
+    # autocast emulates bfloat16, 10-14x slower than float32), and bfloat16 training
+    # cross-validated slightly worse (docs/model-development.md, "Training variants").
+    bfloat16: bool = False
+    # Off: a cut when the case is prepared keeps every voxel that is exactly half inside, which
+    # grows la2018_lge's 0.625 mm masks by 2.0 mL, but fractions did not lower the three-view
+    # model's volume error (docs/model-development.md, "Training targets").
+    fractional_labels: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500

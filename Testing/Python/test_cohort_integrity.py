@@ -1,0 +1,264 @@
+"""A cohort run loses nothing and credits no result to the wrong scan: full disks, thin slabs,
+reruns with other images, runs side by side, outputs that would replace inputs, headers that lie,
+unreadable folder entries, damaged models. Each test reproduces the failure it guards against."""
+
+import csv
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import SimpleITK as sitk
+from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, rewrite_safetensors
+
+from LeftAtriumSegLib.batch import record_row
+from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.io import file_sha256
+from LeftAtriumSegLib.models import model_path
+
+
+def _rows(folder, table="volumes.csv"):
+    with open(folder / table, newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def _segment(*arguments):
+    return main(["segment", *map(str, arguments), "--format", "nii.gz", "--quiet"])
+
+
+def _cohort(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    return folder
+
+
+def test_a_full_disk_leaves_no_truncated_mask_and_names_the_file(tmp_path):
+    """A writer that runs out of room (RLIMIT_FSIZE below the mask's size) may say nothing: the mask
+    is read back before it takes its name, and the case fails naming its output."""
+    images, output = _cohort(tmp_path / "images", "a", "b"), tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from LeftAtriumSegLib.cli import main
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the masks need about 8 kB
+        sys.exit(main(["segment", {str(images)!r}, "--output-dir", {str(output)!r}, "--format", "nii.gz", "--quiet"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith(f"error: {output / name}.nii.gz: ") for line, name in zip(errors, "ab"))
+    assert sorted(p.name for p in output.iterdir()) == ["volumes.csv"]
+    assert {row["status"] for row in _rows(output).values()} == {"failed"}
+
+    assert _segment(images, "--output-dir", output) == 0  # room again: both are made
+    assert {row["status"] for row in _rows(output).values()} == {"ok"}
+
+
+def test_a_slab_too_thin_for_an_atrium_fails_alone(tmp_path):
+    """A 256 x 256 x 2 slab crashed the localiser (no slice for its coarse pass): exit 139 for the batch."""
+    images = _cohort(tmp_path / "images", "good")
+    slab = sitk.ReadImage(str(SAMPLE_IMAGE))[:, :, 30:32]
+    sitk.WriteImage(slab, str(images / "slab.nii.gz"))
+    assert _segment(images, "--output-dir", tmp_path / "out") == 1
+    rows = _rows(tmp_path / "out")
+    assert rows["good"]["status"] == "ok"
+    assert rows["slab"]["status"] == "failed" and "too thin to hold a left atrium" in rows["slab"]["error"]
+
+
+def test_another_image_under_a_kept_case_name_is_not_credited_with_its_mask(tmp_path, capsys):
+    output = tmp_path / "out"
+    first = _cohort(tmp_path / "first", "patient")
+    assert _segment(first, "--output-dir", output) == 0
+    kept = (output / "patient.nii.gz").read_bytes()
+    second = tmp_path / "second"
+    second.mkdir()
+    flipped = sitk.Flip(sitk.ReadImage(str(SAMPLE_IMAGE)), [True, False, False])
+    sitk.WriteImage(flipped, str(second / "patient.nii.gz"))
+    capsys.readouterr()
+
+    assert _segment(second, "--output-dir", output) == 1
+    row = _rows(output)["patient"]
+    assert row["status"] == "failed" and "was made from another image" in row["error"]
+    assert f"error: {output / 'patient.nii.gz'}: was made from another image" in capsys.readouterr().err
+    assert (output / "patient.nii.gz").read_bytes() == kept
+    assert _segment(second, "--output-dir", output, "--overwrite") == 0
+    assert _rows(output)["patient"]["input_sha256"] == file_sha256(second / "patient.nii.gz")
+
+
+def test_a_mask_changed_after_its_run_is_not_credited(tmp_path):
+    output = tmp_path / "out"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 0
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_LABEL)), str(output / "la_022_crop.nii.gz"))
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 1
+    assert "has changed since the run that made it" in _rows(output)["la_022_crop"]["error"]
+
+
+def test_two_inputs_of_one_case_name_are_refused_before_any_work(tmp_path, capsys):
+    _cohort(tmp_path / "a", "patient")
+    _cohort(tmp_path / "b", "patient")
+    assert _segment(tmp_path / "a", tmp_path / "b", "--output-dir", tmp_path / "out") == 2
+    assert capsys.readouterr().err.startswith("error: two inputs have the case name 'patient': ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", ".."])
+def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path, capsys, case):
+    _cohort(tmp_path, "image")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"image,case\nimage.nii.gz,{case}\n")
+    assert main(["segment", "--manifest", str(manifest), "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {manifest}: line 2: case name {case!r} cannot name a file")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.seg.nrrd").exists()
+
+
+def test_an_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path, capsys):
+    images = _cohort(tmp_path / "images", "patient")
+    before = (images / "patient.nii.gz").read_bytes()
+    assert _segment(images, "--output-dir", images, "--overwrite") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {images / 'patient.nii.gz'}: is an input image and would be replaced by a mask; "
+        "choose another --output-dir or --format")
+    assert (images / "patient.nii.gz").read_bytes() == before
+
+
+def _patched_nifti(path, offset, fmt, values):
+    """The sample with header bytes replaced, as a damaged or hand-made header would have them."""
+    import gzip
+
+    data = bytearray(gzip.decompress(SAMPLE_IMAGE.read_bytes()))
+    struct.pack_into(fmt, data, offset, *values)
+    path.write_bytes(gzip.compress(bytes(data)))
+    return path
+
+
+@pytest.mark.parametrize("name, offset, fmt, values, message", [
+    ("zero", 80, "<3f", (0, 0, 0), "the header's voxel size (pixdim) is (0.0, 0.0, 0.0) mm"),
+    ("nan", 80, "<f", (float("nan"),), "the header's voxel size (pixdim) is (nan, 1.25, 1.37) mm"),
+    ("negative", 80, "<f", (-1.25,), "the header's voxel size (pixdim) is (-1.25, 1.25, 1.37) mm"),
+    ("huge_sform", 280, "<f", (1e6,), "the header's sform gives a voxel size of (1000000.0, 1.25, 1.37) mm"),
+    ("other_sform", 280, "<f", (2.5,), "the header states two voxel sizes, (1.25, 1.25, 1.37) mm (pixdim) and (2.5, "),
+    ("nan_sform", 296, "<f", (float("nan"),), "the header's sform holds NaN or infinite values"),
+])
+def test_a_nifti_header_with_an_impossible_voxel_size_is_refused(tmp_path, capsys, name, offset, fmt, values, message):
+    """ITK reads a zero or NaN pixdim as 1 mm, silently: a real scan was reported as 82.4 mL for 101.4."""
+    image = _patched_nifti(tmp_path / f"{name}.nii.gz", offset, fmt, values)
+    assert _segment(image, "--output-dir", tmp_path / "out") == 1
+    assert capsys.readouterr().err.startswith(f"error: {image}: {message}")
+
+
+def test_a_metaimage_with_a_negative_spacing_is_refused(tmp_path):
+    image = tmp_path / "negative.mha"
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE)), str(image))
+    data = image.read_bytes()
+    image.write_bytes(data.replace(b"ElementSpacing = 1.25", b"ElementSpacing = -1.25", 1))
+    assert _segment(image, "--output-dir", tmp_path / "out") == 1
+    assert "ElementSpacing is (-1.25" in _rows(tmp_path / "out")["negative"]["error"]
+
+
+def test_threads_beyond_the_cores_are_capped_with_a_note(tmp_path, capsys):
+    assert _segment(SAMPLE_IMAGE, "--output-dir", tmp_path / "out", "--threads", "999") == 0
+    cores = len(os.sched_getaffinity(0))
+    assert capsys.readouterr().err.strip() == f"note: --threads 999 capped at the {cores} cores this process may use"
+
+
+def test_an_output_folder_that_takes_no_data_is_found_before_any_case(tmp_path):
+    """As root a read-only folder still takes files; a file-size limit of 0 refuses every byte alike."""
+    images = _cohort(tmp_path / "images", "a", "b")
+    output = tmp_path / "out"
+    output.mkdir()
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from LeftAtriumSegLib.cli import main
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        sys.exit(main(["segment", {str(images)!r}, "--output-dir", {str(output)!r}, "--quiet"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {output}: cannot write into the output folder (File too large)"]
+    assert list(output.iterdir()) == []
+
+
+def test_evaluate_names_labels_without_a_prediction_and_says_so_in_its_status(tmp_path, capsys):
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir()
+    labels.mkdir()
+    for case in ("scored", "unpredicted"):
+        (labels / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (predictions / "scored.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels)]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {labels / 'unpredicted.nii.gz'}: no prediction for case unpredicted in {predictions}" in captured.err
+    assert "1 label(s) had no prediction: left out of the mean" in captured.out
+
+
+def test_merge_keeps_an_unsharded_runs_rows_and_refuses_a_case_in_two_shards(tmp_path, capsys):
+    output = tmp_path / "out"
+    _cohort(tmp_path / "images", "a", "b", "c")
+    assert _segment(tmp_path / "images" / "a.nii.gz", "--output-dir", output) == 0  # an unsharded run first
+    for shard in ("1/2", "2/2"):
+        assert _segment(tmp_path / "images" / "b.nii.gz", tmp_path / "images" / "c.nii.gz", "--output-dir", output,
+                        "--shard", shard) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    assert sorted(_rows(output)) == ["a", "b", "c"]
+    assert "note: kept 1 row(s) of cases in" in capsys.readouterr().err
+
+    with open(output / "volumes.shard-1-of-2.csv", "a") as handle:  # c again, from another run's table
+        handle.write(open(output / "volumes.shard-2-of-2.csv").read().splitlines()[1] + "\n")
+    assert main(["merge", str(output)]) == 2
+    assert "case 'c' has rows in volumes.shard-1-of-2.csv and volumes.shard-2-of-2.csv" in capsys.readouterr().err
+
+
+def test_unreadable_entries_of_an_input_folder_get_a_row_with_the_reason(tmp_path):
+    images = _cohort(tmp_path / "images", "good")
+    (images / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (images / "loop.nii.gz").symlink_to(images / "loop.nii.gz")
+    assert _segment(images, "--output-dir", tmp_path / "out") == 1
+    rows = _rows(tmp_path / "out")
+    assert rows["good"]["status"] == "ok"
+    assert rows["dangling"]["error"] == f"{images / 'dangling.nii.gz'}: dangling symbolic link (to {tmp_path / 'gone.nii.gz'}, which does not exist)"
+    assert rows["loop"]["error"] == f"{images / 'loop.nii.gz'}: symbolic link loop"
+
+
+def test_a_model_with_nan_weights_is_refused_before_any_case(tmp_path, capsys):
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(model_path().read_bytes())
+    rewrite_safetensors(damaged, lambda metadata, tensors: tensors["axial.head.bias"].fill_(float("nan")))
+    assert _segment(SAMPLE_IMAGE, "--output-dir", tmp_path / "out", "--model", damaged) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {damaged}: damaged model: tensor 'axial.head.bias' holds NaN or infinite weights")
+    assert not (tmp_path / "out").exists()
+
+
+def test_runs_side_by_side_into_one_folder_lose_no_row(tmp_path):
+    output = tmp_path / "out"
+    first, second = _cohort(tmp_path / "first", "a1", "a2"), _cohort(tmp_path / "second", "b1", "b2")
+    command = [sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", "--output-dir", str(output), "--format", "nii.gz",
+               "--quiet", "--threads", "1"]
+    runs = [subprocess.Popen([*command, str(folder)], stderr=subprocess.PIPE, text=True) for folder in (first, second)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
+    assert sorted(_rows(output)) == ["a1", "a2", "b1", "b2"]
+    assert {row["status"] for row in _rows(output).values()} == {"ok"}
+
+
+def test_a_failed_row_does_not_replace_a_done_row_of_the_same_image_and_settings(tmp_path):
+    """Two runs of one case at once: one makes the mask, the other fails (say, a slower disk's error)."""
+    output = tmp_path / "out"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 0
+    done = _rows(output)["la_022_crop"]
+    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "disk error", "output": ""})
+    assert _rows(output)["la_022_crop"]["status"] == "ok"
+    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "other image", "output": "",
+                                        "input_sha256": "0" * 64})
+    assert _rows(output)["la_022_crop"]["status"] == "failed"
+
+
+def test_each_row_records_the_digests_of_its_image_and_mask(tmp_path):
+    assert _segment(SAMPLE_IMAGE, "--output-dir", tmp_path / "out") == 0
+    row = _rows(tmp_path / "out")["la_022_crop"]
+    assert row["input_sha256"] == file_sha256(SAMPLE_IMAGE)
+    assert row["output_sha256"] == file_sha256(tmp_path / "out" / "la_022_crop.nii.gz")
