@@ -98,7 +98,8 @@ def predict_frame_probabilities(
     views = list(networks)
     localiser = to_view(normalised, views[0])
     depth = localiser.shape[0]
-    coarse_indices = list(range(localiser_stride // 2, depth, localiser_stride))
+    # A volume thinner than the stride still gets one coarse slice: none crashed the component search.
+    coarse_indices = list(range(min(localiser_stride // 2, depth - 1), depth, localiser_stride))
     coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices,
                             progress=_scaled(progress, 0.0, 0.2))
     # Stray hits away from the atrium used to stretch the box (1.5's cross-validation on

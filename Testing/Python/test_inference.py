@@ -94,3 +94,13 @@ def test_box_follows_the_largest_group_of_coarse_hits():
     probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5)}, normalised, slices=5)
     np.testing.assert_array_equal(probabilities >= 0.5, atrium | fragment)
     assert not probabilities[:, :, 70:].any()
+
+
+def test_a_volume_thinner_than_the_localiser_stride_still_gets_a_coarse_pass():
+    """A 2-slice volume once gave the coarse pass no slice, and the component search crashed the process."""
+    volume = np.where(_off_centre_ellipsoid((30, 36, 40))[10:12], 2.0, -2.0).astype(np.float32)
+    assert (volume > 0).sum() > 100
+    networks = {view: CentreSliceLogits(5) for view in VIEW_AXES}
+    probabilities = predict_frame_probabilities(networks, volume, 5)
+    assert probabilities.shape == volume.shape
+    assert (probabilities[volume > 0] > 0.99).all() and (probabilities[volume < 0] < 0.01).all()
