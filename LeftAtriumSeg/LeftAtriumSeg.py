@@ -1,10 +1,8 @@
-import importlib.util
-import os
-import shutil
-import sys
+import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import qt
 import slicer
@@ -12,16 +10,19 @@ import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
+# Needs only numpy and SimpleITK, which Slicer ships: safe before the module's own packages are installed.
+from LeftAtriumSegLib.postprocessing import CleanupSettings
+
 MODULE_DIR = Path(__file__).resolve().parent
-REQUIREMENTS_PATH = MODULE_DIR / "Resources" / "requirements.txt"
 SAMPLE_IMAGE = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop.nii.gz"
 SAMPLE_LABEL = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
+DEFAULT_CLEANUP = CleanupSettings()
 
 
 #
@@ -37,13 +38,12 @@ class LeftAtriumSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LeftAtriumSeg developers"]
         self.parent.helpText = _(
-            "Segments the left atrium in a 3D cardiac MRI with a U-Net, cleans the mask up and reports the "
-            "atrial volume (mL, and indexed to body surface area). Correct the result in Segment Editor, "
-            "first where the pulmonary veins join the atrium, where the errors gather: the table follows "
-            "every edit. The bundled model knows bSSFP with correct geometry and with Task02_Heart's "
-            "mislabelled headers, and LGE as in one cropped release, whose files state half the real slice "
-            "spacing (LGE with the scan's spacing is segmented less well); a scan oriented otherwise may be missed: "
-            "check every result (model card, Limitations). See the README of the LeftAtriumSeg extension."
+            "Segments the left atrium in a 3D cardiac MRI with U-Nets, cleans the mask up and reports the "
+            "atrial volume (mL, and indexed to body surface area), with a quality flag that says when a person "
+            "must look before using the volume. Correct the result in Segment Editor, first where the "
+            "pulmonary veins join the atrium, where the errors gather: the table follows every edit. "
+            "The bundled model knows bSSFP and LGE scans in the orientations of its training data; check every "
+            "result (model card, Limitations). See the README of the LeftAtriumSeg extension."
         )
         self.parent.acknowledgementText = _(
             "The bundled model is trained on the Medical Segmentation Decathlon Task02_Heart data "
@@ -79,8 +79,6 @@ class LeftAtriumSegParameterNode:
     inputVolume - the cardiac MRI to segment.
     outputSegmentation - receives the "Left atrium" segment (created when empty).
     measurementTable - receives the volume measurements (created when empty).
-    modelPath - a model file trained with the bundled script; empty for the bundled model.
-    device - where the networks run (cuda needs the onnxruntime-gpu package).
     threshold, keepLargestComponent, componentGapMm, fillHoles, closingRadiusMm - cleanup.
     heightCm, weightKg - for body surface area and the LA volume index; 0 when unknown.
     """
@@ -88,15 +86,17 @@ class LeftAtriumSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     measurementTable: vtkMRMLTableNode
-    modelPath: str = ""
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
-    keepLargestComponent: bool = True
-    componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = 20.0
-    fillHoles: bool = True
-    closingRadiusMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    threshold: Annotated[float, WithinRange(0.05, 0.95)] = DEFAULT_CLEANUP.threshold
+    keepLargestComponent: bool = DEFAULT_CLEANUP.keep_largest_component
+    componentGapMm: Annotated[float, WithinRange(0.0, 50.0)] = DEFAULT_CLEANUP.component_gap_mm
+    fillHoles: bool = DEFAULT_CLEANUP.fill_holes
+    closingRadiusMm: Annotated[float, WithinRange(0.0, 10.0)] = DEFAULT_CLEANUP.closing_radius_mm
     heightCm: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
     weightKg: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
+
+    def cleanup(self) -> CleanupSettings:
+        return CleanupSettings(self.threshold, self.keepLargestComponent, self.componentGapMm, self.fillHoles,
+                               self.closingRadiusMm)
 
 
 #
@@ -112,6 +112,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
+        self._measureTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -125,6 +126,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurements)
         self.ui.progressBar.hide()
+        # Segment Editor modifies the segment on every stroke: measure once the edits settle.
+        self._measureTimer = qt.QTimer()
+        self._measureTimer.setSingleShot(True)
+        self._measureTimer.setInterval(500)
+        self._measureTimer.connect("timeout()", self.onUpdateMeasurements)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -144,7 +150,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.logic.cancel()
+        if self.logic.isRunning:
+            self.logic.cancel()
+            self._finishRun(_("Cancelled: the scene was closed."))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -175,7 +183,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = running or hasInput
         self.ui.applyButton.toolTip = _("Stop the segmentation; the scene stays as it was") if running \
             else (_("Segment the left atrium") if hasInput else _("Select an input volume"))
-        # What the running process was given stays as it was until it ends.
+        # What the running worker was given stays as it was until it ends.
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.advancedCollapsibleButton.enabled = not running
         hasResult = bool(self._parameterNode and self._parameterNode.outputSegmentation and hasInput)
@@ -185,46 +193,42 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if self.logic.isRunning:
             self.logic.cancel()
-            self._setStatus(_("Cancelled; the scene is unchanged."))
-            self._finishRun()
+            self._finishRun(_("Cancelled; the scene is unchanged."))
             return
-        with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start.")):
             if not self.logic.ensureDependencies():
                 return
-            self.logic.startSegmentation(self._parameterNode, onProgress=self._onProgress, onFinished=self._onFinished)
-            self.ui.progressBar.value = 0
+            p = self._parameterNode
+            cliNode = self.logic.process(p.inputVolume, p.outputSegmentation, p.measurementTable, p.cleanup(),
+                                         p.heightCm, p.weightKg, onFinished=self._onFinished)
+            self.ui.progressBar.setCommandLineModuleNode(cliNode)
             self.ui.progressBar.show()
             self._setStatus(_("Segmenting..."))
             self._updateButtons()
 
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self._setStatus(message)
-
-    def _onFinished(self, error: Optional[str]) -> None:
-        self._finishRun()
-        if error:
-            self._setStatus(_("Failed: {error}").format(error=error))
-            slicer.util.errorDisplay(error, windowTitle=_("Left-atrium segmentation"))
-            return
+    def _onFinished(self, outcome: "SegmentationOutcome") -> None:
         p = self._parameterNode
-        self._observeSegmentation(p.outputSegmentation)
-        p.outputSegmentation.CreateClosedSurfaceRepresentation()
+        if outcome.error:
+            self._finishRun(_("Failed: {error}").format(error=outcome.error))
+            slicer.util.errorDisplay(outcome.error, windowTitle=_("Left-atrium segmentation"))
+            return
+        if outcome.cancelled:
+            self._finishRun(_("Cancelled; the scene is unchanged."))
+            return
+        # The logic made the output nodes where none was selected: show them in the selectors.
+        p.outputSegmentation, p.measurementTable = outcome.segmentation, outcome.table
+        self._finishRun(_statusLine(outcome.row))
+        self._observeSegmentation(outcome.segmentation)
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
-        self.onUpdateMeasurements()
-        self._showTable(p.measurementTable)
 
-    def _finishRun(self) -> None:
+    def _finishRun(self, message: str) -> None:
         self.ui.progressBar.hide()
+        self._setStatus(message)
         self._updateButtons()
 
     def _setStatus(self, message: str) -> None:
         self.ui.statusLabel.text = message
-        slicer.util.showStatusMessage(message, 3000)
-
-    def _showTable(self, tableNode) -> None:
-        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
+        slicer.util.showStatusMessage(message, 5000)
 
     def _observeSegmentation(self, segmentationNode) -> None:
         """Re-measure whenever the segment changes, so the table always matches the segmentation."""
@@ -234,24 +238,17 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(self._observedSegmentation, slicer.vtkSegmentation.SegmentModified, self._onSegmentModified)
 
     def _onSegmentModified(self, caller, event) -> None:
-        # Segment Editor modifies on every stroke: measure once the edits settle.
-        if not hasattr(self, "_measureTimer"):
-            self._measureTimer = qt.QTimer()
-            self._measureTimer.setSingleShot(True)
-            self._measureTimer.setInterval(500)
-            self._measureTimer.connect("timeout()", self.onUpdateMeasurements)
         self._measureTimer.start()
 
     def onUpdateMeasurements(self) -> None:
-        from LeftAtriumSegLib.measurements import SMALLEST_PLAUSIBLE_VOLUME_ML
-
         with slicer.util.tryWithErrorDisplay(_("Measurement failed."), waitCursor=True):
-            if self._parameterNode and self._parameterNode.outputSegmentation:
-                row = self.logic.updateMeasurements(self._parameterNode)
-                message = _("Left atrium: {volume:.1f} mL").format(volume=row["Volume [mL]"])
-                if row["Volume [mL]"] < SMALLEST_PLAUSIBLE_VOLUME_ML:
-                    message += _(" (probably missed: is the heart in view, in an orientation the model knows?)")
-                self._setStatus(message)
+            p = self._parameterNode
+            if p and p.outputSegmentation and p.inputVolume:
+                if not p.measurementTable:
+                    p.measurementTable = self.logic.newMeasurementTable(p.inputVolume)
+                row = self.logic.updateMeasurements(p.outputSegmentation, p.inputVolume, p.measurementTable,
+                                                    p.heightCm, p.weightKg)
+                self._setStatus(_statusLine(row))
 
     def onEditButton(self) -> None:
         p = self._parameterNode
@@ -262,187 +259,207 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observeSegmentation(p.outputSegmentation)
 
 
+def _statusLine(row: dict) -> str:
+    """``Left atrium: 72.0 mL (quality check: ok)``, with the reasons when flagged for review."""
+    message = _("Left atrium: {volume:.1f} mL").format(volume=row["Volume [mL]"])
+    if row["Quality check"] == "review":
+        return message + _(" - review before use: {reasons}").format(reasons=row["Reasons to review"])
+    if row["Quality check"]:
+        return message + _(" (quality check: {flag})").format(flag=row["Quality check"])
+    return message
+
+
 #
 # LeftAtriumSegLogic
 #
 
 
-class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
-    """Runs the core package (LeftAtriumSegLib) on MRML nodes.
+@dataclass
+class SegmentationOutcome:
+    """How a run ended: an error message, a cancel, or the result's nodes and its table row."""
 
-    Inference runs in a separate Python process (the core command line) watched by a
-    QProcess, so the GUI stays responsive and a cancel kills the work without touching the
-    scene. ``segmentInProcess`` does the same work synchronously, for tests and scripts.
+    error: str = ""
+    cancelled: bool = False
+    segmentation: Optional[vtkMRMLSegmentationNode] = None
+    table: Optional[vtkMRMLTableNode] = None
+    row: Optional[dict] = None
+
+
+class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
+    """Segments the left atrium of a volume node into a segmentation and a measurement table.
+
+    The work runs in the LeftAtriumSegCLI worker, a scripted CLI module: Slicer runs it in a
+    process of its own, shows its progress, and ends it on cancel (docs/slicer-api.md). The MRML
+    half (nodes to images, the worker's label map to a segment, the table) is in
+    LeftAtriumSegMRML.py, which runs and is tested without the application.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
-        self._workDir = None
+        self._run = None  # (cliNode, observer tag, labelmap node, outputs, onFinished) of the running worker
 
     def getParameterNode(self):
         return LeftAtriumSegParameterNode(super().getParameterNode())
 
     @property
     def isRunning(self) -> bool:
-        return self._process is not None
+        return self._run is not None
 
     # Dependencies
 
-    @staticmethod
-    def missingRequirements() -> list:
-        # Each package in requirements.txt is imported under its own name (a test checks it).
-        lines = REQUIREMENTS_PATH.read_text(encoding="utf-8").splitlines()
-        packages = [line.split(">=")[0] for line in lines if line and not line.startswith("#")]
-        return [package for package in packages if importlib.util.find_spec(package) is None]
-
     def ensureDependencies(self) -> bool:
-        """Install missing Python packages after asking; never downloads silently."""
-        missing = self.missingRequirements()
-        if not missing:
+        """Install the worker's missing or outdated Python packages after asking; False if the user
+        declines. Raises RuntimeError when pip fails or leaves a package unmet."""
+        from LeftAtriumSegLib.dependencies import describe, pip_arguments, unmet_requirements
+
+        unmet = unmet_requirements()
+        if not unmet:
             return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("Left-atrium segmentation needs these Python packages, which will be downloaded and "
-                  "installed now: {packages}").format(packages=", ".join(missing))):
+        if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
+                _("Left-atrium segmentation needs these Python packages, which will now be downloaded and installed "
+                  "(a few minutes; Slicer does not respond meanwhile): {packages}").format(packages=describe(unmet)),
+                windowTitle=_("Left-atrium segmentation")):
             return False
-        slicer.util.pip_install(["-r", str(REQUIREMENTS_PATH)])
-        still = self.missingRequirements()
+        progress = slicer.util.createProgressDialog(
+            labelText=_("Installing {packages}...").format(packages=describe(unmet)), maximum=0)
+        try:
+            slicer.app.processEvents()
+            with tempfile.TemporaryDirectory() as folder:
+                slicer.util.pip_install(pip_arguments(unmet, Path(folder) / "constraints.txt"))
+        finally:
+            progress.close()
+        still = unmet_requirements()
         if still:
-            raise RuntimeError(_("Could not install: {packages}").format(packages=", ".join(still)))
+            raise RuntimeError(_("Could not install: {packages}").format(packages=describe(still)))
         return True
 
     # Segmentation
 
-    def modelPath(self, parameterNode) -> Path:
-        from LeftAtriumSegLib.pipeline import DEFAULT_MODEL_PATH
+    def process(self, inputVolume, outputSegmentation=None, measurementTable=None, cleanup: CleanupSettings = DEFAULT_CLEANUP,
+                heightCm: float = 0.0, weightKg: float = 0.0, waitForCompletion: bool = False,
+                onFinished: Optional[Callable[[SegmentationOutcome], None]] = None):
+        """Segment ``inputVolume`` in the background; ``onFinished(outcome)`` runs when the worker ends.
 
-        return Path(parameterNode.modelPath) if parameterNode.modelPath else DEFAULT_MODEL_PATH
-
-    @staticmethod
-    def _cleanupSettings(parameterNode):
-        from LeftAtriumSegLib.postprocessing import CleanupSettings
-
-        p = parameterNode
-        return CleanupSettings(p.threshold, p.keepLargestComponent, p.componentGapMm, p.fillHoles, p.closingRadiusMm)
-
-    @staticmethod
-    def _checkedInputImage(parameterNode):
-        """The input volume as a SimpleITK image; bad input fails here with a one-line message."""
+        A new segmentation and table are made where none is given, and only when the worker has
+        succeeded: a failed or cancelled run leaves the scene as it was. Bad input fails here, at
+        once, with a message naming the volume. Returns the worker's CLI node.
+        """
         from LeftAtriumSegMRML import image_from_volume_node
 
         from LeftAtriumSegLib.io import check_image
 
-        image = image_from_volume_node(parameterNode.inputVolume)
-        check_image(image, parameterNode.inputVolume.GetName())
-        return image
+        if self.isRunning:
+            raise RuntimeError(_("A segmentation is already running."))
+        check_image(image_from_volume_node(inputVolume), inputVolume.GetName())
+        if heightCm or weightKg:
+            from LeftAtriumSegLib.measurements import body_surface_area_m2
 
-    def startSegmentation(self, parameterNode, onProgress, onFinished) -> None:
-        """Segment in a background process; ``onFinished(error or None)`` runs on the GUI thread."""
-        import SimpleITK as sitk
-
-        from LeftAtriumSegLib.cli import cleanup_arguments
-        from LeftAtriumSegLib.onnx_network import load_onnx_networks
-
-        p = parameterNode
-        image = self._checkedInputImage(p)
-        inputVolumeId = p.inputVolume.GetID()
-        load_onnx_networks(self.modelPath(p), "cpu")  # a bad model file fails here, with its own message
-        self._workDir = Path(tempfile.mkdtemp(prefix="LeftAtriumSeg-"))
-        inputPath = self._workDir / "input.nrrd"
-        sitk.WriteImage(image, str(inputPath))
-
-        process = qt.QProcess()
-        environment = qt.QProcessEnvironment.systemEnvironment()
-        environment.insert("PYTHONPATH", os.pathsep.join([str(MODULE_DIR), environment.value("PYTHONPATH")]))
-        process.setProcessEnvironment(environment)
-        arguments = ["-m", "LeftAtriumSegLib.cli", "segment", str(inputPath), "--output-dir", str(self._workDir / "out"),
-                     "--format", "nii.gz", "--quiet", "--progress-lines", "--model", str(self.modelPath(p)),
-                     "--device", p.device,
-                     *cleanup_arguments(self._cleanupSettings(p))]
-        errors = []
-
-        def readOutput():
-            for line in bytes(process.readAllStandardOutput()).decode(errors="replace").splitlines():
-                if line.startswith("progress "):
-                    onProgress(float(line.split()[1]), _("Segmenting..."))
-
-        def readErrors():
-            errors.append(bytes(process.readAllStandardError()).decode(errors="replace"))
-
-        def finished(exitCode, exitStatus):
-            if self._process is not process:  # cancelled: the scene stays as it was
-                return
-            readOutput()
-            readErrors()
-            resultPath = self._workDir / "out" / "input.nii.gz"
-            self._process = None
-            try:
-                if exitCode != 0 or not resultPath.exists():
-                    messages = [line for line in "".join(errors).splitlines() if line.startswith("error:")]
-                    onFinished(messages[-1][len("error: "):] if messages else _("segmentation process failed"))
-                    return
-                if not p.inputVolume or p.inputVolume.GetID() != inputVolumeId:
-                    onFinished(_("The input volume was changed or removed during segmentation; nothing was added."))
-                    return
-                mask = sitk.GetArrayFromImage(sitk.ReadImage(str(resultPath))) > 0
-                self.setResult(mask, p)
-                onFinished(None)
-            finally:
-                self._removeWorkDir()
-
-        process.connect("readyReadStandardOutput()", readOutput)
-        process.connect("readyReadStandardError()", readErrors)
-        process.connect("finished(int,QProcess::ExitStatus)", finished)
-        self._process = process
-        process.start(shutil.which("PythonSlicer") or sys.executable, arguments)
+            body_surface_area_m2(heightCm, weightKg)  # a height in metres fails now, not after the work
+        worker = getattr(slicer.modules, "leftatriumsegcli", None)
+        if worker is None:
+            raise RuntimeError(_("The LeftAtriumSegCLI module is not loaded (are CLI modules disabled?)."))
+        scene = inputVolume.GetScene()
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", inputVolume.GetName() + " left atrium (worker)")
+        labelmap.SetHideFromEditors(True)
+        parameters = {"inputVolume": inputVolume, "outputLabel": labelmap, "device": "auto",
+                      "cleanupOptions": " ".join(cleanup.options())}
+        cliNode = slicer.cli.createNode(worker, parameters)
+        tag = cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, self._onWorkerStatus)
+        self._run = (cliNode, tag, labelmap, (inputVolume, outputSegmentation, measurementTable, heightCm, weightKg),
+                     onFinished)
+        try:
+            slicer.cli.run(worker, cliNode, wait_for_completion=waitForCompletion, update_display=False)
+        except Exception:
+            self._endRun()
+            _removeLater(cliNode)
+            raise
+        if waitForCompletion:
+            self._onWorkerStatus(cliNode)
+        return cliNode
 
     def cancel(self) -> None:
-        """Stop a running segmentation at once; the scene is not touched."""
-        if self._process is None:
+        """Stop a running worker (Slicer ends its process); the scene is left as it was."""
+        if self._run is None:
             return
-        process, self._process = self._process, None
-        process.kill()
-        process.waitForFinished(3000)
-        self._removeWorkDir()
+        cliNode = self._run[0]
+        self._endRun()
+        cliNode.Cancel()
 
-    def _removeWorkDir(self) -> None:
-        if self._workDir is not None:
-            shutil.rmtree(self._workDir, ignore_errors=True)
-            self._workDir = None
+    def _endRun(self):
+        """Forget the running worker; removes its temporary label map. Returns what was kept of it."""
+        run, self._run = self._run, None
+        cliNode, tag, labelmap = run[:3]
+        cliNode.RemoveObserver(tag)
+        if labelmap.GetScene() is not None:
+            labelmap.GetScene().RemoveNode(labelmap)
+        return run
 
-    def segmentInProcess(self, parameterNode) -> dict:
-        """Segment synchronously in this process and measure; returns the table row."""
-        from LeftAtriumSegLib.pipeline import Segmenter
+    def _onWorkerStatus(self, cliNode, event=None) -> None:
+        if self._run is None or cliNode is not self._run[0] or cliNode.IsBusy():
+            return
+        status = cliNode.GetStatus()
+        labelmap = self._run[2]
+        (inputVolume, segmentation, table, heightCm, weightKg), onFinished = self._run[3], self._run[4]
+        outcome = SegmentationOutcome()
+        try:
+            if status == cliNode.Completed:
+                outcome = self._importResult(cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg)
+            elif status == cliNode.Cancelled:
+                outcome.cancelled = True
+            else:
+                outcome.error = _workerError(cliNode)
+        except Exception as error:  # reading the result back: say so, never leave the GUI waiting
+            logging.exception("Left-atrium segmentation: reading the result back failed")
+            outcome = SegmentationOutcome(error=str(error))
+        finally:
+            self._endRun()
+            _removeLater(cliNode)
+        if onFinished is not None:
+            onFinished(outcome)
 
-        p = parameterNode
-        image = self._checkedInputImage(p)
-        segmenter = Segmenter.load(self.modelPath(p), p.device, self._cleanupSettings(p))
-        self.setResult(segmenter.segment(image), p)
-        return self.updateMeasurements(p)
+    def _importResult(self, cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg) -> SegmentationOutcome:
+        from LeftAtriumSegMRML import import_result, show_table
 
-    def setResult(self, mask, parameterNode) -> None:
-        """Put the mask into the output segmentation; output nodes are created only now, so a
-        cancelled or failed run adds nothing to the scene."""
-        from LeftAtriumSegMRML import set_left_atrium_segment
+        if inputVolume.GetScene() is None:
+            raise RuntimeError(_("The input volume was removed during segmentation; nothing was added."))
+        scene = inputVolume.GetScene()
+        result = {name: cliNode.GetParameterAsString(name) for name in ("model", "qc", "qcReasons")}
+        if segmentation is None:
+            segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " left atrium")
+            segmentation.CreateDefaultDisplayNodes()
+        import_result(labelmap, inputVolume, segmentation, result)
+        segmentation.CreateClosedSurfaceRepresentation()
+        table = table or self.newMeasurementTable(inputVolume)
+        row = self.updateMeasurements(segmentation, inputVolume, table, heightCm, weightKg)
+        show_table(table, slicer.app.applicationLogic())
+        return SegmentationOutcome(segmentation=segmentation, table=table, row=row)
 
-        p = parameterNode
-        scene = p.inputVolume.GetScene()
-        if not p.outputSegmentation:
-            p.outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", p.inputVolume.GetName() + " left atrium")
-            p.outputSegmentation.CreateDefaultDisplayNodes()
-        if not p.measurementTable:
-            p.measurementTable = scene.AddNewNodeByClass("vtkMRMLTableNode", p.inputVolume.GetName() + " left atrium volume")
-        set_left_atrium_segment(mask, p.inputVolume, p.outputSegmentation)
+    @staticmethod
+    def newMeasurementTable(inputVolume):
+        return inputVolume.GetScene().AddNewNodeByClass("vtkMRMLTableNode", inputVolume.GetName() + " left atrium volume")
 
-    def updateMeasurements(self, parameterNode) -> dict:
+    @staticmethod
+    def updateMeasurements(segmentation, inputVolume, table, heightCm: float = 0.0, weightKg: float = 0.0) -> dict:
+        """Measure the "Left atrium" segment as it now stands into ``table``; returns the row."""
         from LeftAtriumSegMRML import measure_left_atrium
 
-        from LeftAtriumSegLib.model_file import read_model_config
+        return measure_left_atrium(segmentation, inputVolume, table, heightCm, weightKg)
 
-        p = parameterNode
-        config = read_model_config(self.modelPath(p))
-        return measure_left_atrium(p.outputSegmentation, p.inputVolume, p.measurementTable,
-                                   f"{config.name} {config.version}", p.heightCm, p.weightKg)
+
+def _removeLater(node) -> None:
+    """Remove ``node`` from its scene once the events under way are delivered: removed within its
+    own event, the node could be deleted while VTK still invokes its observers."""
+    qt.QTimer.singleShot(0, lambda: node.GetScene() and node.GetScene().RemoveNode(node))
+
+
+def _workerError(cliNode) -> str:
+    """The worker's one-line ``error:`` message, or what Slicer said of the process."""
+    lines = [line for line in (cliNode.GetErrorText() or "").splitlines() if line.strip()]
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    return _("the segmentation worker stopped ({status}): {detail}").format(
+        status=cliNode.GetStatusString(), detail=lines[-1] if lines else _("no message"))
 
 
 #
@@ -451,7 +468,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LeftAtriumSegTest(ScriptedLoadableModuleTest):
-    """Runs the real bundled model on the sample case (never skipped)."""
+    """Runs Apply's route (the logic's ``process``, the worker, the import) on the bundled sample."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -464,22 +481,33 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         import numpy as np
         from LeftAtriumSegMRML import mask_from_segment
 
+        from LeftAtriumSegLib.dependencies import describe, unmet_requirements
         from LeftAtriumSegLib.metrics import dice
 
+        logic = LeftAtriumSegLogic()
+        try:
+            logic.ensureDependencies()  # in testing mode it installs without asking
+        except Exception as error:  # an offline build machine, say
+            self.skipTest(f"the worker's packages are missing and could not be installed ({error}): "
+                          f"{describe(unmet_requirements())}")
         self.delayDisplay("Segmenting the sample case")
         volumeNode = slicer.util.loadVolume(str(SAMPLE_IMAGE))
         labelNode = slicer.util.loadLabelVolume(str(SAMPLE_LABEL))
-        logic = LeftAtriumSegLogic()
-        p = logic.getParameterNode()
-        p.inputVolume = volumeNode
-        p.heightCm, p.weightKg = 180.0, 80.0
-        row = logic.segmentInProcess(p)
+        outcomes = []
+        logic.process(volumeNode, heightCm=180.0, weightKg=80.0, waitForCompletion=True, onFinished=outcomes.append)
+        [outcome] = outcomes
+        self.assertEqual(outcome.error, "")
+        row = outcome.row
 
-        predicted = mask_from_segment(p.outputSegmentation, "left_atrium", volumeNode)
+        predicted = mask_from_segment(outcome.segmentation, "left_atrium", volumeNode)
         reference = slicer.util.arrayFromVolume(labelNode) > 0
         self.assertGreaterEqual(dice(predicted, reference), 0.85)
         referenceMl = np.count_nonzero(reference) * np.prod(volumeNode.GetSpacing()) / 1000
         self.assertAlmostEqual(row["Volume [mL]"], referenceMl, delta=5.0)
         self.assertAlmostEqual(row["LA volume index [mL/m2]"], row["Volume [mL]"] / 2.0, places=6)
-        self.assertEqual(p.measurementTable.GetCellText(0, 0), "Left atrium")
+        self.assertEqual(row["Quality check"], "ok")
+        self.assertEqual(outcome.table.GetCellText(0, 0), "Left atrium")
+        slicer.app.processEvents()  # the worker's CLI node and label map are removed once its events are delivered
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLCommandLineModuleNode"), 0)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode"), 1)  # the reference
         self.delayDisplay("Test passed")

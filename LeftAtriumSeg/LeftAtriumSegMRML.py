@@ -19,10 +19,14 @@ import vtk
 from vtk.util import numpy_support
 
 from LeftAtriumSegLib.io import LEFT_ATRIUM_SEGMENT, LEFT_ATRIUM_TERMINOLOGY
-from LeftAtriumSegLib.measurements import ASE_2005_LAVI_GRADES, ASE_2005_SOURCE, index_volume, measure_volume
+from LeftAtriumSegLib.measurements import ASE_2005_LAVI_GRADES, ASE_2005_SOURCE, measure_atrium
 
 LEFT_ATRIUM_SEGMENT_ID = LEFT_ATRIUM_SEGMENT["id"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+# What the worker said of the segmentation it made, kept on the segmentation node so that the
+# table shows it after every edit: the model that made it, its quality flag and the reasons.
+RESULT_ATTRIBUTES = {"model": "LeftAtriumSeg.Model", "qc": "LeftAtriumSeg.QualityCheck",
+                     "qcReasons": "LeftAtriumSeg.QualityReasons"}
 
 
 def register_segmentation_converters() -> None:
@@ -97,6 +101,45 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     return LEFT_ATRIUM_SEGMENT_ID
 
 
+def mask_from_labelmap_node(labelmap_node, volume_node) -> np.ndarray:
+    """Boolean ``(Z, Y, X)`` mask of a label map node that lies on ``volume_node``'s grid (the
+    worker's output, which Slicer reads back from the file the worker wrote)."""
+    image_data = labelmap_node.GetImageData() if labelmap_node is not None else None
+    if image_data is None:
+        raise ValueError("the segmentation worker returned no label map")
+    shape = image_data.GetDimensions()[::-1]
+    if shape != volume_node.GetImageData().GetDimensions()[::-1] or not np.allclose(
+            _ijk_to_ras(labelmap_node), _ijk_to_ras(volume_node), atol=1e-3):
+        raise ValueError(f"the segmentation worker's label map ({shape}) does not lie on the grid of "
+                         f"{volume_node.GetName()}; was the volume changed during segmentation?")
+    return numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(shape) > 0
+
+
+def import_result(labelmap_node, volume_node, segmentation_node, result: dict) -> None:
+    """Put the worker's label map into the "Left atrium" segment and keep what it said of it.
+
+    ``result``: the worker's return parameters (``model``, ``qc``, ``qcReasons``).
+    """
+    set_left_atrium_segment(mask_from_labelmap_node(labelmap_node, volume_node), volume_node, segmentation_node)
+    for key, attribute in RESULT_ATTRIBUTES.items():
+        segmentation_node.SetAttribute(attribute, result.get(key, ""))
+
+
+def show_table(table_node, application_logic) -> None:
+    """Show ``table_node`` in the table views of the layout, first switching to the four-up layout
+    with a table (vtkMRMLLayoutNode.SlicerLayoutFourUpTableView) when no table view is shown: the
+    conventional layout has none, and a table selected for no view is shown nowhere."""
+    scene = table_node.GetScene()
+    table_views = [scene.GetNthNodeByClass(i, "vtkMRMLTableViewNode")
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLTableViewNode"))]
+    if not any(view.IsMappedInLayout() for view in table_views):
+        layout_node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout_node is not None:
+            layout_node.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    application_logic.GetSelectionNode().SetActiveTableID(table_node.GetID())
+    application_logic.PropagateTableSelection()
+
+
 def mask_from_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
     """Boolean ``(Z, Y, X)`` mask of a segment resampled onto ``volume_node``'s grid."""
     scene = segmentation_node.GetScene()
@@ -133,33 +176,36 @@ MEASUREMENT_COLUMNS = (
     MeasurementColumn("LA volume index [mL/m2]", "mL/m2", "Left-atrial volume divided by body surface area"),
     MeasurementColumn("LAVI grade", "", "Grade of the LA volume index"),
     MeasurementColumn("Grade reference", "", "Source of the grading thresholds"),
+    MeasurementColumn("Quality check", "", "The model's quality flag of its segmentation, before any edit: "
+                                           "ok, or review (look at it before using its volume)"),
+    MeasurementColumn("Reasons to review", "", "Why the model's segmentation is flagged for review"),
     MeasurementColumn("Model", "", "Model that produced the initial segmentation"),
 )
 
 
 def measure_left_atrium(
-    segmentation_node, volume_node, table_node, model_label: str = "",
-    height_cm: float = 0.0, weight_kg: float = 0.0,
+    segmentation_node, volume_node, table_node, height_cm: float = 0.0, weight_kg: float = 0.0,
     lavi_grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES, grade_source: str = ASE_2005_SOURCE,
 ) -> dict:
     """Measure the segment as it now stands and write one row into ``table_node``.
 
-    BSA, LAVI and grade are filled when both height and weight are given (> 0).
-    Returns the row as a dict.
+    BSA, LAVI and grade are filled when both height and weight are given (> 0); the quality flag
+    and the model are what the worker said of the segmentation (``import_result``). Returns the
+    row as a dict.
     """
     segment = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID)
     if segment is None:
         raise ValueError(f"{segmentation_node.GetName()}: has no {LEFT_ATRIUM_SEGMENT['name']!r} segment to measure "
                          "(was it removed? Apply segments it again)")
-    segment_name = segment.GetName()
     mask = mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)
-    volume = measure_volume(mask, volume_node.GetSpacing())
-    row = {"Segment": segment_name, "Voxel count": volume.voxel_count,
+    measurement = measure_atrium(mask, volume_node.GetSpacing(), height_cm, weight_kg, lavi_grades)
+    volume, index = measurement.volume, measurement.index
+    said = {key: segmentation_node.GetAttribute(attribute) or "" for key, attribute in RESULT_ATTRIBUTES.items()}
+    row = {"Segment": segment.GetName(), "Voxel count": volume.voxel_count,
            "Volume [mm3]": volume.volume_mm3, "Volume [mL]": volume.volume_ml,
            "BSA [m2]": "", "LA volume index [mL/m2]": "", "LAVI grade": "", "Grade reference": "",
-           "Model": model_label}
-    if height_cm > 0 and weight_kg > 0:
-        index = index_volume(volume.volume_ml, height_cm, weight_kg, lavi_grades)
+           "Quality check": said["qc"], "Reasons to review": said["qcReasons"], "Model": said["model"]}
+    if index is not None:
         row.update({"BSA [m2]": index.bsa_m2, "LA volume index [mL/m2]": index.ml_per_m2,
                     "LAVI grade": index.grade, "Grade reference": grade_source})
     _write_table_row(table_node, row)

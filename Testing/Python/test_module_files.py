@@ -1,15 +1,15 @@
-"""Static checks of the Slicer module: the .ui has every widget the code uses, CMake lists
-every file that ships and nothing that does not exist, its requirements can be checked."""
+"""Static checks of the Slicer module, for what cannot run outside the Slicer application: the .ui
+has every widget the code uses, each parameter has a GUI connector for the widget it is bound to
+(by the rules of Slicer's own connectors), the known traps of Qt and CLI work are absent, CMake
+lists every file that ships and nothing that does not exist, the extension is described for the
+Extensions Index."""
 
 import ast
-import importlib.util
+import json
 import re
-from dataclasses import asdict
 import xml.etree.ElementTree as ElementTree
 
 from conftest import REPOSITORY
-
-from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 MODULE = REPOSITORY / "LeftAtriumSeg"
 UI_FILE = MODULE / "Resources" / "UI" / "LeftAtriumSeg.ui"
@@ -19,13 +19,11 @@ EXPECTED_WIDGET_CLASSES = {
     "applyButton": "QPushButton",
     "editButton": "QPushButton",
     "updateMeasurementsButton": "QPushButton",
-    "progressBar": "QProgressBar",
+    "progressBar": "qSlicerCLIProgressBar",
     "statusLabel": "QLabel",
     "inputSelector": "qMRMLNodeComboBox",
     "outputSegmentationSelector": "qMRMLNodeComboBox",
     "measurementTableSelector": "qMRMLNodeComboBox",
-    "modelPathLineEdit": "ctkPathLineEdit",
-    "deviceComboBox": "QComboBox",
     "thresholdSliderWidget": "ctkSliderWidget",
     "inputsCollapsibleButton": "ctkCollapsibleButton",
     "advancedCollapsibleButton": "ctkCollapsibleButton",
@@ -77,7 +75,7 @@ def test_cmake_lists_every_script_and_resource_that_exists_and_nothing_else():
     for listed in scripts + resources:
         assert (MODULE / listed).is_file(), f"CMakeLists.txt lists missing {listed}"
     python_files = {str(p.relative_to(MODULE)) for p in MODULE.glob("*.py")} | {
-        str(p.relative_to(MODULE)) for p in (MODULE / "LeftAtriumSegLib").glob("*.py")}
+        str(p.relative_to(MODULE)) for p in (MODULE / "LeftAtriumSegLib").rglob("*.py")}
     assert python_files == set(scripts)
     resource_files = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
     assert resource_files == set(resources)
@@ -91,7 +89,8 @@ def test_extension_metadata_is_complete_and_points_into_the_repository():
     icon = re.search(r'EXTENSION_ICONURL "[^"]+/main/([^"]+)"', text).group(1)
     screenshot = re.search(r'EXTENSION_SCREENSHOTURLS "[^"]+/main/([^"]+)"', text).group(1)
     assert (REPOSITORY / icon).is_file() and (REPOSITORY / screenshot).is_file()
-    assert "add_subdirectory(LeftAtriumSeg)" in text
+    assert "add_subdirectory(LeftAtriumSeg)" in text and "add_subdirectory(LeftAtriumSegCLI)" in text
+    assert "SlicerMacroBuildScriptedCLI" in (REPOSITORY / "LeftAtriumSegCLI" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest" in (REPOSITORY / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
 
@@ -103,18 +102,108 @@ def test_extension_icon_is_128_pixels_square():
         assert icon.size == (128, 128)
 
 
-def test_cleanup_parameter_defaults_are_the_packages_defaults():
-    """The parameter node repeats CleanupSettings' defaults as literals; they must not drift."""
-    statements = _parameter_statements()
-    names = {"threshold": "threshold", "keep_largest_component": "keepLargestComponent",
-             "component_gap_mm": "componentGapMm", "fill_holes": "fillHoles", "closing_radius_mm": "closingRadiusMm"}
-    for field, default in asdict(CleanupSettings()).items():
-        assert ast.literal_eval(statements[names[field]].value) == default, field
+# The widget classes each of Slicer's parameterNodeWrapper GUI connectors takes, and the parameter
+# types it represents (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; lines of v5.10.0,
+# the same rules at v5.8.1: docs/slicer-api.md). A field whose type has no connector for its widget
+# makes createGuiConnector raise (L126-145), and connectGui builds every field's connector before it
+# connects any: one such field leaves the whole panel unconnected.
+GUI_CONNECTORS = [
+    ({"QCheckBox", "ctkCheckBox"}, {"bool"}, None),  # L162-165
+    ({"QPushButton", "ctkCheckablePushButton"}, {"bool"}, None),  # L195-198, L231-234
+    ({"QSlider", "QSpinBox"}, {"int"}, None),  # L276-279
+    ({"QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"},
+     {"float", "int"}, None),  # L340-345
+    ({"QComboBox", "ctkComboBox"}, {"int", "float", "str", "bool"}, "Choice"),  # L418-433: raises without Choice
+    ({"QLineEdit", "QLabel", "QTextEdit"}, {"str"}, None),  # L515-518, L551-554, L584-587: exact classes
+    ({"ctkPathLineEdit", "ctkDirectoryButton"}, {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath",
+                                                 "PureWindowsPath"}, None),  # L673-679, L709-715: pathlib types only
+    ({"qMRMLNodeComboBox"}, {"vtkMRML*"}, None),  # L745-748: MRML node classes
+]
 
 
-def test_every_module_requirement_is_imported_under_its_own_name():
-    # LeftAtriumSegLogic.missingRequirements looks each one up by that name.
-    lines = (MODULE / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    packages = [line.split(">=")[0] for line in lines if line and not line.startswith("#")]
-    assert packages and all(re.fullmatch(r"[a-z_]+", package) for package in packages), packages
-    assert [package for package in packages if importlib.util.find_spec(package) is None] == []
+def _parameter_type(statement: ast.AnnAssign) -> tuple[str, set[str]]:
+    """A field's type name and the names of its Annotated[...] validators."""
+    annotation = statement.annotation
+    if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", "") == "Annotated":
+        type_node, *validators = annotation.slice.elts
+        return ast.unparse(type_node), {ast.unparse(v.func) for v in validators if isinstance(v, ast.Call)}
+    return ast.unparse(annotation), set()
+
+
+def _has_connector(widget_class: str, type_name: str, validators: set[str]) -> bool:
+    for widget_classes, types, required in GUI_CONNECTORS:
+        type_fits = type_name.rsplit(".", 1)[-1] in types or ("vtkMRML*" in types and type_name.startswith("vtkMRML"))
+        if widget_class in widget_classes and type_fits and (required is None or required in validators):
+            return True
+    return False
+
+
+def test_every_parameter_has_a_gui_connector_for_the_widget_it_is_bound_to():
+    widgets = _ui_widgets()
+    bound = {prop.find("string").text: widget.get("class") for widget in widgets.values()
+             for prop in widget.findall("property") if prop.get("name") == "SlicerParameterName"}
+    for name, statement in _parameter_statements().items():
+        type_name, validators = _parameter_type(statement)
+        assert _has_connector(bound[name], type_name, validators), (
+            f"{name}: {type_name} has no parameterNodeWrapper connector for a {bound[name]}")
+
+
+def test_the_connector_rules_catch_the_panel_that_never_set_up():
+    """Package 0.11.0 bound ``modelPath: str`` to a ctkPathLineEdit: no connector, so setup() raised."""
+    assert not _has_connector("ctkPathLineEdit", "str", set())
+    assert _has_connector("ctkPathLineEdit", "pathlib.Path", set())
+    assert not _has_connector("QComboBox", "str", set()) and _has_connector("QComboBox", "str", {"Choice"})
+
+
+def _module_sources() -> dict[str, str]:
+    return {path.name: path.read_text(encoding="utf-8")
+            for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML.py",
+                         REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.py")}
+
+
+def test_the_module_runs_its_work_only_through_slicers_cli_machinery():
+    """The traps of 0.11.0's hand-made process protocol cannot come back: PythonQt gives a QByteArray
+    that bytes() cannot take (Slicer's own code calls .data()), and killing PythonSlicer ends only
+    the launcher, leaving python-real at work. The worker is a scripted CLI module, which Slicer runs
+    with python-real itself and ends on cancel."""
+    for name, source in _module_sources().items():
+        for trap in ("QProcess", "subprocess", "PythonSlicer", "readAllStandard", ".kill(", "bytes(process", "Popen"):
+            assert trap not in source, f"{name} uses {trap}"
+    module = _module_sources()["LeftAtriumSeg.py"]
+    assert "slicer.cli.run(" in module and ".Cancel()" in module
+    assert "LeftAtriumSegLib.cli" not in module and "LeftAtriumSegLib import cli" not in module
+
+
+def test_worker_parameters_match_its_xml():
+    """Slicer builds the worker's command line from the XML (longflags) and reads its return
+    parameters by name: the script must take every flag and write every return parameter."""
+    root = ElementTree.parse(REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.xml").getroot()
+    source = _module_sources()["LeftAtriumSegCLI.py"]
+    flags = [parameter.findtext("longflag") for parameter in root.iter() if parameter.findtext("longflag")]
+    returned = [parameter.findtext("name") for parameter in root.iter()
+                if parameter.findtext("channel") == "output" and not parameter.findtext("longflag")
+                and parameter.findtext("index") is None and parameter.findtext("name")]
+    assert set(flags) == set(re.findall(r'add_argument\("--(\w+)"', source)) - {"returnparameterfile"}
+    assert returned == ["model", "qc", "qcReasons"]
+    for name in returned:
+        assert f'"{name}":' in source
+    module = _module_sources()["LeftAtriumSeg.py"]
+    assert '("model", "qc", "qcReasons")' in module
+
+
+def test_extension_index_description():
+    """LeftAtriumSeg.json as the Extensions Index takes it: its schema's required fields and no
+    others (slicer-extension-catalog-entry-schema-v1.0.1: additionalProperties false), the name of
+    the CMake project, keys sorted."""
+    text = (REPOSITORY / "LeftAtriumSeg.json").read_text(encoding="utf-8")
+    description = json.loads(text)
+    assert "\r" not in text and list(description) == sorted(description)
+    assert {"$schema", "category", "scm_url"} <= set(description)
+    assert set(description) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                                "build_subdirectory", "enabled", "tier"}
+    assert description["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"^project\(LeftAtriumSeg\)$", cmake, re.M)
+    assert description["category"] == re.search(r'EXTENSION_CATEGORY "([^"]+)"', cmake).group(1)
+    assert description["scm_url"].rsplit("/", 1)[-1].startswith("Slicer")
+    assert description["scm_url"] in re.search(r'EXTENSION_HOMEPAGE "([^"]+)"', cmake).group(1)

@@ -1,7 +1,13 @@
-"""The module's MRML logic against real MRML (the slicer-core package), outside the Slicer app."""
+"""The module's MRML logic against real MRML (the slicer-core package), outside the Slicer app, and
+the route of Apply as far as it runs here: the volume written by its own storage node as Slicer's
+CLI logic writes it, the worker run with the arguments Slicer builds from its XML, the label map
+read back by a storage node, the result put into a segment and measured."""
 
 import math
+import re
+import subprocess
 import sys
+import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
@@ -81,7 +87,9 @@ def test_table_reports_the_analytic_volume_and_follows_an_edit(scene, phantom):
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
     mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
 
-    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node, "LeftAtriumSeg 1", 180, 80)
+    segmentation_node.SetAttribute(mrml.RESULT_ATTRIBUTES["model"], "LeftAtriumSeg 1")
+    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node, 180, 80)
+    assert row["Model"] == "LeftAtriumSeg 1" and row["Quality check"] == ""
     voxel_ml = np.prod(image.GetSpacing()) / 1000
     assert row["Volume [mL]"] == pytest.approx(4 / 3 * math.pi * np.prod(radii) / 1000, rel=0.02)
     assert row["Voxel count"] == np.count_nonzero(mask)
@@ -152,8 +160,120 @@ def test_real_model_segments_the_sample_on_an_oblique_grid(scene, sample_image, 
 
     volume_node = add_volume_node(scene, oblique_image)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    mask = segmenter.segment(mrml.image_from_volume_node(volume_node))
+    mask = segmenter.segment(mrml.image_from_volume_node(volume_node)).mask
     segment_id = mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
     predicted = mrml.mask_from_segment(segmentation_node, segment_id, volume_node)
     assert predicted.shape == oblique_label.shape
     assert dice(predicted, oblique_label) >= 0.85
+
+
+def test_show_table_switches_to_a_layout_with_a_table_view_and_shows_the_table_there(scene):
+    """The conventional layout has no table view: a table selected for none is shown nowhere."""
+    application_logic = slicer.vtkMRMLApplicationLogic()
+    application_logic.SetMRMLScene(scene)
+    layout_logic = slicer.vtkMRMLLayoutLogic()  # makes the view nodes a layout needs, as in the application
+    layout_logic.SetMRMLScene(scene)
+    layout_node = layout_logic.GetLayoutNode()
+    layout_node.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableViewNode") == 0
+
+    mrml.show_table(table_node, application_logic)
+    assert layout_node.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView
+    [table_view] = [scene.GetNthNodeByClass(i, "vtkMRMLTableViewNode")
+                    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLTableViewNode"))]
+    assert table_view.GetTableNodeID() == table_node.GetID()
+
+    # A layout that already shows a table view (the layout manager maps it) is kept.
+    layout_node.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayout3DTableView)
+    table_view.SetMappedInLayout(True)
+    other_table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    mrml.show_table(other_table, application_logic)
+    assert layout_node.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayout3DTableView
+    assert table_view.GetTableNodeID() == other_table.GetID()
+
+
+WORKER = REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.py"
+
+
+def _worker_arguments(values: dict) -> list:
+    """The worker's command line as Slicer's CLI logic builds it from the module's XML: each
+    parameter with a value as ``--longflag value``; return parameters through --returnparameterfile."""
+    root = ElementTree.parse(WORKER.with_suffix(".xml")).getroot()
+    arguments = []
+    for parameter in root.iter():
+        name, flag = parameter.findtext("name"), parameter.findtext("longflag")
+        if name in values and flag:
+            arguments += [f"--{flag}", str(values[name])]
+    return arguments
+
+
+def _return_parameters(path) -> dict:
+    """The return parameter file read as ModuleDescription::ReadParameterFile reads it: ``key = value``."""
+    parameters = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        parameters[key.strip()] = value.strip()
+    return parameters
+
+
+def test_apply_route_segments_the_sample_through_the_worker(scene, tmp_path, sample_label):
+    from conftest import SAMPLE_IMAGE
+
+    volume_reader = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    volume_reader.SetFileName(str(SAMPLE_IMAGE))
+    volume_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sample")
+    assert volume_reader.ReadData(volume_node)
+    # The CLI logic writes each input node with its default storage node, configured for data exchange.
+    writer = volume_node.CreateDefaultStorageNode()
+    writer.ConfigureForDataExchange()
+    writer.SetFileName(str(tmp_path / "input.nrrd"))
+    assert writer.WriteData(volume_node)
+
+    returned = tmp_path / "returned.params"
+    arguments = _worker_arguments({"inputVolume": tmp_path / "input.nrrd", "outputLabel": tmp_path / "label.nrrd",
+                                   "device": "cpu", "cleanupOptions": "--threshold 0.5"})
+    result = subprocess.run([sys.executable, str(WORKER), *arguments, "--returnparameterfile", str(returned)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # Slicer reads the last <filter-progress>...</filter-progress> it has seen as the fraction done.
+    fractions = [float(value) for value in re.findall(r"<filter-progress>([^<]*)</filter-progress>", result.stdout)]
+    assert len(fractions) >= 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    said = _return_parameters(returned)
+    assert said["qc"] == "ok" and said["qcReasons"] == "" and said["model"].startswith("LeftAtriumSeg ")
+
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    label_reader = labelmap_node.CreateDefaultStorageNode()
+    label_reader.SetFileName(str(tmp_path / "label.nrrd"))
+    assert label_reader.ReadData(labelmap_node)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    mrml.import_result(labelmap_node, volume_node, segmentation_node, said)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    predicted = mrml.mask_from_segment(segmentation_node, mrml.LEFT_ATRIUM_SEGMENT_ID, volume_node)
+    assert dice(predicted, sample_label) >= 0.85
+    assert row["Quality check"] == "ok" and row["Model"] == said["model"]
+    assert row["Volume [mL]"] == pytest.approx(np.count_nonzero(predicted) * np.prod(volume_node.GetSpacing()) / 1000)
+
+
+def test_worker_fails_with_one_line_and_a_non_zero_status(tmp_path):
+    """Slicer marks a run CompletedWithErrors on a non-zero exit and keeps its standard error; the
+    module shows the last 'error:' line."""
+    constant = sitk.Image((40, 40, 40), sitk.sitkInt16)
+    sitk.WriteImage(constant, str(tmp_path / "input.nrrd"))
+    arguments = _worker_arguments({"inputVolume": tmp_path / "input.nrrd", "outputLabel": tmp_path / "label.nrrd"})
+    result = subprocess.run([sys.executable, str(WORKER), *arguments], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'input.nrrd'}: image has constant intensity, "
+                                                  "there is nothing to segment"]
+    assert not (tmp_path / "label.nrrd").exists()
+
+
+def test_worker_label_map_off_the_volume_grid_is_refused(scene, phantom):
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    shifted = sitk.Image(image)
+    shifted.SetOrigin([o + 5 for o in image.GetOrigin()])
+    labelmap_node = add_volume_node(scene, sitk.Cast(shifted > 200, sitk.sitkUInt8), "label")
+    with pytest.raises(ValueError, match="does not lie on the grid of volume"):
+        mrml.import_result(labelmap_node, volume_node, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), {})
