@@ -73,6 +73,26 @@ def task02_header_corrected(image: sitk.Image) -> sitk.Image:
     return corrected
 
 
+def acquired_obliquely(image: sitk.Image, degrees: float) -> sitk.Image:
+    """A development scan (or its mask) as an oblique acquisition of the same anatomy would give it:
+    resampled onto its own grid turned by ``degrees`` about the x and then the y axis (LPS) through
+    its centre, same size and spacing, the direction cosines saying so. A uint8 mask comes back as
+    its share of each turned voxel cut at 0.5; an image as float32, 0 outside the old grid.
+    """
+    rotation = np.eye(3)
+    for axis in ((1, 0, 0), (0, 1, 0)):
+        rotation = np.array(sitk.VersorTransform(axis, np.deg2rad(degrees)).GetMatrix()).reshape(3, 3) @ rotation
+    size = np.array(image.GetSize())
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((size - 1) / 2.0))
+    direction = rotation @ np.array(image.GetDirection()).reshape(3, 3)
+    grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    grid.SetSpacing(image.GetSpacing())
+    grid.SetDirection([float(v) for v in direction.ravel()])
+    grid.SetOrigin([float(v) for v in centre - direction @ ((size - 1) / 2.0 * np.array(image.GetSpacing()))])
+    resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return sitk.Cast(resampled >= 0.5, sitk.sitkUInt8) if image.GetPixelID() == sitk.sitkUInt8 else resampled
+
+
 @dataclass(frozen=True)
 class Case:
     """One labelled case of a Decathlon folder.

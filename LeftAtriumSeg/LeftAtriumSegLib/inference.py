@@ -12,6 +12,7 @@ from .model_file import ModelConfig
 from .postprocessing import keep_largest_component
 from .preprocessing import (
     VIEW_AXES,
+    field_of_view,
     from_view,
     normalise_intensity,
     to_model_frame,
@@ -139,7 +140,7 @@ def predict_probability_map(
 ) -> sitk.Image:
     """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32)."""
     framed = to_model_frame(image, config.frame)
-    normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed))
+    normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed), field_of_view(image, framed))
     probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress)
     probability_frame = sitk.GetImageFromArray(probabilities)
     probability_frame.CopyInformation(framed)

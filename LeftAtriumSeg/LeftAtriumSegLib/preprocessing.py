@@ -65,23 +65,40 @@ class ModelFrame:
                              f"{MAX_FRAME_SPACING_MM} mm, got {spacing!r}")
 
 
+def orientation_direction(orientation: str) -> np.ndarray:
+    """The direction matrix (LPS) of a grid whose axes run as an orientation code says: ``LPS`` ->
+    identity, ``RAS`` -> diag(-1, -1, 1), ``PSL`` -> axes permuted; each letter is where the axis
+    points to."""
+    toward = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    direction = np.zeros((3, 3))
+    for column, letter in enumerate(orientation):
+        row, sign = toward[letter]
+        direction[row, column] = sign
+    return direction
+
+
 def to_model_frame(
     image: sitk.Image, frame: ModelFrame, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
-    """Reorient ``image`` to ``frame.orientation`` and resample it to ``frame.spacing_mm``.
+    """Resample ``image`` onto the model frame: a grid whose axes are the patient's axes in
+    ``frame.orientation``, at ``frame.spacing_mm``, covering the image's whole field of view.
 
-    The axes are permuted and flipped to the orientation closest to ``frame.orientation``;
-    an oblique acquisition keeps its own (reordered) direction cosines rather than being
-    rotated onto the scanner axes, so no anatomy is cut off. The new grid is centred on the
-    old one and covers the same extent.
+    An oblique acquisition is turned onto the patient's axes, so the networks see the anatomy
+    as their training data showed it whatever the plane the scan was acquired in; the grid is
+    the bounding box of the tilted field of view, centred on it, and where it reaches beyond the
+    scan it holds 0. A scan acquired along the patient's axes is only permuted and flipped
+    (``DICOMOrient``) and resampled onto the grid of the same extent, centred on the old one.
     """
     oriented = sitk.DICOMOrient(image, frame.orientation)
     in_size = np.array(oriented.GetSize())
     in_spacing = np.array(oriented.GetSpacing())
     out_spacing = np.array(frame.spacing_mm, dtype=float)
-    out_size = np.maximum(np.round(in_size * in_spacing / out_spacing), 1).astype(int)
-    # Keep the centre of the field of view where it was.
-    direction = np.array(oriented.GetDirection()).reshape(3, 3)
+    direction = orientation_direction(frame.orientation)
+    # The field of view's extent along each of the frame's axes: the scan's own extent where it
+    # was acquired along them, the bounding box of the tilted box where it was not.
+    tilt = direction.T @ np.array(oriented.GetDirection()).reshape(3, 3)
+    extent = np.abs(tilt) @ (in_size * in_spacing)
+    out_size = np.maximum(np.round(extent / out_spacing), 1).astype(int)
     in_centre = np.array(oriented.TransformContinuousIndexToPhysicalPoint((in_size - 1) / 2.0))
     out_origin = in_centre - direction @ ((out_size - 1) / 2.0 * out_spacing)
     return sitk.Resample(
@@ -91,10 +108,22 @@ def to_model_frame(
         interpolator,
         [float(v) for v in out_origin],
         [float(v) for v in out_spacing],
-        oriented.GetDirection(),
+        [float(v) for v in direction.ravel()],
         0.0,
         sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else image.GetPixelID(),
     )
+
+
+def field_of_view(image: sitk.Image, framed: sitk.Image) -> np.ndarray | None:
+    """Boolean ``(Z, Y, X)`` mask of the voxels of ``framed`` (``image`` in the model frame) that the
+    scan covers, or None where it covers them all (a scan acquired along the patient's axes)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if np.allclose(np.abs(direction), np.round(np.abs(direction))):
+        return None
+    covered = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    covered.CopyInformation(image)
+    inside = sitk.Resample(covered, framed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(inside) > 0
 
 
 def to_reference_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -102,14 +131,18 @@ def to_reference_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def normalise_intensity(volume: np.ndarray) -> np.ndarray:
+def normalise_intensity(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
     """Clip to the 0.5-99.5th percentiles, then z-score; MRI intensities have no absolute scale.
 
-    Returns float32 of the same shape. A constant volume has no usable contrast and raises.
+    ``inside``: where the scan is (``field_of_view``); the percentiles, mean and spread are taken
+    there only, so that the empty corners of a tilted scan's frame do not shift them. Returns
+    float32 of the same shape. A constant volume has no usable contrast and raises.
     """
-    low, high = np.percentile(volume, [0.5, 99.5])
+    voxels = volume if inside is None else volume[inside]
+    low, high = np.percentile(voxels, [0.5, 99.5])
     clipped = np.clip(volume.astype(np.float32), low, high)
-    std = float(clipped.std())
+    sample = clipped if inside is None else clipped[inside]
+    std = float(sample.std())
     if not std > 0:
         raise ValueError("image has no contrast (constant intensity)")
-    return ((clipped - clipped.mean()) / std).astype(np.float32)
+    return ((clipped - sample.mean()) / std).astype(np.float32)

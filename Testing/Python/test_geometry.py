@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SAMPLE_LABEL, ellipsoid_phantom
+from conftest import OBLIQUE_DIRECTION, SAMPLE_LABEL, ellipsoid_phantom
 
-from LeftAtriumSegLib.datasets import TASK02_HEART_ANATOMY_DIRECTION, task02_header_corrected, task02_to_anatomical
+from LeftAtriumSegLib.datasets import TASK02_HEART_ANATOMY_DIRECTION, acquired_obliquely, task02_header_corrected, task02_to_anatomical
 from LeftAtriumSegLib.metrics import dice
-from LeftAtriumSegLib.preprocessing import ModelFrame, to_model_frame, to_reference_grid
+from LeftAtriumSegLib.preprocessing import ModelFrame, field_of_view, normalise_intensity, to_model_frame, to_reference_grid
 
 
 def test_model_frame_has_frame_spacing_and_orientation():
@@ -66,3 +66,34 @@ def test_shipped_model_finds_the_sample_atrium_with_the_header_corrected_to_its_
     assert dice(mask, label) >= 0.85
     voxel_ml = np.prod(image.GetSpacing()) / 1000
     assert np.count_nonzero(mask) * voxel_ml == pytest.approx(np.count_nonzero(label) * voxel_ml, abs=5.0)
+
+
+def test_an_oblique_scan_is_turned_onto_the_patient_axes_and_kept_whole():
+    image, _, radii = ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
+    assert image.GetDirection() == pytest.approx(OBLIQUE_DIRECTION)
+    framed = to_model_frame(image, ModelFrame())
+    np.testing.assert_array_equal(np.array(framed.GetDirection()), np.eye(3).ravel())
+    for corner in np.ndindex(2, 2, 2):  # every corner of the scan lies in the frame
+        point = image.TransformContinuousIndexToPhysicalPoint([c * (n - 1) for c, n in zip(corner, image.GetSize())])
+        index = framed.TransformPhysicalPointToContinuousIndex(point)
+        assert all(-0.5 <= i <= n - 0.5 for i, n in zip(index, framed.GetSize()))
+    bright_ml = np.count_nonzero(sitk.GetArrayViewFromImage(framed) > 250) * 1.25 ** 3 / 1000
+    assert bright_ml == pytest.approx(4 / 3 * np.pi * np.prod(radii) / 1000, rel=0.05)
+
+    inside = field_of_view(image, framed)
+    assert 0.3 < inside.mean() < 0.9  # the tilted box's corners are outside
+    assert field_of_view(to_model_frame(image, ModelFrame()), framed) is None  # a scan along the axes fills its frame
+    normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed), inside)
+    np.testing.assert_allclose(normalised[inside], normalise_intensity(sitk.GetArrayViewFromImage(framed)[inside]),
+                               atol=1e-5)  # the empty corners do not shift the scan's z-scores
+
+
+@pytest.mark.parametrize("degrees", [15, 30, 45])
+def test_the_sample_acquired_obliquely_is_segmented_as_well_as_along_the_axes(sample_image, segmenter, degrees):
+    """Reorienting only permuted and flipped axes, so the networks saw an oblique heart turned:
+    30 degrees cost the sample Dice 0.94 -> 0.87, 45 degrees -> 0.55."""
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    along_axes = dice(segmenter.segment(sample_image).mask, sitk.GetArrayFromImage(label) > 0)
+    oblique = dice(segmenter.segment(acquired_obliquely(sample_image, degrees)).mask,
+                   sitk.GetArrayFromImage(acquired_obliquely(label, degrees)) > 0)
+    assert oblique >= along_axes - 0.02
