@@ -5,7 +5,7 @@ its cleanup ablation among them.
 
 RUN_DIR is the output of ``leftatriumseg train --folds K``: its ``training.json`` says which
 cases each fold held out, ``fold_K/model.safetensors`` is that fold's model. Every held-out
-case of DATA_DIR is segmented by its own fold's model through ``predict_probability_map`` (as
+case of DATA_DIR is segmented by its own fold's model through ``inference.predict`` (as
 ``segment`` does); the probability maps go to RUN_DIR/probabilities, the per-case metrics
 with the default cleanup and the cleanup ablation are printed as Markdown. A run trained on
 several data sets is scored one set at a time: run this once per DATA_DIR.
@@ -21,8 +21,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from LeftAtriumSegLib.evaluation import METRIC_COLUMNS, ablation_variants, cleanup_ablation, held_out_cases
-from LeftAtriumSegLib.inference import predict_probability_map
-from LeftAtriumSegLib.metrics import segmentation_metrics
+from LeftAtriumSegLib.inference import predict
+from LeftAtriumSegLib.metrics import bland_altman, segmentation_metrics
 from LeftAtriumSegLib.postprocessing import CleanupSettings, clean_mask
 
 
@@ -44,7 +44,7 @@ def main() -> None:
         if args.reuse_probabilities:
             probability_map = sitk.ReadImage(str(probability_dir / f"{case}.nii.gz"))
         else:
-            probability_map = predict_probability_map(image, networks, config)
+            probability_map = predict(image, networks, config).probability_map
         mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), defaults)
         seconds = time.perf_counter() - start
         if not args.reuse_probabilities:
@@ -61,6 +61,11 @@ def main() -> None:
     mean = {key: float(np.mean([r[key] for r in rows])) for key in (*METRIC_COLUMNS, "reference_ml", "predicted_ml")}
     lines.append(f"| **mean** | | **{mean['dice']:.3f}** | **{mean['hd95_mm']:.2f}** | **{mean['assd_mm']:.2f}** "
                  f"| {mean['reference_ml']:.1f} | {mean['predicted_ml']:.1f} | **{mean['abs_volume_error_ml']:.2f}** |")
+    agreement = bland_altman([r["predicted_ml"] for r in rows], [r["reference_ml"] for r in rows])
+    lines.append(f"\nBland-Altman: bias {agreement['bias_ml']:+.2f} mL, 95% limits of agreement {agreement['lower_ml']:+.1f} to "
+                 f"{agreement['upper_ml']:+.1f} mL; in % of the reference volume: bias {agreement['bias_pct']:+.1f}%, "
+                 f"limits {agreement['lower_pct']:+.1f}% to {agreement['upper_pct']:+.1f}%, mean absolute error "
+                 f"{agreement['mae_pct']:.1f}% ({agreement['mae_ml']:.2f} mL).")
     timing = "cleanup" if args.reuse_probabilities else "inference + cleanup"
     lines.append(f"\nMinimum Dice {min(r['dice'] for r in rows):.3f}; median {timing} "
                  f"{np.median([r['seconds'] for r in rows]):.1f} s per case (in this process).\n")

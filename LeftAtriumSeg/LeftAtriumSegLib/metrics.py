@@ -58,3 +58,29 @@ def segmentation_metrics(
         "reference_ml": reference_ml,
         "abs_volume_error_ml": abs(predicted_ml - reference_ml),
     }
+
+
+def bland_altman(predicted_ml, reference_ml) -> dict[str, float]:
+    """Agreement of predicted with reference volumes (Bland and Altman, Lancet 1986).
+
+    Parameters
+    ----------
+    predicted_ml, reference_ml : sequences of volumes in mL, case by case (at least two cases)
+
+    Returns
+    -------
+    dict
+        ``bias_ml`` (mean of predicted - reference) and the 95% limits of agreement ``lower_ml``,
+        ``upper_ml`` (bias -/+ 1.96 standard deviations of the differences); the same in % of
+        each reference volume (``bias_pct``, ``lower_pct``, ``upper_pct``); and the mean absolute
+        error, ``mae_ml`` and ``mae_pct``.
+    """
+    predicted, reference = np.asarray(predicted_ml, dtype=float), np.asarray(reference_ml, dtype=float)
+    if predicted.shape != reference.shape or predicted.size < 2:
+        raise ValueError("Bland-Altman agreement needs the volumes of two or more cases, in pairs")
+    agreement = {}
+    for unit, differences in (("ml", predicted - reference), ("pct", 100 * (predicted - reference) / reference)):
+        bias, spread = float(differences.mean()), float(1.96 * differences.std(ddof=1))
+        agreement.update({f"bias_{unit}": bias, f"lower_{unit}": bias - spread, f"upper_{unit}": bias + spread,
+                          f"mae_{unit}": float(np.abs(differences).mean())})
+    return agreement

@@ -2,13 +2,16 @@
 
 Per case: a montage of axial slices through the atrium with contours, an animated GIF
 scrolling through the slices, a surface mesh (STL, physical LPS coordinates in mm) and a
-rendering of it. Per batch: one self-contained HTML report (plotly, inlined once).
-Images are shown in LPS order: patient's left on the viewer's right, anterior at the top.
+rendering of it, and a page that shows them with a rotatable 3D view. Per batch: ``report.html``,
+a summary that opens at once for thousands of cases: the table with the quality flag (flagged
+cases first, with their reasons), the volume plots and the agreement with reference volumes; it
+links to the case pages and embeds no picture. plotly.js is written once beside the pages.
+Contours and meshes use colours that colour-blind readers tell apart (Okabe and Ito's orange and
+blue). Images are shown in LPS order: patient's left on the viewer's right, anterior at the top.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import sys
@@ -23,6 +26,7 @@ import imageio.v3 as iio  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
+import plotly.offline  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import trimesh  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
@@ -34,10 +38,12 @@ from .batch import mask_maker, read_results  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
 from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
 from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
-from .metrics import dice  # noqa: E402
+from .metrics import bland_altman, dice  # noqa: E402
 
-PREDICTION_RGB = (255, 64, 48)
-REFERENCE_RGB = (64, 220, 96)
+# Okabe and Ito's palette ("Color universal design", 2008): orange and blue stay apart for every
+# kind of colour blindness, where red and green do not.
+PREDICTION_RGB = (230, 159, 0)
+REFERENCE_RGB = (0, 114, 178)
 
 
 @dataclass
@@ -55,6 +61,8 @@ class CaseReport:
     dice: float | None = None
     height_cm: float | None = None
     weight_kg: float | None = None
+    qc: str = ""  # the quality flag segment gave the mask (ok, review), "" where no table records it
+    qc_reasons: str = ""
 
     @property
     def volume_index(self) -> VolumeIndex | None:
@@ -91,7 +99,7 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """uint8 RGB ``(Z, Y, X, 3)``: grey slices with prediction (red) and reference (green) contours."""
+    """uint8 RGB ``(Z, Y, X, 3)``: grey slices with prediction (orange) and reference (blue) contours."""
     grey = (_window(image.astype(np.float32)) * 255).astype(np.uint8)
     frames = np.repeat(grey[..., None], 3, axis=-1)
     if reference is not None:
@@ -120,7 +128,7 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
     for axis, index, frame in zip(axes.ravel(), indices, frames):
         axis.imshow(frame)
         axis.set_title(f"slice {index}", fontsize=10)
-    legend = "red: prediction" + ("   green: reference" if reference is not None else "")
+    legend = "orange: prediction" + ("   blue: reference" if reference is not None else "")
     figure.suptitle(f"{title}\n{legend}", fontsize=11)
     figure.tight_layout()
     with atomic_output(path, overwrite) as temporary:
@@ -202,28 +210,99 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     )
 
 
-def _embedded_image(path: Path, alt: str, mime: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
+PLOTLY_JS = "plotly.min.js"
+PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
+tr.review{background:#fff3d6} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}"""
 
 
-def _figure_html(figure: go.Figure, first: bool) -> str:
-    return figure.to_html(full_html=False, include_plotlyjs=bool(first), config={"responsive": True})
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<style>{PAGE_STYLE}</style><script src="{PLOTLY_JS}"></script></head><body>\n{body}\n</body></html>')
+
+
+def _figure_html(figure: go.Figure) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+
+
+def case_page_name(case: str) -> str:
+    return f"{case}.html"
+
+
+def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = False) -> Path:
+    """``CASE.html``: the case's volumes, flag, montage, slice GIF and a rotatable surface."""
+    mesh = go.Figure(go.Mesh3d(x=report.vertices_mm[:, 0], y=report.vertices_mm[:, 1], z=report.vertices_mm[:, 2],
+                               i=report.faces[:, 0], j=report.faces[:, 1], k=report.faces[:, 2],
+                               color=f"rgb{PREDICTION_RGB}", flatshading=False))
+    mesh.update_layout(title=f"{report.case}: surface (drag to rotate)", width=520, height=460,
+                       scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)", "zaxis_title": "S (mm)"})
+    facts = [f"left atrium {report.volume_ml:.1f} mL"]
+    if report.reference_ml is not None:
+        facts.append(f"reference {report.reference_ml:.1f} mL, Dice {report.dice:.3f}")
+    if report.volume_index is not None:
+        facts.append(f"LAVI {report.volume_index.ml_per_m2:.1f} mL/m², {report.volume_index.grade}")
+    if report.qc:
+        facts.append(f"quality check: {report.qc}" + (f" ({report.qc_reasons})" if report.qc_reasons else ""))
+    body = (f'<p><a href="report.html">all cases</a></p><h1>{html.escape(report.case)}</h1>'
+            f"<p>{html.escape('; '.join(facts))}.</p>"
+            "<p>Orange contours: prediction; blue: reference.</p><div class=\"row\">"
+            f'<img alt="{html.escape(report.case)} montage" src="{report.montage_png.name}">'
+            f'<img alt="{html.escape(report.case)} slices" src="{report.slices_gif.name}">'
+            + _figure_html(mesh) + "</div>")
+    path = output_dir / case_page_name(report.case)
+    with atomic_output(path, overwrite) as temporary:
+        temporary.write_text(_page(f"LeftAtriumSeg: {report.case}", body), encoding="utf-8")
+    return path
+
+
+def _agreement_section(cases: list[CaseReport]) -> str:
+    """Predicted against reference volumes and their Bland-Altman agreement, where every case has a reference."""
+    predicted = np.array([c.volume_ml for c in cases])
+    reference = np.array([c.reference_ml for c in cases])
+    names = [c.case for c in cases]
+    scatter = go.Figure(go.Scatter(x=reference, y=predicted, mode="markers", text=names, name="cases"))
+    limit = [0, float(max(predicted.max(), reference.max()) * 1.1)]
+    scatter.add_trace(go.Scatter(x=limit, y=limit, mode="lines", name="identity", line={"dash": "dash"}))
+    scatter.update_layout(title="Predicted vs reference volume", xaxis_title="reference (mL)",
+                          yaxis_title="predicted (mL)", width=520, height=460)
+    text = ""
+    bland = go.Figure(go.Scatter(x=(predicted + reference) / 2, y=predicted - reference, mode="markers", text=names,
+                                 name="cases"))
+    if len(cases) > 1:
+        agreement = bland_altman(predicted, reference)
+        for level, label in ((agreement["bias_ml"], f"bias {agreement['bias_ml']:+.1f} mL"),
+                             (agreement["upper_ml"], "+1.96 SD"), (agreement["lower_ml"], "-1.96 SD")):
+            bland.add_hline(y=level, line_dash="dot", annotation_text=label)
+        text = (f"<p>Bland-Altman: bias {agreement['bias_ml']:+.1f} mL, 95% limits of agreement "
+                f"{agreement['lower_ml']:+.1f} to {agreement['upper_ml']:+.1f} mL; in % of the reference volume "
+                f"{agreement['bias_pct']:+.1f}% ({agreement['lower_pct']:+.1f}% to {agreement['upper_pct']:+.1f}%); "
+                f"mean absolute error {agreement['mae_ml']:.1f} mL ({agreement['mae_pct']:.1f}%).</p>")
+    bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
+                        yaxis_title="predicted - reference (mL)", width=520, height=460)
+    return ('<h2>Agreement with reference</h2>' + text + '<div class="row">' + _figure_html(scatter)
+            + _figure_html(bland) + "</div>")
 
 
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "") -> None:
-    """One self-contained HTML page: table, pictures, interactive meshes, agreement plots.
+    """The summary page: every case in one table, flagged cases first with their reasons, each
+    linked to its page (``write_case_page``), and the volume plots. It embeds no picture, so it
+    opens at once for thousands of cases; plotly.js is written beside it once.
 
     ``made_by``: what made the masks (model, model file, cleanup), a sentence for the page's head.
     """
-    has_reference = all(c.reference_ml is not None for c in cases)
+    with atomic_output(path.parent / PLOTLY_JS, overwrite=True) as temporary:
+        temporary.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    cases = sorted(cases, key=lambda c: (c.qc != "review", c.case))
+    has_reference = bool(cases) and all(c.reference_ml is not None for c in cases)
     has_lavi = any(c.volume_index is not None for c in cases)
-    header = "<tr><th>case</th><th>LA volume (mL)</th>"
+    header = '<tr><th class="text">case</th><th class="text">quality check</th><th>LA volume (mL)</th>'
     header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
     header += "<th>reference (mL)</th><th>Dice</th>" if has_reference else ""
     body = []
     for c in cases:
-        row = f"<tr><td>{html.escape(c.case)}</td><td>{c.volume_ml:.1f}</td>"
+        flag = html.escape(c.qc or "not recorded") + (f": {html.escape(c.qc_reasons)}" if c.qc_reasons else "")
+        row = (f'<tr class="{html.escape(c.qc)}"><td class="text"><a href="{html.escape(case_page_name(c.case))}">'
+               f'{html.escape(c.case)}</a></td><td class="text">{flag}</td><td>{c.volume_ml:.1f}</td>')
         if has_lavi:
             index = c.volume_index
             row += (f"<td>{index.bsa_m2:.2f}</td><td>{index.ml_per_m2:.1f}</td><td>{index.grade}</td>"
@@ -231,51 +310,19 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
         if has_reference:
             row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>"
         body.append(row + "</tr>")
-    sections = []
-    first_figure = True
-    if has_reference and cases:
-        predicted = np.array([c.volume_ml for c in cases])
-        reference = np.array([c.reference_ml for c in cases])
-        names = [c.case for c in cases]
-        scatter = go.Figure(go.Scatter(x=reference, y=predicted, mode="markers", text=names, name="cases"))
-        limit = [0, float(max(predicted.max(), reference.max()) * 1.1)]
-        scatter.add_trace(go.Scatter(x=limit, y=limit, mode="lines", name="identity", line={"dash": "dash"}))
-        scatter.update_layout(title="Predicted vs reference volume", xaxis_title="reference (mL)",
-                              yaxis_title="predicted (mL)", width=520, height=460)
-        mean, difference = (predicted + reference) / 2, predicted - reference
-        bias, spread = float(difference.mean()), float(1.96 * difference.std(ddof=1)) if len(cases) > 1 else 0.0
-        bland = go.Figure(go.Scatter(x=mean, y=difference, mode="markers", text=names, name="cases"))
-        for level, label in ((bias, f"bias {bias:+.1f} mL"), (bias + spread, "+1.96 SD"), (bias - spread, "-1.96 SD")):
-            bland.add_hline(y=level, line_dash="dot", annotation_text=label)
-        bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
-                            yaxis_title="predicted - reference (mL)", width=520, height=460)
-        sections.append('<h2>Agreement with reference</h2><div class="row">'
-                        + _figure_html(scatter, True) + _figure_html(bland, False) + "</div>")
-        first_figure = False
-    for c in cases:
-        mesh = go.Figure(go.Mesh3d(x=c.vertices_mm[:, 0], y=c.vertices_mm[:, 1], z=c.vertices_mm[:, 2],
-                                   i=c.faces[:, 0], j=c.faces[:, 1], k=c.faces[:, 2],
-                                   color="rgb(255,64,48)", flatshading=False))
-        mesh.update_layout(title=f"{c.case}: surface (drag to rotate)", width=520, height=460,
-                           scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)",
-                                  "zaxis_title": "S (mm)"})
-        sections.append(
-            f'<h2 id="{html.escape(c.case)}">{html.escape(c.case)}: {c.volume_ml:.1f} mL</h2><div class="row">'
-            + _embedded_image(c.montage_png, f"{c.case} montage", "image/png")
-            + _embedded_image(c.slices_gif, f"{c.case} slices", "image/gif")
-            + _figure_html(mesh, first_figure) + "</div>")
-        first_figure = False
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>LeftAtriumSeg report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} .row{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}}
-img{{max-width:520px}}</style></head><body>
-<h1>LeftAtriumSeg report</h1>
-<p>{len(cases)} case(s). Red contours: prediction; green: reference. Volumes are voxel count times voxel volume.</p>
+    volumes = go.Figure(go.Histogram(x=[c.volume_ml for c in cases], marker_color=f"rgb{PREDICTION_RGB}"))
+    volumes.update_layout(title="Left-atrial volumes", xaxis_title="volume (mL)", yaxis_title="cases", width=520, height=400)
+    flagged = sum(c.qc == "review" for c in cases)
+    sections = '<div class="row">' + _figure_html(volumes) + "</div>"
+    if has_reference:
+        sections += _agreement_section(cases)
+    page = _page("LeftAtriumSeg report", f"""<h1>LeftAtriumSeg report</h1>
+<p>{len(cases)} case(s), {flagged} flagged for review (listed first: look at them before using their volumes).
+Each case's name opens its page: slices with contours, a slice animation and a rotatable surface.
+Volumes are voxel count times voxel volume.</p>
 {f"<p>Masks made by: {html.escape(made_by)}.</p>" if made_by else ""}
 <table>{header}{''.join(body)}</table>
-{''.join(sections)}
-</body></html>"""
+{sections}""")
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(page, encoding="utf-8")
 
@@ -309,6 +356,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
+    results = read_results(predictions)
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
@@ -323,12 +371,16 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                     raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
                 arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
             height_weight = clinical.get(case.case, (None, None))
-            reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight))
+            report = report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight)
+            recorded = results.get(case.case, {})
+            report.qc, report.qc_reasons = recorded.get("qc", ""), recorded.get("qc_reasons", "")
+            write_case_page(output_dir, report, overwrite)
+            reports.append(report)
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
             print(f"error: {error_line(error, case.path, masks[case.case], references.get(case.case))}", file=sys.stderr)
     if reports:
-        write_html_report(report_path, reports, overwrite, _makers_of(read_results(predictions), reports))
+        write_html_report(report_path, reports, overwrite, _makers_of(results, reports))
         if not quiet:
             print(f"report of {len(reports)} case(s): {report_path}")
     return reports, failures

@@ -53,3 +53,18 @@ def test_a_mask_filling_the_array_has_its_surface_at_the_array_edge():
     assert len(distances) == (125 - 27) + (27 - 1)  # the outer shell, then the inner cube's shell
     assert distances.max() == pytest.approx(np.sqrt(3))  # a corner to the inner cube's corner
     assert distances.min() == pytest.approx(1.0)
+
+
+def test_bland_altman_agreement_of_known_differences():
+    from LeftAtriumSegLib.metrics import bland_altman
+
+    reference = [50.0, 100.0, 80.0, 40.0]
+    predicted = [52.0, 96.0, 84.0, 40.0]  # differences +2, -4, +4, 0 mL; +4%, -4%, +5%, 0%
+    agreement = bland_altman(predicted, reference)
+    assert agreement["bias_ml"] == pytest.approx(0.5)
+    spread = 1.96 * np.std([2.0, -4.0, 4.0, 0.0], ddof=1)
+    assert (agreement["lower_ml"], agreement["upper_ml"]) == pytest.approx((0.5 - spread, 0.5 + spread))
+    assert agreement["bias_pct"] == pytest.approx(1.25) and agreement["mae_pct"] == pytest.approx(3.25)
+    assert agreement["mae_ml"] == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="two or more cases"):
+        bland_altman([1.0], [1.0])

@@ -2,6 +2,7 @@
 that renders in a real browser."""
 
 import hashlib
+import re
 import shutil
 import subprocess
 
@@ -18,6 +19,28 @@ from LeftAtriumSegLib.models import model_path
 from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _orange(pixels: np.ndarray) -> np.ndarray:
+    """Pixels of the prediction's orange (230, 159, 0), shaded or not: red high, green about two
+    thirds of it, no blue. Red and green contours, which colour-blind readers cannot tell apart,
+    are not orange."""
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return (red > 100) & (green > 0.45 * red) & (green < 0.85 * red) & (blue < 0.35 * red)
+
+
+def _screenshot(page, shot, profile):
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+         "--window-size=1400,1800", "--virtual-time-budget=15000", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    errors = [line for line in console if "Uncaught" in line or "Error:" in line]
+    assert not errors, errors
+    return np.asarray(Image.open(shot).convert("RGB")).astype(int)
 
 
 def test_mesh_encloses_the_voxel_volume_of_a_phantom_on_an_oblique_grid():
@@ -42,8 +65,7 @@ def test_montage_shows_only_and_evenly_the_slices_that_hold_the_atrium(tmp_path)
     shown = write_montage(tmp_path / "m.png", image, mask, None, "phantom")
     assert shown == indices
     pixels = np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int)
-    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
-    assert red.sum() > 12 * 40  # a contour drawn in every panel
+    assert _orange(pixels).sum() > 12 * 40  # a contour drawn in every panel
 
 
 def test_case_pictures_are_written_and_never_overwritten_unasked(tmp_path, sample_image, sample_label):
@@ -76,26 +98,35 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
                                   label.GetSpacing()).volume_ml
     lavi = predicted_ml / body_surface_area_m2(172, 70)
     assert f"<td>{predicted_ml:.1f}</td>" in page and f"<td>{lavi:.1f}</td><td>{grade_lavi(lavi)}</td>" in page
-    assert "Bland-Altman" in page and "<script" in page
+    assert "Bland-Altman" in page and '<script src="plotly.min.js">' in page and "data:image" not in page
 
-    screenshot = tmp_path / "shot.png"
-    result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--window-size=1400,1800", "--virtual-time-budget=15000", f"--screenshot={screenshot}",
-         (output / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
-    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
-    errors = [line for line in console if "Uncaught" in line or "Error:" in line]
-    assert not errors, errors
-    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    pixels = _screenshot(output / "report.html", tmp_path / "summary.png", tmp_path / "profile")
     assert pixels.std() > 20, "blank page"
-    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 110) & (pixels[..., 2] < 110)
-    assert red.sum() > 2000, "the rendered mesh and contours are missing"
+    assert _orange(pixels).sum() > 2000, "the volume histogram is missing"
+    case_pixels = _screenshot(output / "la_022_crop.html", tmp_path / "case.png", tmp_path / "profile")
+    assert _orange(case_pixels).sum() > 2000, "the rendered mesh and contours are missing"
     # The plotly figures drew their axes (the scatter's title text is rendered into the page).
     assert "Predicted vs reference volume" in page
+
+
+def test_summary_lists_flagged_cases_first_and_stays_small_for_a_large_cohort(tmp_path):
+    from LeftAtriumSegLib.report import CaseReport, write_html_report
+
+    def case(index):
+        flagged = index % 20 == 7
+        return CaseReport(f"case_{index:04d}", 60.0 + index % 40, tmp_path / "m.png", tmp_path / "s.gif",
+                          tmp_path / "x.stl", tmp_path / "x.png", 60.0, np.zeros((0, 3)), np.zeros((0, 3), int),
+                          reference_ml=62.0 + index % 40, dice=0.9, qc="review" if flagged else "ok",
+                          qc_reasons="the three views' networks disagree" if flagged else "")
+
+    write_html_report(tmp_path / "report.html", [case(index) for index in range(1000)])
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    rows = re.findall(r'<tr class="(\w*)"><td class="text"><a href="(case_\d+)\.html">', page)
+    assert len(rows) == 1000
+    assert [flag for flag, _ in rows[:50]] == ["review"] * 50 and {flag for flag, _ in rows[50:]} == {"ok"}
+    assert "the three views&#x27; networks disagree" in page
+    assert (tmp_path / "report.html").stat().st_size < 1_000_000  # plotly.js is beside it, once
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
 def test_report_says_what_made_the_masks(tmp_path):
