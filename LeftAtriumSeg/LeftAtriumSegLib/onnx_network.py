@@ -3,9 +3,9 @@
 The graph of each view's network is built here from the safetensors weights (no second model
 file to keep in step). It mirrors ``network.UNet2D`` layer for layer, with each BatchNorm folded
 into the convolution before it; ``test_onnx_network.py`` checks that both give the same logits.
-Importing onnxruntime and onnx takes about 0.3 s against 1.5 s for torch, so a whole ``segment``
-run takes about 0.7 of the time it took with torch on a 2-core CPU
-(``docs/model-development.md``, "Other measurements").
+The graph is written in ONNX's protobuf wire format by the few lines of ``_Message`` rather than
+with the ``onnx`` package, whose import took 0.6 s of a 3.5 s ``segment`` run (its ml_dtypes
+dependency alone 0.58 s); the tests check the bytes with ``onnx.checker``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime
-from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelFileError
 from .model_file import ModelConfig, read_model
@@ -25,6 +23,79 @@ IR_VERSION = 8  # what every onnxruntime since 1.10 reads
 BATCH_NORM_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default, which UNet2D uses
 
 
+class _Message:
+    """One protobuf message being written: fields are appended in the wire format (varint keys,
+    length-delimited strings, bytes and sub-messages); see protobuf's encoding documentation."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    @staticmethod
+    def _varint(value: int) -> bytes:
+        value &= (1 << 64) - 1  # negative int64s take ten bytes, as protobuf writes them
+        out = bytearray()
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    def integer(self, field: int, value: int) -> _Message:
+        self.data += self._varint(field << 3) + self._varint(value)
+        return self
+
+    def raw(self, field: int, value: bytes) -> _Message:
+        self.data += self._varint(field << 3 | 2) + self._varint(len(value)) + value
+        return self
+
+    def text(self, field: int, value: str) -> _Message:
+        return self.raw(field, value.encode("utf-8"))
+
+    def message(self, field: int, value: _Message) -> _Message:
+        return self.raw(field, bytes(value.data))
+
+
+# Field numbers and enum values of onnx/onnx.proto (IR version 8).
+_FLOAT, _ATTRIBUTE_INT, _ATTRIBUTE_INTS = 1, 2, 7
+
+
+def _tensor(name: str, array: np.ndarray) -> _Message:
+    """TensorProto: dims 1, data_type 2, name 8, raw_data 9 (little-endian float32)."""
+    tensor = _Message()
+    for size in array.shape:
+        tensor.integer(1, size)
+    return tensor.integer(2, _FLOAT).text(8, name).raw(9, np.ascontiguousarray(array, dtype="<f4").tobytes())
+
+
+def _value_info(name: str, shape: list[int | str]) -> _Message:
+    """ValueInfoProto (name 1, type 2) of a float tensor: TypeProto.tensor_type 1 {elem_type 1,
+    shape 2 {dim 1 {dim_value 1 | dim_param 2}}}."""
+    dimensions = _Message()
+    for size in shape:
+        dimensions.message(1, _Message().text(2, size) if isinstance(size, str) else _Message().integer(1, size))
+    tensor_type = _Message().integer(1, _FLOAT).message(2, dimensions)
+    return _Message().text(1, name).message(2, _Message().message(1, tensor_type))
+
+
+def _node(op: str, inputs: list[str], output: str, **attributes: int | list[int]) -> _Message:
+    """NodeProto: input 1, output 2, name 3, op_type 4, attribute 5 (AttributeProto: name 1, i 3,
+    ints 8, type 20)."""
+    node = _Message()
+    for name in inputs:
+        node.text(1, name)
+    node.text(2, output).text(3, output).text(4, op)
+    for name, value in attributes.items():
+        attribute = _Message().text(1, name)
+        if isinstance(value, list):
+            for item in value:
+                attribute.integer(8, item)
+            attribute.integer(20, _ATTRIBUTE_INTS)
+        else:
+            attribute.integer(3, value).integer(20, _ATTRIBUTE_INT)
+        node.message(5, attribute)
+    return node
+
+
 class _GraphBuilder:
     """Collects ONNX nodes and initialisers, taking each weight by its ``UNet2D`` state-dict name
     and checking its shape, as ``load_state_dict`` would."""
@@ -32,8 +103,8 @@ class _GraphBuilder:
     def __init__(self, weights: dict[str, np.ndarray]):
         self.weights = weights
         self.used: set[str] = set()
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.nodes: list[_Message] = []
+        self.initializers: list[_Message] = []
 
     def weight(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self.weights:
@@ -45,11 +116,11 @@ class _GraphBuilder:
         return array.astype(np.float32)
 
     def _constant(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        self.initializers.append(_tensor(name, array))
         return name
 
     def _node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        self.nodes.append(_node(op, inputs, output, **attributes))
         return output
 
     def convolution(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray) -> str:
@@ -84,9 +155,10 @@ class _GraphBuilder:
         return self._node("Concat", inputs, name, axis=1)
 
 
-def unet_model(weights: dict[str, np.ndarray], config: ModelConfig) -> onnx.ModelProto:
-    """One view's ``UNet2D`` as an ONNX model: input ``image`` float32 ``(N, config.slices, H, W)``,
-    output ``logits`` float32 ``(N, 1, H, W)``, H and W multiples of ``config.size_multiple``.
+def unet_model(weights: dict[str, np.ndarray], config: ModelConfig) -> bytes:
+    """One view's ``UNet2D`` as a serialised ONNX model: input ``image`` float32
+    ``(N, config.slices, H, W)``, output ``logits`` float32 ``(N, 1, H, W)``, H and W multiples of
+    ``config.size_multiple``.
 
     ``weights``: that view's state dict (names without the view prefix) as numpy arrays; a
     missing, extra or misshapen tensor raises ``ValueError``.
@@ -109,25 +181,31 @@ def unet_model(weights: dict[str, np.ndarray], config: ModelConfig) -> onnx.Mode
     unused = sorted(set(weights) - graph.used)
     if unused:
         raise ValueError(f"unexpected tensors {unused[:3]}")
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", config.slices, "height", "width"])
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, "height", "width"])
-    model = helper.make_model(helper.make_graph(graph.nodes, "unet2d", [image], [logits], graph.initializers),
-                              opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    onnx.checker.check_model(model)
-    return model
+    # GraphProto: node 1, name 2, initializer 5, input 11, output 12.
+    body = _Message()
+    for node in graph.nodes:
+        body.message(1, node)
+    body.text(2, "unet2d")
+    for initializer in graph.initializers:
+        body.message(5, initializer)
+    body.message(11, _value_info("image", ["batch", config.slices, "height", "width"]))
+    body.message(12, _value_info("logits", ["batch", 1, "height", "width"]))
+    # ModelProto: ir_version 1, graph 7, opset_import 8 (OperatorSetIdProto: domain 1, version 2).
+    model = _Message().integer(1, IR_VERSION).message(7, body).message(8, _Message().text(1, "").integer(2, OPSET))
+    return bytes(model.data)
 
 
 class OnnxSliceNetwork:
     """A view's network as ``inference.predict_slices`` calls it: float32 ``(N, slices, H, W)``
     in, logits ``(N, 1, H, W)`` out."""
 
-    def __init__(self, model: onnx.ModelProto, size_multiple: int, providers: list[str], threads: int = 0):
+    def __init__(self, model: bytes, size_multiple: int, providers: list[str], threads: int = 0):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
         options.log_severity_level = 3  # errors only: no warnings on the user's console
         # Without the arena a whole segment run peaked at 540-580 MB instead of 770, at the same speed.
         options.enable_cpu_mem_arena = False
-        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self.session = onnxruntime.InferenceSession(model, options, providers=providers)
         self.size_multiple = size_multiple
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -148,7 +226,7 @@ def execution_providers(device: str) -> list[str]:
 
 def load_onnx_networks(path: str | Path, device: str = "auto", threads: int = 0
                        ) -> tuple[dict[str, OnnxSliceNetwork], ModelConfig]:
-    """A model file's networks, one per view, ready for ``inference.predict_frame_probabilities``.
+    """A model file's networks, one per view, ready for ``inference.predict_frame``.
 
     Raises ``ModelFileError`` naming the file for anything that is not a readable
     LeftAtriumSeg model.
@@ -163,7 +241,7 @@ def load_onnx_networks(path: str | Path, device: str = "auto", threads: int = 0
         view_weights = {name[len(view) + 1 :]: array for name, array in weights.items() if name.startswith(f"{view}.")}
         try:
             model = unet_model(view_weights, config)
-        except (ValueError, onnx.checker.ValidationError) as error:
+        except ValueError as error:
             raise ModelFileError(f"{path}: weights do not fit the model's settings ({view}: {error})") from None
         networks[view] = OnnxSliceNetwork(model, config.size_multiple, providers, threads)
     return networks, config

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 from conftest import SAMPLE_IMAGE
 from LeftAtriumSegLib.errors import ModelFileError
-from LeftAtriumSegLib.inference import predict_probability_map
+from LeftAtriumSegLib.inference import predict
 from LeftAtriumSegLib.metrics import dice
 from LeftAtriumSegLib.model_file import ModelConfig, load_model, save_model
 from LeftAtriumSegLib.network import TorchSliceNetwork
@@ -55,7 +55,7 @@ def test_shipped_model_segments_the_sample_as_torch_does(sample_image):
     torch_networks, _ = load_model(model_path())
     masks = []
     for networks in (onnx_networks, {view: TorchSliceNetwork(network) for view, network in torch_networks.items()}):
-        probability_map = predict_probability_map(sample_image, networks, config)
+        probability_map = predict(sample_image, networks, config).probability_map
         masks.append(clean_mask(sitk.GetArrayViewFromImage(probability_map), sample_image.GetSpacing(), CleanupSettings()))
     assert masks[0].sum() > 10_000
     # Float rounding differs between the two runtimes: at most a few voxels may flip at 0.5.
@@ -93,9 +93,9 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error():
         execution_providers("cuda")
 
 
-def test_segment_and_metrics_import_neither_torch_nor_scipy_nor_skimage(tmp_path):
-    # torch is for training only; scipy and scikit-image would add their imports to every run,
-    # and the Slicer module installs neither.
+def test_segment_and_metrics_import_neither_torch_nor_scipy_nor_skimage_nor_onnx(tmp_path):
+    # torch is for training only; scipy, scikit-image and onnx would add their imports to every run,
+    # and the Slicer module installs none of them.
     arguments = ["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet", "--device", "cpu", "--threads", "1"]
     script = (
         "import sys\n"
@@ -103,9 +103,25 @@ def test_segment_and_metrics_import_neither_torch_nor_scipy_nor_skimage(tmp_path
         f"status = main({arguments!r})\n"
         "assert status == 0, status\n"
         "import LeftAtriumSegLib.metrics\n"  # the Slicer module's self-test scores with it
-        "imported = sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'scipy', 'skimage'})\n"
+        "imported = sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'scipy', 'skimage', 'onnx'})\n"
         "assert not imported, imported\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "la_022_crop.seg.nrrd").is_file()
+
+
+def test_the_graphs_written_without_the_onnx_package_are_valid_onnx():
+    """segment writes the protobuf itself (importing onnx cost 0.6 s); the official checker reads it."""
+    import onnx
+
+    from LeftAtriumSegLib.model_file import read_model
+    from LeftAtriumSegLib.onnx_network import unet_model
+
+    config, weights = read_model(model_path())
+    for view in config.views:
+        model = onnx.load_from_string(unet_model({name[len(view) + 1:]: array for name, array in weights.items()
+                                                  if name.startswith(f"{view}.")}, config))
+        onnx.checker.check_model(model, full_check=True)
+        assert [node.op_type for node in model.graph.node].count("Conv") == 2 * (2 * len(config.features) - 1) + 1
+        assert {i.name for i in model.graph.input} == {"image"} and {o.name for o in model.graph.output} == {"logits"}
