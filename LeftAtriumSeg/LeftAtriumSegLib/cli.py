@@ -56,8 +56,18 @@ def _parse_threads(text: str) -> int:
     except ValueError:
         threads = -1
     if threads < 0:
-        raise argparse.ArgumentTypeError(f"--threads takes a count >= 0 (0: one per physical core), not {text!r}")
+        raise argparse.ArgumentTypeError(f"--threads takes a count >= 0 (0: the default), not {text!r}")
     return threads
+
+
+def _parse_folds(text: str) -> int:
+    try:
+        folds = int(text)
+    except ValueError:
+        folds = -1
+    if folds < 0 or folds == 1:
+        raise argparse.ArgumentTypeError(f"--folds takes K >= 2 (cross-validation) or 0 (train on all cases), not {text!r}")
+    return folds
 
 
 def available_cores() -> int:
@@ -216,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threads", type=_parse_threads, default=0,
                          help="CPU threads for the networks (default: one per physical core; at most one per core)")
     segment.add_argument("--overwrite", action="store_true",
-                         help="segment again and replace existing outputs (default: cases with an output are skipped)")
+                         help="segment again and replace existing outputs (default: an output that a table of the "
+                              "folder records as made from the same image is kept and measured again; any other "
+                              "existing output fails its case)")
     segment.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
     _add_cleanup_arguments(segment)
     segment.set_defaults(handler=run_segment)
@@ -228,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="montages, slice GIFs, surface meshes and an HTML report")
     report.add_argument("--images", nargs="+", required=True, help="the images that were segmented (files or folders)")
     report.add_argument("--predictions", required=True, help="folder of segment's outputs (.seg.nrrd or .nii.gz)")
-    report.add_argument("--labels", help="folder of reference label maps, drawn in green and scored")
+    report.add_argument("--labels", help="folder of reference label maps, drawn in blue and scored")
     report.add_argument("--clinical", help="CSV with case, height_cm, weight_kg for BSA and LAVI")
     report.add_argument("--output-dir", required=True)
     report.add_argument("--overwrite", action="store_true", help="replace existing pictures and report")
@@ -237,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="Dice, HD95, ASSD and volume error against reference labels")
     evaluate.add_argument("--predictions", required=True, help="folder of predicted masks")
-    evaluate.add_argument("--labels", required=True, help="folder of reference label maps (same file names)")
+    evaluate.add_argument("--labels", required=True, help="folder of reference label maps (matched by case name)")
     evaluate.add_argument("--output", help="CSV to write (default PREDICTIONS/evaluation.csv)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -246,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model, or cross-validate with --folds K")
     train.add_argument("--data", nargs="+", required=True, help="folders in the Decathlon layout (dataset.json)")
     train.add_argument("--output-dir", required=True)
-    train.add_argument("--folds", type=int, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
+    train.add_argument("--folds", type=_parse_folds, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
     train.add_argument("--iterations", type=int, help="training iterations (default: TrainingSettings.iterations)")
     train.add_argument("--views", nargs="+", choices=sorted(VIEW_AXES),
                        help="slicing directions, one network each; the first localises (default: ModelConfig.views)")
@@ -270,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--respaced", nargs=2, action=_RespacedFolder, metavar=("FOLDER", "X,Y,Z"),
                        help="a --data folder whose headers state a wrong voxel spacing, and the scans' spacing in "
                             "mm: each of its cases is drawn half the time as given, half with that spacing (repeatable)")
-    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--threads", type=_parse_threads, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--name", default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
@@ -285,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = commands.add_parser("ablate", help="score cleanup variants on cross-validation probability maps")
     ablate.add_argument("--probabilities", required=True, help="the probabilities/ folder of a cross-validation run")
-    ablate.add_argument("--labels", required=True)
+    ablate.add_argument("--labels", required=True, help="folder of reference label maps (matched by case name)")
     ablate.add_argument("--output", required=True, help="CSV to write")
     ablate.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     ablate.add_argument("--quiet", action="store_true", help="no progress bar")

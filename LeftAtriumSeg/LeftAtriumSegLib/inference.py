@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -74,74 +75,130 @@ def _scaled(progress: ProgressCallback | None, start: float, end: float) -> Prog
     return None if progress is None else (lambda fraction: progress(start + (end - start) * fraction))
 
 
-def predict_frame_probabilities(
+@dataclass(frozen=True)
+class FramePrediction:
+    """The networks' output for a model-frame volume, and what it says of its own reliability.
+
+    probabilities : float32 (Z, Y, X), the mean over the views; 0 outside ``box``
+    box : the (Z, Y, X) slices the views predicted, after any growth
+    view_agreement : the smallest Dice between one view's mask (its probabilities >= 0.5) and the
+        mean's mask; 1 where both are empty. Views that disagree mark a scan the model is unsure of.
+    box_contact : voxels of the mean's mask on faces of ``box`` that lie inside the volume: atrium
+        the box may have cut off, even after growing
+    """
+
+    probabilities: np.ndarray
+    box: tuple[slice, slice, slice]
+    view_agreement: float
+    box_contact: int
+
+
+def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride: int, margin: int,
+              progress: ProgressCallback | None) -> tuple[slice, slice, slice]:
+    """The atrium's box in the localiser view's (slice, row, column) order, from a coarse pass over
+    every ``stride``-th slice: the largest connected group of hits and any other group within
+    ``margin`` voxels of it, widened by ``margin`` in-plane and by half of it plus the stride
+    across slices; the whole volume where the pass finds nothing."""
+    depth = localiser.shape[0]
+    # A volume thinner than the stride still gets one coarse slice: none crashed the component search.
+    coarse_indices = list(range(min(stride // 2, depth - 1), depth, stride))
+    coarse = predict_slices(network, localiser, slices, coarse_indices, progress=progress)
+    # Stray hits away from the atrium stretched the box (msd_heart: 1.97 instead of 1.61 million
+    # voxels on average). Distances here are in voxels; coarse slices lie ``stride`` voxels apart.
+    atrium_hits = keep_largest_component(coarse >= 0.5, (1, 1, stride), gap_mm=margin)
+    hits = np.nonzero(atrium_hits)
+    if len(hits[0]) == 0:
+        return tuple(slice(0, n) for n in localiser.shape)
+    slice_hits = np.array(coarse_indices)[hits[0]]
+    slice_margin = margin // 2 + stride
+    return (slice(max(int(slice_hits.min()) - slice_margin, 0), min(int(slice_hits.max()) + slice_margin + 1, depth)),
+            *(slice(max(int(h.min()) - margin, 0), min(int(h.max()) + margin + 1, n))
+              for h, n in zip(hits[1:], localiser.shape[1:])))
+
+
+def _contact(mask: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> dict[tuple[int, int], int]:
+    """Voxels of a ``mask`` of the box on each of the box's faces that lie inside the volume:
+    ``{(axis, 0 for the low face or 1 for the high one): voxels}``."""
+    faces = {}
+    for axis, extent in enumerate(box):
+        if extent.start > 0:
+            faces[(axis, 0)] = int(np.count_nonzero(np.take(mask, 0, axis=axis)))
+        if extent.stop < shape[axis]:
+            faces[(axis, 1)] = int(np.count_nonzero(np.take(mask, -1, axis=axis)))
+    return faces
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
+def predict_frame(
     networks: Mapping[str, SliceNetwork],
     normalised: np.ndarray,
     slices: int,
     localiser_stride: int = 4,
     margin_voxels: int = 32,
     progress: ProgressCallback | None = None,
-) -> np.ndarray:
-    """Left-atrium probabilities, float32 ``(Z, Y, X)``, for a normalised model-frame volume:
-    the mean over ``networks``, one per view (slicing direction, see ``VIEW_AXES``).
+) -> FramePrediction:
+    """Left-atrium probabilities for a normalised model-frame ``(Z, Y, X)`` volume: the mean over
+    ``networks``, one per view (slicing direction, see ``VIEW_AXES``), with its reliability.
 
-    The first view localises: a coarse pass over every ``localiser_stride``-th of its slices
-    finds the atrium, the largest connected group of its hits and any other group within
-    ``margin_voxels`` of it. Every view then predicts only the atrium's box, widened by
-    ``margin_voxels`` in-plane and by half of it plus the stride along the localiser's slicing
-    axis; voxels outside it get probability 0. When the coarse pass finds nothing, every view
-    predicts the whole volume.
+    The first view localises (``_localise``); every view then predicts only the atrium's box.
+    Where the mean's mask reaches a face of the box inside the volume, the box grows by
+    ``margin_voxels`` beyond that face and the views predict it again (twice at most): a box that
+    cut the atrium off would otherwise lose what lay beyond it.
 
-    The margin also gives the networks context: in 1.5's cross-validation, 16 voxels lost up
-    to 3 mL of atrium near the box's edge; 32 scored as well as the whole volume
-    (docs/model-development.md, "Localiser").
+    The margin also gives the networks context: 16 voxels lost up to 3 mL of atrium near the
+    box's edge where 32 scored as well as the whole volume (docs/model-development.md, "Localiser").
     """
     views = list(networks)
-    localiser = to_view(normalised, views[0])
-    depth = localiser.shape[0]
-    # A volume thinner than the stride still gets one coarse slice: none crashed the component search.
-    coarse_indices = list(range(min(localiser_stride // 2, depth - 1), depth, localiser_stride))
-    coarse = predict_slices(networks[views[0]], localiser, slices, coarse_indices,
-                            progress=_scaled(progress, 0.0, 0.2))
-    # Stray hits away from the atrium used to stretch the box (1.5's cross-validation on
-    # msd_heart: 1.97 instead of 1.61 million voxels on average). Distances here are in voxels;
-    # coarse slices lie localiser_stride voxels apart.
-    atrium_hits = keep_largest_component(coarse >= 0.5, (1, 1, localiser_stride), gap_mm=margin_voxels)
-    hits = np.nonzero(atrium_hits)
-    if len(hits[0]) == 0:
-        localiser_box = tuple(slice(0, n) for n in localiser.shape)
-    else:
-        slice_hits = np.array(coarse_indices)[hits[0]]
-        slice_margin = margin_voxels // 2 + localiser_stride
-        localiser_box = (
-            slice(max(int(slice_hits.min()) - slice_margin, 0), min(int(slice_hits.max()) + slice_margin + 1, depth)),
-            *(slice(max(int(h.min()) - margin_voxels, 0), min(int(h.max()) + margin_voxels + 1, n))
-              for h, n in zip(hits[1:], localiser.shape[1:])),
-        )
+    localiser_box = _localise(networks[views[0]], to_view(normalised, views[0]), slices, localiser_stride,
+                              margin_voxels, _scaled(progress, 0.0, 0.2))
     box = tuple(localiser_box[VIEW_AXES[views[0]].index(axis)] for axis in range(3))  # in (Z, Y, X)
+    for attempt in range(3):
+        view_probabilities = []
+        share = 0.8 / len(views)  # of the progress, per view; a second pass after growing reports none
+        for index, view in enumerate(views):
+            slice_range, rows, columns = (box[axis] for axis in VIEW_AXES[view])
+            # Neighbouring slices outside the box still feed the network's input stack.
+            volume = to_view(normalised, view)[:, rows, columns]
+            view_progress = _scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share) if attempt == 0 else None
+            predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
+                                       progress=view_progress)
+            view_probabilities.append(from_view(predicted, view))
+        mean = sum(view_probabilities) / len(views)
+        mask = mean >= 0.5
+        faces = _contact(mask, box, normalised.shape)
+        if attempt == 2 or not any(faces.values()):
+            break
+        box = tuple(slice(max(extent.start - (margin_voxels if faces.get((axis, 0)) else 0), 0),
+                          min(extent.stop + (margin_voxels if faces.get((axis, 1)) else 0), normalised.shape[axis]))
+                    for axis, extent in enumerate(box))
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
-    share = 0.8 / len(views)  # of the progress, per view
-    for index, view in enumerate(views):
-        slice_range, rows, columns = (box[axis] for axis in VIEW_AXES[view])
-        # Neighbouring slices outside the box still feed the network's input stack.
-        volume = to_view(normalised, view)[:, rows, columns]
-        predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
-                                   progress=_scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share))
-        probabilities[box] += from_view(predicted, view)
-    probabilities[box] /= len(views)
-    return probabilities
+    probabilities[box] = mean
+    agreement = min(_dice(view >= 0.5, mask) for view in view_probabilities)
+    return FramePrediction(probabilities, box, agreement, sum(faces.values()))
 
 
-def predict_probability_map(
+@dataclass(frozen=True)
+class Prediction:
+    """The networks' output on an image's own grid, with the frame's reliability measures."""
+
+    probability_map: sitk.Image  # float32, on exactly the image's grid
+    frame: FramePrediction
+
+
+def predict(
     image: sitk.Image,
     networks: Mapping[str, SliceNetwork],
     config: ModelConfig,
     progress: ProgressCallback | None = None,
-) -> sitk.Image:
-    """Probability of left atrium for every voxel of ``image``, on exactly its grid (float32)."""
+) -> Prediction:
+    """Probability of left atrium for every voxel of ``image``, on exactly its grid."""
     framed = to_model_frame(image, config.frame)
     normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed), field_of_view(image, framed))
-    probabilities = predict_frame_probabilities(networks, normalised, config.slices, progress=progress)
-    probability_frame = sitk.GetImageFromArray(probabilities)
+    frame = predict_frame(networks, normalised, config.slices, progress=progress)
+    probability_frame = sitk.GetImageFromArray(frame.probabilities)
     probability_frame.CopyInformation(framed)
-    return to_reference_grid(probability_frame, image)
+    return Prediction(to_reference_grid(probability_frame, image), frame)

@@ -348,8 +348,9 @@ def read_mask(path: str | Path) -> sitk.Image:
     return mask
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
+def dicom_series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:
+    """The files of one DICOM series of ``folder``, in order; with several series, ``series_uid``
+    chooses. Raises ``InputImageError`` naming the folder."""
     series = dicom_series_ids(folder)
     if not series:
         raise InputImageError(f"{folder}: is a folder without DICOM files, not an image file")
@@ -357,8 +358,13 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
         raise InputImageError(f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); choose one with --series")
     if series_uid is not None and series_uid not in series:
         raise InputImageError(f"{folder}: has no DICOM series {series_uid} (found {', '.join(series)})")
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0]))
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0]))
+    reader.SetFileNames(dicom_series_files(folder, series_uid))
     try:
         image = reader.Execute()
     except RuntimeError as error:
@@ -392,12 +398,8 @@ def case_sha256(case: CaseInput) -> str:
         if not case.path.is_dir():
             _check_file_is_there(case.path)
             return file_sha256(case.path)
-        series = dicom_series_ids(case.path)
-        uid = case.series_uid or (series[0] if len(series) == 1 else None)
-        if uid is None or uid not in series:
-            raise InputImageError(f"{case.path}: cannot tell which DICOM series to read")
         digest = hashlib.sha256()
-        for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(case.path), uid):
+        for name in dicom_series_files(case.path, case.series_uid):
             digest.update(bytes.fromhex(file_sha256(name)))
         return digest.hexdigest()
     except OSError as error:

@@ -9,13 +9,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .inference import ProgressCallback, SliceNetwork, predict_probability_map
+from .inference import ProgressCallback, SliceNetwork, predict
 from .measurements import VolumeMeasurement, measure_volume
 from .model_file import ModelConfig, model_file_sha256
 from .models import model_path
 from .onnx_network import load_onnx_networks
 from .postprocessing import CleanupSettings, clean_mask
-from .quality import QualityCheck, check_quality
+from .quality import QualityCheck, QualitySignals, check_quality
+
+
+def edge_contact(mask: np.ndarray) -> int:
+    """Voxels of a ``(Z, Y, X)`` mask on the outer faces of its array: atrium the scan's field of
+    view may have cut off."""
+    return sum(int(np.count_nonzero(np.take(mask, end, axis=axis))) for axis in range(3) for end in (0, -1))
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Segmentation:
 
     mask: np.ndarray  # bool (Z, Y, X), on exactly the image's grid
     volume: VolumeMeasurement
+    signals: QualitySignals
     quality: QualityCheck
 
 
@@ -66,7 +73,9 @@ class Segmenter:
 
         ``progress``, if given, is called with the fraction done (0-1).
         """
-        probability_map = predict_probability_map(image, self.networks, self.config, progress)
-        mask = clean_mask(sitk.GetArrayViewFromImage(probability_map), image.GetSpacing(), self.cleanup)
+        prediction = predict(image, self.networks, self.config, progress)
+        mask = clean_mask(sitk.GetArrayViewFromImage(prediction.probability_map), image.GetSpacing(), self.cleanup)
         volume = measure_volume(mask, image.GetSpacing())
-        return Segmentation(mask, volume, check_quality(volume.volume_ml))
+        signals = QualitySignals(volume.volume_ml, prediction.frame.view_agreement, prediction.frame.box_contact,
+                                 edge_contact(mask))
+        return Segmentation(mask, volume, signals, check_quality(signals))

@@ -1,7 +1,10 @@
 """The quality flag: whether a person must look at a segmentation before its volume is used.
 
 A result is ``ok`` or ``review``; ``review`` comes with the reasons, in words a reader of
-``volumes.csv``, the Slicer table or the report can act on.
+``volumes.csv``, the Slicer table or the report can act on. The signals are what the model says
+of its own output (``inference.FramePrediction``, ``pipeline.edge_contact``); the thresholds
+were set on cross-validation held-out cases only (the model card, "Quality flag", has the
+cases, the signals and the command that measured them).
 """
 
 from __future__ import annotations
@@ -11,6 +14,28 @@ from dataclasses import dataclass
 # Adult left atria measure 20-200 mL; a mask under this has most likely missed the atrium
 # (a scan in an orientation the model never saw, or no heart in the field of view).
 SMALLEST_PLAUSIBLE_VOLUME_ML = 5.0
+# Below this Dice between one view's mask and the three views' mean, the views disagree on the atrium.
+LOWEST_VIEW_AGREEMENT = 0.80
+# Mask voxels on the faces of the box the views predicted, after it grew: atrium cut off by the box.
+MOST_BOX_CONTACT_VOXELS = 0
+# Mask voxels on the scan's outer faces: atrium cut off by the field of view.
+MOST_EDGE_CONTACT_VOXELS = 0
+
+
+@dataclass(frozen=True)
+class QualitySignals:
+    """What one segmentation says of its own reliability.
+
+    volume_ml : the mask's volume
+    view_agreement : the smallest Dice between one view's mask and the mean's (1: all agree)
+    box_contact : mask voxels on the predicted box's faces inside the volume
+    edge_contact : mask voxels on the scan's outer faces
+    """
+
+    volume_ml: float
+    view_agreement: float = 1.0
+    box_contact: int = 0
+    edge_contact: int = 0
 
 
 @dataclass(frozen=True)
@@ -28,10 +53,19 @@ class QualityCheck:
         return self.flag + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
-def check_quality(volume_ml: float) -> QualityCheck:
-    """The quality flag of a segmentation of ``volume_ml`` millilitres."""
+def check_quality(signals: QualitySignals) -> QualityCheck:
+    """The quality flag of a segmentation, from its signals."""
     reasons = []
-    if volume_ml < SMALLEST_PLAUSIBLE_VOLUME_ML:
+    if signals.volume_ml < SMALLEST_PLAUSIBLE_VOLUME_ML:
         reasons.append(f"under {SMALLEST_PLAUSIBLE_VOLUME_ML:g} mL: atrium probably missed (is the heart in the "
                        "field of view, in an orientation the model knows?)")
+    if signals.view_agreement < LOWEST_VIEW_AGREEMENT:
+        reasons.append(f"the three views' networks disagree (agreement {signals.view_agreement:.2f}, "
+                       f"under {LOWEST_VIEW_AGREEMENT:g}): part of the atrium may be missed or added")
+    if signals.box_contact > MOST_BOX_CONTACT_VOXELS:
+        reasons.append(f"the mask reaches the edge of the region the networks searched ({signals.box_contact} voxels): "
+                       "part of the atrium may be cut off")
+    if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:
+        reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
+                       "extend beyond the field of view")
     return QualityCheck(tuple(reasons))

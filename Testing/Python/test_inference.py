@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from LeftAtriumSegLib.inference import predict_frame_probabilities, predict_slices, slice_stacks
+from LeftAtriumSegLib.inference import predict_frame, predict_slices, slice_stacks
 from LeftAtriumSegLib.preprocessing import VIEW_AXES, from_view, to_view
 
 
@@ -66,7 +66,7 @@ def test_every_view_maps_back_onto_the_model_frame(views):
     atrium = _off_centre_ellipsoid()
     normalised = np.where(atrium, 2.0, -2.0).astype(np.float32)
     networks = {view: CentreSliceLogits(slices=5) for view in views}
-    probabilities = predict_frame_probabilities(networks, normalised, slices=5)
+    probabilities = predict_frame(networks, normalised, slices=5).probabilities
     assert probabilities.shape == atrium.shape
     np.testing.assert_array_equal(probabilities >= 0.5, atrium)
     expected_inside = 1 / (1 + np.exp(-8.0))
@@ -77,7 +77,7 @@ def test_views_are_averaged():
     atrium = _off_centre_ellipsoid()
     normalised = np.where(atrium, 2.0, -2.0).astype(np.float32)
     silent = CentreSliceLogits(slices=5, offset=-1e4)  # a view that sees nothing anywhere
-    probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5), "sagittal": silent}, normalised, slices=5)
+    probabilities = predict_frame({"axial": CentreSliceLogits(5), "sagittal": silent}, normalised, slices=5).probabilities
     np.testing.assert_allclose(probabilities[atrium], 0.5 / (1 + np.exp(-8.0)), rtol=1e-5)
 
 
@@ -91,7 +91,7 @@ def test_box_follows_the_largest_group_of_coarse_hits():
     decoy = np.zeros(shape, dtype=bool)
     decoy[9:14, 15:20, 80:85] = True  # 60 voxels from the atrium, margin 32
     normalised = np.where(atrium | fragment | decoy, 2.0, -2.0).astype(np.float32)
-    probabilities = predict_frame_probabilities({"axial": CentreSliceLogits(5)}, normalised, slices=5)
+    probabilities = predict_frame({"axial": CentreSliceLogits(5)}, normalised, slices=5).probabilities
     np.testing.assert_array_equal(probabilities >= 0.5, atrium | fragment)
     assert not probabilities[:, :, 70:].any()
 
@@ -101,6 +101,6 @@ def test_a_volume_thinner_than_the_localiser_stride_still_gets_a_coarse_pass():
     volume = np.where(_off_centre_ellipsoid((30, 36, 40))[10:12], 2.0, -2.0).astype(np.float32)
     assert (volume > 0).sum() > 100
     networks = {view: CentreSliceLogits(5) for view in VIEW_AXES}
-    probabilities = predict_frame_probabilities(networks, volume, 5)
+    probabilities = predict_frame(networks, volume, 5).probabilities
     assert probabilities.shape == volume.shape
     assert (probabilities[volume > 0] > 0.99).all() and (probabilities[volume < 0] < 0.01).all()

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from ..datasets import Case, case_groups
-from ..inference import predict_probability_map
+from ..inference import predict
 from ..model_file import ModelConfig, save_model
 from ..onnx_network import load_onnx_networks
 from .data import PreparedCases
@@ -105,5 +105,5 @@ def _write_probability_maps(model_path: Path, cases: Sequence[Case], config: Mod
     """Each case's probability map by the model file at ``model_path``, on the case's own grid."""
     networks, _ = load_onnx_networks(model_path, "cpu")
     for case in cases:
-        probability_map = predict_probability_map(sitk.ReadImage(str(case.image_path)), networks, config)
+        probability_map = predict(sitk.ReadImage(str(case.image_path)), networks, config).probability_map
         sitk.WriteImage(probability_map, str(folder / f"{case.case_id}.nii.gz"), useCompression=True)

@@ -16,8 +16,7 @@ from tqdm import tqdm
 
 from ..datasets import Case, task02_to_anatomical
 from ..errors import InputImageError
-from ..evaluation import same_grid
-from ..io import read_image, read_mask
+from ..io import read_image, read_mask, same_grid
 from ..model_file import ModelConfig
 from ..preprocessing import ModelFrame, normalise_intensity, to_model_frame, to_view
 
