@@ -207,3 +207,10 @@ def test_extension_index_description():
     assert description["category"] == re.search(r'EXTENSION_CATEGORY "([^"]+)"', cmake).group(1)
     assert description["scm_url"].rsplit("/", 1)[-1].startswith("Slicer")
     assert description["scm_url"] in re.search(r'EXTENSION_HOMEPAGE "([^"]+)"', cmake).group(1)
+
+
+def test_worker_xml_states_the_package_version():
+    from LeftAtriumSegLib import __version__
+
+    root = ElementTree.parse(REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.xml").getroot()
+    assert root.findtext("version") == __version__
