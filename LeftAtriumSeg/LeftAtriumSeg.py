@@ -64,7 +64,7 @@ def registerSampleData():
         uris=SAMPLE_IMAGE.as_uri(),
         fileNames=SAMPLE_IMAGE.name,
         nodeNames="LeftAtriumSegSample",
-        loadFileType="VolumeFile",
+        loadFileTypes="VolumeFile",
     )
 
 
@@ -137,7 +137,8 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.logic.cancel()
+        if self.logic:
+            self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -153,6 +154,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isRunning:
             self.logic.cancel()
             self._finishRun(_("Cancelled: the scene was closed."))
+        self._observeSegmentation(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -180,7 +182,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = self.logic.isRunning
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
-        self.ui.applyButton.enabled = running or hasInput
+        self.ui.applyButton.enabled = (running and not self.logic.isCancelling) or (not running and hasInput)
         self.ui.applyButton.toolTip = _("Stop the segmentation; the scene stays as it was") if running \
             else (_("Segment the left atrium") if hasInput else _("Select an input volume"))
         # What the running worker was given stays as it was until it ends.
@@ -192,8 +194,10 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning:
+            # The worker ends and its nodes are removed when Slicer reports it cancelled (_onFinished).
             self.logic.cancel()
-            self._finishRun(_("Cancelled; the scene is unchanged."))
+            self._setStatus(_("Cancelling..."))
+            self._updateButtons()
             return
         with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start.")):
             if not self.logic.ensureDependencies():
@@ -222,6 +226,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
 
     def _finishRun(self, message: str) -> None:
+        self.ui.progressBar.setCommandLineModuleNode(None)  # it holds no reference: the node is removed next
         self.ui.progressBar.hide()
         self._setStatus(message)
         self._updateButtons()
@@ -231,11 +236,16 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(message, 5000)
 
     def _observeSegmentation(self, segmentationNode) -> None:
-        """Re-measure whenever the segment changes, so the table always matches the segmentation."""
+        """Re-measure whenever the segment is edited, so the table always matches the segmentation."""
+        from LeftAtriumSegMRML import SEGMENT_EDIT_EVENTS
+
         if self._observedSegmentation is not None:
-            self.removeObserver(self._observedSegmentation, slicer.vtkSegmentation.SegmentModified, self._onSegmentModified)
-        self._observedSegmentation = segmentationNode.GetSegmentation()
-        self.addObserver(self._observedSegmentation, slicer.vtkSegmentation.SegmentModified, self._onSegmentModified)
+            for event in SEGMENT_EDIT_EVENTS:
+                self.removeObserver(self._observedSegmentation, event, self._onSegmentModified)
+        self._observedSegmentation = segmentationNode.GetSegmentation() if segmentationNode is not None else None
+        if self._observedSegmentation is not None:
+            for event in SEGMENT_EDIT_EVENTS:
+                self.addObserver(self._observedSegmentation, event, self._onSegmentModified)
 
     def _onSegmentModified(self, caller, event) -> None:
         self._measureTimer.start()
@@ -297,6 +307,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._run = None  # (cliNode, observer tag, labelmap node, outputs, onFinished) of the running worker
+        self.isCancelling = False
 
     def getParameterNode(self):
         return LeftAtriumSegParameterNode(super().getParameterNode())
@@ -317,17 +328,21 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             return True
         if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
                 _("Left-atrium segmentation needs these Python packages, which will now be downloaded and installed "
-                  "(a few minutes; Slicer does not respond meanwhile): {packages}").format(packages=describe(unmet)),
+                  "(a few minutes): {packages}").format(packages=describe(unmet)),
                 windowTitle=_("Left-atrium segmentation")):
             return False
-        progress = slicer.util.createProgressDialog(
-            labelText=_("Installing {packages}...").format(packages=describe(unmet)), maximum=0)
+        # Slicer 5.12 and later show pip's progress themselves (slicer.packaging); before, pip_install
+        # only logs to the Python console while it blocks, so say what is happening.
+        progress = None if hasattr(slicer, "packaging") else slicer.util.createProgressDialog(
+            labelText=_("Installing {packages}... Slicer does not respond until it is done.").format(
+                packages=describe(unmet)), maximum=0)
         try:
             slicer.app.processEvents()
             with tempfile.TemporaryDirectory() as folder:
                 slicer.util.pip_install(pip_arguments(unmet, Path(folder) / "constraints.txt"))
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
         still = unmet_requirements()
         if still:
             raise RuntimeError(_("Could not install: {packages}").format(packages=describe(still)))
@@ -371,28 +386,27 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             slicer.cli.run(worker, cliNode, wait_for_completion=waitForCompletion, update_display=False)
         except Exception:
             self._endRun()
-            _removeLater(cliNode)
             raise
         if waitForCompletion:
             self._onWorkerStatus(cliNode)
         return cliNode
 
     def cancel(self) -> None:
-        """Stop a running worker (Slicer ends its process); the scene is left as it was."""
-        if self._run is None:
+        """Ask Slicer to end the running worker; the scene is left as it was. The run ends (its
+        onFinished reports it cancelled) once Slicer reports the worker no longer busy: its nodes
+        stay until then, since a cancel that comes while Slicer writes the input is overridden
+        and the worker's output is still read back into them (docs/slicer-api.md)."""
+        if self._run is None or self.isCancelling:
             return
-        cliNode = self._run[0]
-        self._endRun()
-        cliNode.Cancel()
+        self.isCancelling = True
+        self._run[0].Cancel()
 
-    def _endRun(self):
-        """Forget the running worker; removes its temporary label map. Returns what was kept of it."""
-        run, self._run = self._run, None
-        cliNode, tag, labelmap = run[:3]
+    def _endRun(self) -> None:
+        """Forget the finished worker and remove its nodes once the events under way are delivered."""
+        cliNode, tag, labelmap = self._run[:3]
+        self._run, self.isCancelling = None, False
         cliNode.RemoveObserver(tag)
-        if labelmap.GetScene() is not None:
-            labelmap.GetScene().RemoveNode(labelmap)
-        return run
+        _removeLater(cliNode, labelmap)
 
     def _onWorkerStatus(self, cliNode, event=None) -> None:
         if self._run is None or cliNode is not self._run[0] or cliNode.IsBusy():
@@ -402,10 +416,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         (inputVolume, segmentation, table, heightCm, weightKg), onFinished = self._run[3], self._run[4]
         outcome = SegmentationOutcome()
         try:
-            if status == cliNode.Completed:
-                outcome = self._importResult(cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg)
-            elif status == cliNode.Cancelled:
+            if status == cliNode.Cancelled or self.isCancelling:  # a cancel Slicer overrode still cancels
                 outcome.cancelled = True
+            elif status == cliNode.Completed:
+                outcome = self._importResult(cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg)
             else:
                 outcome.error = _workerError(cliNode)
         except Exception as error:  # reading the result back: say so, never leave the GUI waiting
@@ -413,7 +427,6 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             outcome = SegmentationOutcome(error=str(error))
         finally:
             self._endRun()
-            _removeLater(cliNode)
         if onFinished is not None:
             onFinished(outcome)
 
@@ -446,10 +459,18 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         return measure_left_atrium(segmentation, inputVolume, table, heightCm, weightKg)
 
 
-def _removeLater(node) -> None:
-    """Remove ``node`` from its scene once the events under way are delivered: removed within its
-    own event, the node could be deleted while VTK still invokes its observers."""
-    qt.QTimer.singleShot(0, lambda: node.GetScene() and node.GetScene().RemoveNode(node))
+def _removeLater(cliNode, labelmap) -> None:
+    """Remove the worker's CLI node and label map (with its display and storage nodes) once the
+    events under way are delivered: removed within its own event, the CLI node could be deleted
+    while VTK still invokes its observers."""
+    from LeftAtriumSegMRML import remove_with_its_nodes
+
+    def remove():
+        remove_with_its_nodes(labelmap)
+        if cliNode.GetScene() is not None:
+            cliNode.GetScene().RemoveNode(cliNode)
+
+    qt.QTimer.singleShot(0, remove)
 
 
 def _workerError(cliNode) -> str:
@@ -507,7 +528,8 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(row["LA volume index [mL/m2]"], row["Volume [mL]"] / 2.0, places=6)
         self.assertEqual(row["Quality check"], "ok")
         self.assertEqual(outcome.table.GetCellText(0, 0), "Left atrium")
-        slicer.app.processEvents()  # the worker's CLI node and label map are removed once its events are delivered
+        slicer.app.processEvents()  # the worker's nodes are removed once its events are delivered
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLCommandLineModuleNode"), 0)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode"), 1)  # the reference
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode"), 2)  # its and the MRI's
         self.delayDisplay("Test passed")

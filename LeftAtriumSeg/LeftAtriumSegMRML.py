@@ -27,6 +27,10 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 # table shows it after every edit: the model that made it, its quality flag and the reasons.
 RESULT_ATTRIBUTES = {"model": "LeftAtriumSeg.Model", "qc": "LeftAtriumSeg.QualityCheck",
                      "qcReasons": "LeftAtriumSeg.QualityReasons"}
+# What a segmentation fires when a segment is edited: Segment Editor's strokes change the source
+# representation (SourceRepresentationModified); SegmentModified comes only with a change of the
+# segment itself, such as its name or tags (vtkSegmentation.h: docs/slicer-api.md).
+SEGMENT_EDIT_EVENTS = (slicer.vtkSegmentation.SourceRepresentationModified, slicer.vtkSegmentation.SegmentModified)
 
 
 def register_segmentation_converters() -> None:
@@ -123,6 +127,18 @@ def import_result(labelmap_node, volume_node, segmentation_node, result: dict) -
     set_left_atrium_segment(mask_from_labelmap_node(labelmap_node, volume_node), volume_node, segmentation_node)
     for key, attribute in RESULT_ATTRIBUTES.items():
         segmentation_node.SetAttribute(attribute, result.get(key, ""))
+
+
+def remove_with_its_nodes(node) -> None:
+    """Remove a volume node and the display and storage nodes it refers to, which the scene keeps
+    otherwise (a CLI's output read back into a node gets both)."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    for helper in (node.GetDisplayNode(), node.GetStorageNode()):
+        if helper is not None:
+            scene.RemoveNode(helper)
+    scene.RemoveNode(node)
 
 
 def show_table(table_node, application_logic) -> None:

@@ -104,7 +104,7 @@ def test_extension_icon_is_128_pixels_square():
 
 # The widget classes each of Slicer's parameterNodeWrapper GUI connectors takes, and the parameter
 # types it represents (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; lines of v5.10.0,
-# the same rules at v5.8.1: docs/slicer-api.md). A field whose type has no connector for its widget
+# the same at v5.12.0; v5.8.1 differs: docs/slicer-api.md). A field whose type has no connector for its widget
 # makes createGuiConnector raise (L126-145), and connectGui builds every field's connector before it
 # connects any: one such field leaves the whole panel unconnected.
 GUI_CONNECTORS = [

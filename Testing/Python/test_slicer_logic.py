@@ -277,3 +277,40 @@ def test_worker_label_map_off_the_volume_grid_is_refused(scene, phantom):
     labelmap_node = add_volume_node(scene, sitk.Cast(shifted > 200, sitk.sitkUInt8), "label")
     with pytest.raises(ValueError, match="does not lie on the grid of volume"):
         mrml.import_result(labelmap_node, volume_node, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), {})
+
+
+def test_an_edit_of_the_segment_fires_an_event_the_module_measures_again_on(scene, phantom):
+    """Segment Editor's strokes change the segment's labelmap (SetBinaryLabelmapToSegment here, as
+    the editor's effects do): SegmentModified alone never fired for them, so the table stayed as it
+    was after the first stroke."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    fired = []
+    segmentation = segmentation_node.GetSegmentation()
+    for event in mrml.SEGMENT_EDIT_EVENTS:
+        segmentation.AddObserver(event, lambda caller, event_name: fired.append(event_name))
+    for stroke in range(3):
+        edited = mask.copy()
+        edited[: 5 + stroke] = False
+        mrml.set_left_atrium_segment(edited, volume_node, segmentation_node)
+    assert len(fired) >= 3
+
+
+def test_the_workers_label_map_goes_with_its_display_and_storage_nodes(scene, phantom, tmp_path):
+    image, mask, _ = phantom
+    path = tmp_path / "label.nrrd"
+    label = sitk.GetImageFromArray(mask.astype(np.uint8))
+    label.CopyInformation(image)
+    sitk.WriteImage(label, str(path))
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    reader = labelmap_node.CreateDefaultStorageNode()  # as the CLI logic reads an output back
+    scene.AddNode(reader)
+    labelmap_node.SetAndObserveStorageNodeID(reader.GetID())
+    reader.SetFileName(str(path))
+    assert reader.ReadData(labelmap_node)
+    labelmap_node.CreateDefaultDisplayNodes()
+    mrml.remove_with_its_nodes(labelmap_node)
+    for node_class in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLVolumeArchetypeStorageNode", "vtkMRMLLabelMapVolumeDisplayNode"):
+        assert scene.GetNumberOfNodesByClass(node_class) == 0, node_class
