@@ -104,3 +104,48 @@ def test_a_volume_thinner_than_the_localiser_stride_still_gets_a_coarse_pass():
     probabilities = predict_frame(networks, volume, 5).probabilities
     assert probabilities.shape == volume.shape
     assert (probabilities[volume > 0] > 0.99).all() and (probabilities[volume < 0] < 0.01).all()
+
+
+class CoarseBlindTo:
+    """A localiser that misses the atrium beyond ``last_row`` in its coarse pass (the box then cuts
+    the atrium off) and sees it all in the full pass, as a network does that finds only part of
+    an atrium on widely spaced slices."""
+
+    size_multiple = 4
+
+    def __init__(self, last_row: int):
+        self.full = CentreSliceLogits(5)
+        self.last_row = last_row
+        self.calls = 0
+
+    def __call__(self, stacks: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        logits = self.full(stacks)
+        if self.calls == 1:  # the coarse pass's single batch
+            logits[:, :, self.last_row:] = -8.0
+        return logits
+
+
+def test_a_box_that_cut_the_atrium_off_grows_and_predicts_it_whole():
+    shape = (30, 60, 40)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    atrium = ((z - 15) / 8) ** 2 + ((y - 30) / 22) ** 2 + ((x - 20) / 8) ** 2 <= 1  # rows 8-52
+    normalised = np.where(atrium, 2.0, -2.0).astype(np.float32)
+    frame = predict_frame({"axial": CoarseBlindTo(last_row=25)}, normalised, slices=5, margin_voxels=12)
+    np.testing.assert_array_equal(frame.probabilities >= 0.5, atrium)
+    assert frame.box_contact == 0 and frame.box[1].stop > 52
+
+    # Where growing twice is not enough, the contact stays, for the quality flag to report.
+    frame = predict_frame({"axial": CoarseBlindTo(last_row=20)}, normalised, slices=5, margin_voxels=3)
+    assert frame.box_contact > 0 and (frame.probabilities >= 0.5).sum() < atrium.sum()
+
+
+def test_views_that_disagree_lower_the_agreement():
+    atrium = _off_centre_ellipsoid()
+    normalised = np.where(atrium, 2.0, -2.0).astype(np.float32)
+    agreeing = predict_frame({view: CentreSliceLogits(5) for view in VIEW_AXES}, normalised, slices=5)
+    assert agreeing.view_agreement == 1.0
+    half_blind = CentreSliceLogits(5, offset=-9.0)  # a view that misses the atrium
+    disagreeing = predict_frame({"axial": CentreSliceLogits(5), "coronal": CentreSliceLogits(5), "sagittal": half_blind},
+                                normalised, slices=5)
+    assert disagreeing.view_agreement < 0.5

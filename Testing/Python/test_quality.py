@@ -1,0 +1,60 @@
+"""The quality flag: each signal beyond its threshold flags the result with its reason; a clean
+phantom passes, a phantom whose atrium the field of view cuts off is flagged, end to end."""
+
+import numpy as np
+import pytest
+from conftest import ellipsoid_phantom
+from test_inference import CentreSliceLogits
+
+from LeftAtriumSegLib.model_file import ModelConfig
+from LeftAtriumSegLib.pipeline import Segmenter
+from LeftAtriumSegLib.postprocessing import CleanupSettings
+from LeftAtriumSegLib.preprocessing import VIEW_AXES
+from LeftAtriumSegLib.quality import (
+    LOWEST_VIEW_AGREEMENT,
+    MOST_BOX_CONTACT_VOXELS,
+    MOST_EDGE_CONTACT_VOXELS,
+    SMALLEST_PLAUSIBLE_VOLUME_ML,
+    QualitySignals,
+    check_quality,
+)
+
+
+def test_signals_within_their_thresholds_pass():
+    check = check_quality(QualitySignals(60.0, 1.0, 0, 0))
+    assert (check.flag, check.reasons, str(check)) == ("ok", (), "ok")
+
+
+@pytest.mark.parametrize("signals, reason", [
+    (QualitySignals(SMALLEST_PLAUSIBLE_VOLUME_ML - 0.1), "atrium probably missed"),
+    (QualitySignals(60.0, view_agreement=LOWEST_VIEW_AGREEMENT - 0.01), "the three views' networks disagree"),
+    (QualitySignals(60.0, box_contact=MOST_BOX_CONTACT_VOXELS + 1), "the edge of the region the networks searched"),
+    (QualitySignals(60.0, edge_contact=MOST_EDGE_CONTACT_VOXELS + 1), "the edge of the scan"),
+])
+def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signals, reason):
+    check = check_quality(signals)
+    assert check.flag == "review" and len(check.reasons) == 1 and reason in check.reasons[0]
+    assert str(check).startswith("review (")
+
+
+def _phantom_segmenter() -> Segmenter:
+    """The pipeline with stand-in networks that see the phantom's bright ellipsoid (z-score over 1) and not its noise."""
+    config = ModelConfig(views=tuple(VIEW_AXES))
+    return Segmenter({view: CentreSliceLogits(config.slices, offset=-4.0) for view in config.views}, config, CleanupSettings(),
+                     model_path=None, model_sha256="")
+
+
+def test_a_clean_phantom_is_not_flagged():
+    image, mask, radii = ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
+    result = _phantom_segmenter().segment(image)
+    assert result.volume.volume_ml == pytest.approx(4 / 3 * np.pi * np.prod(radii) / 1000, rel=0.05)
+    assert result.signals.view_agreement > 0.95 and result.signals.box_contact == 0 == result.signals.edge_contact
+    assert result.quality.flag == "ok"
+
+
+def test_a_phantom_whose_atrium_the_field_of_view_cuts_off_is_flagged():
+    image, _, _ = ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
+    cut = image[:, :, 18:]  # the scan's lower slices miss part of the ellipsoid
+    result = _phantom_segmenter().segment(cut)
+    assert result.signals.edge_contact > 0
+    assert result.quality.flag == "review" and any("the edge of the scan" in reason for reason in result.quality.reasons)
