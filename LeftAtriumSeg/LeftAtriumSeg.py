@@ -1,3 +1,4 @@
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -333,7 +334,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             return False
         # Slicer 5.12 and later show pip's progress themselves (slicer.packaging); before, pip_install
         # only logs to the Python console while it blocks, so say what is happening.
-        progress = None if hasattr(slicer, "packaging") else slicer.util.createProgressDialog(
+        ownProgress = importlib.util.find_spec("slicer.packaging") is None  # imported only when used
+        progress = None if not ownProgress else slicer.util.createProgressDialog(
             labelText=_("Installing {packages}... Slicer does not respond until it is done.").format(
                 packages=describe(unmet)), maximum=0)
         try:
@@ -409,7 +411,11 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         _removeLater(cliNode, labelmap)
 
     def _onWorkerStatus(self, cliNode, event=None) -> None:
-        if self._run is None or cliNode is not self._run[0] or cliNode.IsBusy():
+        if self._run is None or cliNode is not self._run[0]:
+            return
+        if cliNode.IsBusy():
+            if self.isCancelling and cliNode.GetStatus() == cliNode.Running:
+                cliNode.Cancel()  # a cancel that came while Slicer wrote the input was overridden: again
             return
         status = cliNode.GetStatus()
         labelmap = self._run[2]
@@ -465,10 +471,15 @@ def _removeLater(cliNode, labelmap) -> None:
     while VTK still invokes its observers."""
     from LeftAtriumSegMRML import remove_with_its_nodes
 
+    nodes = [cliNode, labelmap]
+
     def remove():
-        remove_with_its_nodes(labelmap)
-        if cliNode.GetScene() is not None:
-            cliNode.GetScene().RemoveNode(cliNode)
+        # The timer, and with it this function, lives on in PythonQt: keep no node alive here.
+        worker, label = nodes
+        nodes.clear()
+        remove_with_its_nodes(label)
+        if worker.GetScene() is not None:
+            worker.GetScene().RemoveNode(worker)
 
     qt.QTimer.singleShot(0, remove)
 
