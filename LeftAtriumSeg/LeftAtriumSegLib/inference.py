@@ -94,11 +94,11 @@ class FramePrediction:
 
 
 def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride: int, margin: int,
-              progress: ProgressCallback | None) -> tuple[slice, slice, slice]:
-    """The atrium's box in the localiser view's (slice, row, column) order, from a coarse pass over
-    every ``stride``-th slice: the largest connected group of hits and any other group within
-    ``margin`` voxels of it, widened by ``margin`` in-plane and by half of it plus the stride
-    across slices; the whole volume where the pass finds nothing."""
+              progress: ProgressCallback | None) -> list[list[int]] | None:
+    """The atrium's extent in the localiser view's (slice, row, column) order, ``[[first, last], ...]``
+    (inclusive), from a coarse pass over every ``stride``-th slice: the largest connected group of
+    hits and any other group within ``margin`` voxels of it, widened by the stride across slices;
+    None where the pass finds nothing."""
     depth = localiser.shape[0]
     # A volume thinner than the stride still gets one coarse slice: none crashed the component search.
     coarse_indices = list(range(min(stride // 2, depth - 1), depth, stride))
@@ -108,12 +108,10 @@ def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride:
     atrium_hits = keep_largest_component(coarse >= 0.5, (1, 1, stride), gap_mm=margin)
     hits = np.nonzero(atrium_hits)
     if len(hits[0]) == 0:
-        return tuple(slice(0, n) for n in localiser.shape)
+        return None
     slice_hits = np.array(coarse_indices)[hits[0]]
-    slice_margin = margin // 2 + stride
-    return (slice(max(int(slice_hits.min()) - slice_margin, 0), min(int(slice_hits.max()) + slice_margin + 1, depth)),
-            *(slice(max(int(h.min()) - margin, 0), min(int(h.max()) + margin + 1, n))
-              for h, n in zip(hits[1:], localiser.shape[1:])))
+    return [[int(slice_hits.min()) - stride, int(slice_hits.max()) + stride],
+            *([int(h.min()), int(h.max())] for h in hits[1:])]
 
 
 def _contact(mask: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> dict[tuple[int, int], int]:
@@ -133,48 +131,61 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
 
 
+# Slices beyond the atrium's extent that each view predicts along its slicing axis; its in-plane
+# crop keeps the whole margin, which is the networks' context (docs/model-development.md, "Speed").
+VIEW_SLICE_MARGIN = 8
+
+
 def predict_frame(
     networks: Mapping[str, SliceNetwork],
     normalised: np.ndarray,
     slices: int,
-    localiser_stride: int = 4,
+    localiser_stride: int = 8,
     margin_voxels: int = 32,
     progress: ProgressCallback | None = None,
 ) -> FramePrediction:
     """Left-atrium probabilities for a normalised model-frame ``(Z, Y, X)`` volume: the mean over
     ``networks``, one per view (slicing direction, see ``VIEW_AXES``), with its reliability.
 
-    The first view localises (``_localise``); every view then predicts only the atrium's box.
-    Where the mean's mask reaches a face of the box inside the volume, the box grows by
-    ``margin_voxels`` beyond that face and the views predict it again (twice at most): a box that
-    cut the atrium off would otherwise lose what lay beyond it.
+    The first view localises the atrium (``_localise``). Every view then predicts the atrium's box,
+    its extent widened by ``margin_voxels``, and there only the slices within the extent and
+    ``VIEW_SLICE_MARGIN`` beyond it along its own slicing axis (a voxel no view predicts is 0).
+    Where the mean's mask reaches a face of the box inside the volume, the extent grows by the
+    margin beyond that face and the views predict again (twice at most): a box that cut the atrium
+    off would otherwise lose what lay beyond it.
 
-    The margin also gives the networks context: 16 voxels lost up to 3 mL of atrium near the
-    box's edge where 32 scored as well as the whole volume (docs/model-development.md, "Localiser").
+    The margin gives the networks context: 16 voxels lost atrium near the box's edge where 32 scored
+    as well as the whole volume (docs/model-development.md, "Localiser", "Speed").
     """
     views = list(networks)
-    localiser_box = _localise(networks[views[0]], to_view(normalised, views[0]), slices, localiser_stride,
-                              margin_voxels, _scaled(progress, 0.0, 0.2))
-    box = tuple(localiser_box[VIEW_AXES[views[0]].index(axis)] for axis in range(3))  # in (Z, Y, X)
+    found = _localise(networks[views[0]], to_view(normalised, views[0]), slices, localiser_stride, margin_voxels,
+                      _scaled(progress, 0.0, 0.2))
+    extent = ([found[VIEW_AXES[views[0]].index(axis)] for axis in range(3)] if found is not None  # in (Z, Y, X)
+              else [[0, n - 1] for n in normalised.shape])
     for attempt in range(3):
+        box = tuple(slice(max(first - margin_voxels, 0), min(last + margin_voxels + 1, n))
+                    for (first, last), n in zip(extent, normalised.shape))
         view_probabilities = []
         share = 0.8 / len(views)  # of the progress, per view; a second pass after growing reports none
         for index, view in enumerate(views):
-            slice_range, rows, columns = (box[axis] for axis in VIEW_AXES[view])
+            axis, rows, columns = VIEW_AXES[view][0], *(box[a] for a in VIEW_AXES[view][1:])
+            first = max(extent[axis][0] - VIEW_SLICE_MARGIN, box[axis].start)
+            last = min(extent[axis][1] + VIEW_SLICE_MARGIN + 1, box[axis].stop)
             # Neighbouring slices outside the box still feed the network's input stack.
             volume = to_view(normalised, view)[:, rows, columns]
             view_progress = _scaled(progress, 0.2 + index * share, 0.2 + (index + 1) * share) if attempt == 0 else None
-            predicted = predict_slices(networks[view], volume, slices, range(slice_range.start, slice_range.stop),
-                                       progress=view_progress)
+            predicted = np.zeros((box[axis].stop - box[axis].start, *volume.shape[1:]), dtype=np.float32)
+            predicted[first - box[axis].start : last - box[axis].start] = predict_slices(
+                networks[view], volume, slices, range(first, last), progress=view_progress)
             view_probabilities.append(from_view(predicted, view))
         mean = sum(view_probabilities) / len(views)
         mask = mean >= 0.5
         faces = _contact(mask, box, normalised.shape)
         if attempt == 2 or not any(faces.values()):
             break
-        box = tuple(slice(max(extent.start - (margin_voxels if faces.get((axis, 0)) else 0), 0),
-                          min(extent.stop + (margin_voxels if faces.get((axis, 1)) else 0), normalised.shape[axis]))
-                    for axis, extent in enumerate(box))
+        for (axis, side), touching in faces.items():
+            if touching:
+                extent[axis][side] += margin_voxels if side else -margin_voxels
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
     probabilities[box] = mean
     agreement = min(_dice(view >= 0.5, mask) for view in view_probabilities)
