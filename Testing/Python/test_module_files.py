@@ -214,3 +214,33 @@ def test_worker_xml_states_the_package_version():
 
     root = ElementTree.parse(REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.xml").getroot()
     assert root.findtext("version") == __version__
+
+
+def _imported_modules(path) -> set[str]:
+    """The LeftAtriumSegLib modules a file imports (relative or absolute), at any depth of the file."""
+    package = "LeftAtriumSegLib"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from .x import y / from . import x
+                base = [node.module] if node.module else [alias.name for alias in node.names]
+                names.update(f"{package}.{name}".split(".")[1] for name in base)
+            elif node.module and node.module.startswith(package):
+                parts = node.module.split(".")
+                names.update([parts[1]] if len(parts) > 1 else [alias.name for alias in node.names])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[1] for alias in node.names
+                         if alias.name.startswith(package + ".") and alias.name.count(".") >= 1)
+    return names
+
+
+def test_the_library_never_imports_a_front_end_and_slicer_never_runs_the_command_line():
+    library = MODULE / "LeftAtriumSegLib"
+    for path in library.rglob("*.py"):
+        if path.name != "cli.py":
+            assert "cli" not in _imported_modules(path), f"{path.relative_to(MODULE)} imports cli"
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(import|from) (slicer|qt|ctk)\b", source, re.M), f"{path} imports Slicer"
+    for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML.py",
+                 REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.py"):
+        assert "cli" not in _imported_modules(path), f"{path.name} imports LeftAtriumSegLib.cli"
