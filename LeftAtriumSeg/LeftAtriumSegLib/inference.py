@@ -85,12 +85,15 @@ class FramePrediction:
         mean's mask; 1 where both are empty. Views that disagree mark a scan the model is unsure of.
     box_contact : voxels of the mean's mask on faces of ``box`` that lie inside the volume: atrium
         the box may have cut off, even after growing
+    uncertain_share : voxels of probability 0.2-0.5 per voxel of the mask (0.5 and over): where the
+        networks half see more atrium than they segment
     """
 
     probabilities: np.ndarray
     box: tuple[slice, slice, slice]
     view_agreement: float
     box_contact: int
+    uncertain_share: float
 
 
 def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride: int, margin: int,
@@ -189,7 +192,8 @@ def predict_frame(
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
     probabilities[box] = mean
     agreement = min(_dice(view >= 0.5, mask) for view in view_probabilities)
-    return FramePrediction(probabilities, box, agreement, sum(faces.values()))
+    uncertain = np.count_nonzero((mean >= 0.2) & (mean < 0.5)) / max(np.count_nonzero(mask), 1)
+    return FramePrediction(probabilities, box, agreement, sum(faces.values()), float(uncertain))
 
 
 @dataclass(frozen=True)

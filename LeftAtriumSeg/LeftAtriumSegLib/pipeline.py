@@ -76,6 +76,7 @@ class Segmenter:
         prediction = predict(image, self.networks, self.config, progress)
         mask = clean_mask(sitk.GetArrayViewFromImage(prediction.probability_map), image.GetSpacing(), self.cleanup)
         volume = measure_volume(mask, image.GetSpacing())
-        signals = QualitySignals(volume.volume_ml, prediction.frame.view_agreement, prediction.frame.box_contact,
-                                 edge_contact(mask))
+        frame = prediction.frame
+        signals = QualitySignals(volume.volume_ml, frame.view_agreement, frame.box_contact, edge_contact(mask),
+                                 frame.uncertain_share)
         return Segmentation(mask, volume, signals, check_quality(signals))

@@ -20,6 +20,8 @@ LOWEST_VIEW_AGREEMENT = 0.80
 MOST_BOX_CONTACT_VOXELS = 0
 # Mask voxels on the scan's outer faces: atrium cut off by the field of view.
 MOST_EDGE_CONTACT_VOXELS = 0
+# Voxels the networks half see (probability 0.2-0.5) per voxel they segment: atrium half missed.
+MOST_UNCERTAIN_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,14 @@ class QualitySignals:
     view_agreement : the smallest Dice between one view's mask and the mean's (1: all agree)
     box_contact : mask voxels on the predicted box's faces inside the volume
     edge_contact : mask voxels on the scan's outer faces
+    uncertain_share : voxels of probability 0.2-0.5 per mask voxel, in the model frame
     """
 
     volume_ml: float
     view_agreement: float = 1.0
     box_contact: int = 0
     edge_contact: int = 0
+    uncertain_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     if signals.box_contact > MOST_BOX_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the region the networks searched ({signals.box_contact} voxels): "
                        "part of the atrium may be cut off")
+    if signals.uncertain_share > MOST_UNCERTAIN_SHARE:
+        reasons.append(f"the networks are unsure of much of the atrium ({signals.uncertain_share:.2f} voxels of "
+                       f"probability 0.2-0.5 per voxel segmented, over {MOST_UNCERTAIN_SHARE:g}): part may be missed")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
                        "extend beyond the field of view")

@@ -149,3 +149,14 @@ def test_views_that_disagree_lower_the_agreement():
     disagreeing = predict_frame({"axial": CentreSliceLogits(5), "coronal": CentreSliceLogits(5), "sagittal": half_blind},
                                 normalised, slices=5)
     assert disagreeing.view_agreement < 0.5
+
+
+def test_voxels_the_networks_half_see_are_counted_per_voxel_segmented():
+    atrium = _off_centre_ellipsoid()
+    half_seen = np.zeros_like(atrium)
+    half_seen[16:22, 14:26, 8:20] = ~atrium[16:22, 14:26, 8:20]  # beside the atrium, probability ~0.35
+    assert half_seen.sum() > 100
+    normalised = np.where(atrium, 2.0, np.where(half_seen, 0.3, -2.0)).astype(np.float32)
+    frame = predict_frame({view: CentreSliceLogits(5, offset=-1.8) for view in VIEW_AXES}, normalised, slices=5)
+    assert (frame.probabilities >= 0.5).sum() == atrium.sum()
+    assert frame.uncertain_share == pytest.approx(half_seen.sum() / atrium.sum())
