@@ -43,8 +43,9 @@ class ModelConfig:
     name: str = "LeftAtriumSeg"
     version: str = "0"
     slices: int = 5  # neighbouring slices given to the network as channels
-    # Channels per level. Half of 1.5's (16 ... 256): a quarter of the arithmetic, so 4,800 iterations
-    # train within the hour on a 2-core CPU without bfloat16 instructions (docs/model-development.md, "Versions").
+    # Channels per level: few enough that 4,800 iterations train within the hour on a 2-core CPU
+    # without bfloat16 instructions; twice as many cost four times the arithmetic for little
+    # accuracy (docs/model-development.md, "Versions").
     features: tuple[int, ...] = (8, 16, 32, 64, 128)
     frame: ModelFrame = field(default_factory=ModelFrame)
     # One network per slicing direction (keys of VIEW_AXES); their probabilities are averaged.

@@ -15,7 +15,8 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class CleanupSettings:
-    """Defaults chosen by cross-validated ablations: 1.7's in the model card, earlier ones in ``docs/model-development.md``."""
+    """Cleanup settings; the defaults were chosen by cross-validated ablations (the model card,
+    "Cleanup ablation"; docs/model-development.md)."""
 
     threshold: float = 0.5
     keep_largest_component: bool = True
