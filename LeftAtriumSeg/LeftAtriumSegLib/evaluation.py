@@ -23,9 +23,29 @@ METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
 def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, sitk.Image, sitk.Image, tuple]]:
     """Every case of ``data_dir`` a cross-validation run held out, with the model of the fold that never saw it.
 
-    ``run_dir`` is the output of ``train --folds K``; ``data_dir`` one of the Decathlon folders it
-    used (a run trained on several is scored one folder at a time).
-    Yields ``(fold, case, image, label, (networks, config))``; each fold's model is loaded once.
+    Each fold's model is loaded once.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The output of ``train --folds K``.
+    data_dir : Path
+        One of the Decathlon folders it used (a run trained on several is scored one folder at a
+        time).
+
+    Yields
+    ------
+    fold : int
+    case : str
+    image, label : SimpleITK.Image
+        The case's image and reference label, as stored.
+    model : tuple
+        ``(networks, config)`` of the fold's model (``onnx_network.load_onnx_networks``).
+
+    Raises
+    ------
+    ValueError
+        Where ``data_dir`` holds none of the cases the run held out.
     """
     from .onnx_network import load_onnx_networks  # noqa: PLC0415 - onnxruntime only where a model is needed
 
@@ -44,13 +64,34 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
 
 
 def matched_cases(predictions: Path, labels: Path) -> list[tuple[str, Path, Path]]:
-    """``(case, prediction, label)`` for every case present in both folders (matched by file name)."""
+    """``(case, prediction, label)`` for every case present in both folders (matched by file name).
+
+    Cases are sorted by name.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a path that is not a folder.
+    """
     predicted, reference = files_by_case(predictions), files_by_case(labels)
     return [(case, predicted[case], reference[case]) for case in sorted(predicted.keys() & reference.keys())]
 
 
 def evaluate_case(prediction: Path, label: Path) -> dict:
-    """Metrics of one predicted mask file against its reference label file (same grid)."""
+    """Metrics of one predicted mask file against its reference label file (same grid).
+
+    Returns
+    -------
+    dict of str to float
+        As ``metrics.segmentation_metrics`` gives them.
+
+    Raises
+    ------
+    InputImageError
+        For a file that is not a readable mask (``io.read_mask``).
+    ValueError
+        For a prediction that is not on its label's grid.
+    """
     prediction_image, label_image = read_mask(prediction), read_mask(label)
     if not same_grid(prediction_image, label_image):
         raise ValueError(f"{prediction}: not on the grid of its label {label}")
@@ -62,14 +103,26 @@ def evaluate_case(prediction: Path, label: Path) -> dict:
 
 
 def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = False) -> tuple[list[dict], int, int]:
-    """Score every prediction against the label of the same name; one ``error:`` line on standard
-    error for each case that cannot be scored and each label without a prediction.
+    """Score every prediction against the label of the same name.
+
+    Prints one ``error:`` line on standard error for each case that cannot be scored and each
+    label without a prediction.
+
+    Parameters
+    ----------
+    predictions, labels : Path
+        Folders of predicted and reference masks.
+    show_progress : bool, optional
+        Show a progress bar.
 
     Returns
     -------
-    rows : one per scored case, then their mean (case ``mean``); empty when none could be scored
-    failures : cases whose files could not be scored
-    missing : labels without a prediction (left out of the mean, as the failures are)
+    rows : list of dict
+        One per scored case, then their mean (case ``mean``); empty when none could be scored.
+    failures : int
+        Cases whose files could not be scored.
+    missing : int
+        Labels without a prediction (left out of the mean, as the failures are).
 
     Raises
     ------
@@ -94,16 +147,33 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean of each metric over the cases (NaN distances are left out of their mean)."""
+    """Mean of each metric over the case rows, as a row of case ``mean``.
+
+    NaN distances are left out of their mean.
+    """
     return {"case": "mean", **{key: float(np.nanmean([row[key] for row in rows]))
                                 for key in rows[0] if key != "case"}}
 
 
 def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple]]:
-    """``(case, probability_map, reference_mask, spacing_mm)`` for every map with a label in ``labels``.
+    """Every stored probability map in ``probabilities`` that has a label in ``labels``.
 
-    Arrays are ``(Z, Y, X)`` on the label's grid; a run over several data sets thus yields one
-    set's cases at a time.
+    Only maps with a label are taken: a run over several data sets thus yields one set's cases
+    at a time.
+
+    Yields
+    ------
+    case : str
+    probability_map : ndarray, shape (Z, Y, X)
+        On the label's grid.
+    reference_mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : tuple of float
+        The label's voxel spacing ``(x, y, z)`` in mm.
+
+    Raises
+    ------
+    ValueError
+        Where no probability map has a label in ``labels``.
     """
     cases = matched_cases(probabilities, labels)
     if not cases:
@@ -118,9 +188,24 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
                      show_progress: bool = False) -> list[dict]:
     """Mean metrics over cases for each cleanup variant, from stored probability maps.
 
-    ``probabilities`` holds float probability maps on each label's grid, as cross-validation
-    writes them, so every variant is scored on the same held-out predictions. Only cases with a
-    label in ``labels`` are scored (``labelled_probability_maps``).
+    Every variant is scored on the same held-out predictions.
+
+    Parameters
+    ----------
+    probabilities : Path
+        Float probability maps on each label's grid, as cross-validation writes them.
+    labels : Path
+        Reference masks; only cases with a label here are scored (``labelled_probability_maps``).
+    variants : iterable of (str, CleanupSettings)
+        Name and settings of each variant (``ablation_variants``).
+    show_progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    list of dict
+        One row per variant: ``variant``, the mean of each of ``METRIC_COLUMNS``, ``min_dice``
+        and the variant's settings.
     """
     cases = list(labelled_probability_maps(probabilities, labels))
     results = []
@@ -133,7 +218,18 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
 
 
 def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str, CleanupSettings]]:
-    """Each cleanup step removed or changed alone from the defaults, plus nothing at all."""
+    """Each cleanup step removed or changed alone from the defaults, plus nothing at all.
+
+    Parameters
+    ----------
+    defaults : CleanupSettings, optional
+        The settings varied; ``CleanupSettings()`` unless given.
+
+    Returns
+    -------
+    list of (str, CleanupSettings)
+        Named variants for ``cleanup_ablation``, the defaults first.
+    """
     defaults = defaults or CleanupSettings()
     variants = [("defaults", defaults),
                 ("threshold only", CleanupSettings(defaults.threshold, False, 0.0, False, 0.0)),

@@ -59,7 +59,11 @@ LEFT_ATRIUM_TERMINOLOGY = (
 
 
 def case_name(path: str | Path) -> str:
-    """File name without its image suffix: ``la_003.nii.gz`` -> ``la_003``."""
+    """Case name of a file: its name without the image suffix.
+
+    ``la_003.nii.gz`` -> ``la_003``; ``.seg.nrrd`` counts as one suffix, and a name without a
+    known suffix loses only its last extension.
+    """
     name = Path(path).name
     for suffix in (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
@@ -68,8 +72,28 @@ def case_name(path: str | Path) -> str:
 
 
 def check_case_name(name: str, source: str | Path) -> str:
-    """``name`` if it can name an output file inside the output folder; else ``InputImageError``
-    naming ``source`` (a manifest, say): a case named ``../x`` or ``/abs/x`` would write outside it."""
+    """Check that a case name can name an output file inside the output folder.
+
+    A case named ``../x`` or ``/abs/x`` would write outside it.
+
+    Parameters
+    ----------
+    name : str
+        The case name.
+    source : str or Path
+        Where the name comes from (a manifest, say), for the error message.
+
+    Returns
+    -------
+    str
+        ``name``, unchanged.
+
+    Raises
+    ------
+    InputImageError
+        Naming ``source``, for an empty name, ``.`` or ``..``, a path separator or NUL, or
+        surrounding spaces.
+    """
     if not name or name in (".", "..") or re.search(r"[/\\\x00]", name) or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
                               "(no path separators, '..' or surrounding spaces)")
@@ -78,7 +102,18 @@ def check_case_name(name: str, source: str | Path) -> str:
 
 @dataclass(frozen=True)
 class CaseInput:
-    """One case to segment: an image file, or a DICOM folder and the series in it."""
+    """One case to segment: an image file, or a DICOM folder and the series in it.
+
+    Attributes
+    ----------
+    case : str
+        Case name; it names the case's output files.
+    path : Path
+        Image file or DICOM folder.
+    series_uid : str or None
+        Series instance UID to read from a DICOM folder that holds several; None for a file or
+        a folder with one series.
+    """
 
     case: str
     path: Path
@@ -86,7 +121,13 @@ class CaseInput:
 
 
 def dicom_series_ids(folder: Path) -> tuple[str, ...]:
-    """Series instance UIDs of the DICOM files directly in ``folder`` (none: empty)."""
+    """Series instance UIDs of the DICOM files directly in ``folder``.
+
+    Returns
+    -------
+    tuple of str
+        One UID per series; empty where the folder holds no DICOM files.
+    """
     # GDCM warns on standard error for every folder without DICOM files; that is no news here.
     warnings_were_on = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -103,6 +144,17 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
     contributes every entry directly inside it whose name has an image suffix, sorted, including
     those that cannot be read (a dangling link, say): reading them fails with the reason, so that
     they get a row instead of vanishing.
+
+    Parameters
+    ----------
+    inputs : list of str or Path
+        Image files and folders, in the order given.
+    series_uid : str, optional
+        The series to read from each DICOM folder (``CaseInput.series_uid``).
+
+    Returns
+    -------
+    list of CaseInput
     """
     cases: list[CaseInput] = []
     for entry in map(Path, inputs):
@@ -118,8 +170,23 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
 
 
 def read_manifest(path: str | Path) -> list[CaseInput]:
-    """Cases from a CSV with an ``image`` column (file or DICOM folder, relative to the CSV)
-    and optional ``case`` and ``series_uid`` columns."""
+    """Cases from a CSV manifest.
+
+    The CSV (UTF-8, with a header row) has an ``image`` column (file or DICOM folder, relative to
+    the CSV) and optional ``case`` and ``series_uid`` columns; a row without a case name is named
+    after its image.
+
+    Returns
+    -------
+    list of CaseInput
+        One per row, in the file's order.
+
+    Raises
+    ------
+    InputImageError
+        For a file that cannot be read, no row or no ``image`` column, or a case name that cannot
+        name an output file (``check_case_name``).
+    """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -137,7 +204,23 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
 
 
 def check_image(image: sitk.Image, path: str | Path) -> None:
-    """Raise ``InputImageError`` unless ``image`` is a usable 3D scalar MRI volume."""
+    """Check that ``image`` is a usable 3D scalar MRI volume.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+    path : str or Path
+        Where it was read from, for the error message.
+
+    Raises
+    ------
+    InputImageError
+        For an image that is not 3D or not scalar, a single slice, more than ``MAX_VOXELS``
+        voxels, a voxel spacing outside ``MIN_SPACING_MM``-``MAX_SPACING_MM`` mm, an extent
+        under ``MIN_EXTENT_MM`` mm along an axis (too thin to hold a left atrium), NaN or
+        infinite intensities, constant intensity, or fewer than ``MIN_DISTINCT_INTENSITIES``
+        distinct intensities (a label map or a mask, not an MRI).
+    """
     _check_header(image.GetSize(), image.GetNumberOfComponentsPerPixel(), Path(path))
     spacing = image.GetSpacing()
     if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
@@ -303,7 +386,27 @@ def _check_metaimage_header(path: Path) -> None:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read and check a 3D image file; every failure is an ``InputImageError`` naming the file."""
+    """Read and check a 3D image file.
+
+    Besides ITK's own checks and ``check_image``, it refuses what ITK would read without a word:
+    a truncated ``.gz`` (read as zeros), a NIfTI or MetaImage header with an impossible voxel size
+    (a zero or NaN ``pixdim`` is read as 1 mm), NaN or infinite voxels in a floating-point NIfTI
+    file (read as 0).
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI, NRRD or MetaImage file (``IMAGE_SUFFIXES``).
+
+    Returns
+    -------
+    SimpleITK.Image
+
+    Raises
+    ------
+    InputImageError
+        For every failure, naming the file.
+    """
     path = Path(path)
     if path.is_dir():
         raise InputImageError(f"{path}: is a folder without DICOM files, not an image file")
@@ -327,8 +430,20 @@ def read_image(path: str | Path) -> sitk.Image:
 
 
 def read_mask(path: str | Path) -> sitk.Image:
-    """Read a 3D mask, zero outside and one value inside (NIfTI, a one-layer ``.seg.nrrd``, ...);
-    every failure is an ``InputImageError`` naming the file."""
+    """Read a 3D mask: zero outside and one value inside (NIfTI, a one-layer ``.seg.nrrd``, ...).
+
+    Returns
+    -------
+    SimpleITK.Image
+        The mask as stored; callers take every non-zero voxel as atrium.
+
+    Raises
+    ------
+    InputImageError
+        For every failure, naming the file; among them a mask that is not 3D (a segmentation with
+        several layers) or holds several non-zero values (an image given by mistake, or a map of
+        several structures, which would count as one huge atrium).
+    """
     path = Path(path)
     _check_file_is_there_and_whole(path)
     try:
@@ -349,8 +464,26 @@ def read_mask(path: str | Path) -> sitk.Image:
 
 
 def dicom_series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:
-    """The files of one DICOM series of ``folder``, in order; with several series, ``series_uid``
-    chooses. Raises ``InputImageError`` naming the folder."""
+    """The files of one DICOM series of ``folder``, in order.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder holding the DICOM files directly.
+    series_uid : str, optional
+        The series to take; needed where the folder holds several.
+
+    Returns
+    -------
+    tuple of str
+        Paths of the series' files.
+
+    Raises
+    ------
+    InputImageError
+        Naming the folder, for no DICOM files, several series and no ``series_uid``, or no series
+        ``series_uid``.
+    """
     series = dicom_series_ids(folder)
     if not series:
         raise InputImageError(f"{folder}: is a folder without DICOM files, not an image file")
@@ -362,7 +495,25 @@ def dicom_series_files(folder: Path, series_uid: str | None = None) -> tuple[str
 
 
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """Read and check one DICOM series from ``folder``; with several, ``series_uid`` chooses."""
+    """Read and check one DICOM series from ``folder``.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder holding the DICOM files directly.
+    series_uid : str, optional
+        The series to read; needed where the folder holds several.
+
+    Returns
+    -------
+    SimpleITK.Image
+
+    Raises
+    ------
+    InputImageError
+        Naming the folder, for a series that cannot be chosen or read, or an image that fails
+        ``check_image``.
+    """
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(dicom_series_files(folder, series_uid))
     try:
@@ -374,14 +525,20 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
 
 
 def read_case(case: CaseInput) -> sitk.Image:
-    """The image of a case, from a file or a DICOM folder."""
+    """The image of a case, read from its file or DICOM folder and checked.
+
+    Raises
+    ------
+    InputImageError
+        As ``read_image`` or ``read_dicom_series`` raise it.
+    """
     if case.path.is_dir():  # read_dicom_series scans the folder once and says if it holds none
         return read_dicom_series(case.path, case.series_uid)
     return read_image(case.path)
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes, as a hex string."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -392,7 +549,15 @@ def file_sha256(path: str | Path) -> str:
 def case_sha256(case: CaseInput) -> str:
     """SHA-256 that identifies a case's image: of its file, or of its DICOM series' files in order.
 
-    Raises ``InputImageError`` naming the case's path when it cannot be read.
+    Returns
+    -------
+    str
+        Hex digest; for a DICOM series, the digest of its files' digests in order.
+
+    Raises
+    ------
+    InputImageError
+        Naming the case's path, when it cannot be read.
     """
     try:
         if not case.path.is_dir():
@@ -415,7 +580,13 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:
-    """Image and segmentation files of a folder by case name (file name without suffix)."""
+    """Image and segmentation files of a folder by case name (file name without suffix).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a path that is not a folder.
+    """
     if not folder.is_dir():
         raise LeftAtriumSegError(f"{folder}: not a folder")
     suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
@@ -431,8 +602,18 @@ MIN_FREE_BYTES = 64 << 20
 
 
 def create_output_folder(folder: Path) -> None:
-    """Make ``--output-dir`` once, before any case, and make sure it takes files: one clear error
-    instead of one per case after each one's inference."""
+    """Make the output folder (``--output-dir``) and make sure it takes files.
+
+    Called once, before any case: one clear error instead of one per case after each one's
+    inference. A byte is written to a probe file, as a folder may take new files but no data
+    (a full disk, a quota).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a path that exists and is not a folder, a folder that cannot be made or written
+        into, or less than ``MIN_FREE_BYTES`` free on its file system.
+    """
     if folder.exists() and not folder.is_dir():
         raise LeftAtriumSegError(f"{folder}: --output-dir exists and is not a folder")
     try:
@@ -451,7 +632,13 @@ def create_output_folder(folder: Path) -> None:
 
 
 def refuse_existing_output(path: Path, overwrite: bool = False) -> None:
-    """Raise unless ``path`` is free to write: the user's files are replaced only when asked."""
+    """Check that ``path`` is free to write: the user's files are replaced only when asked.
+
+    Raises
+    ------
+    FileExistsError
+        For an existing ``path`` without ``overwrite``.
+    """
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
 
@@ -460,10 +647,28 @@ def refuse_existing_output(path: Path, overwrite: bool = False) -> None:
 def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
-    Refuses to replace an existing file unless ``overwrite``. On failure the temporary file
-    is removed and ``path`` is untouched. A process killed meanwhile leaves only the hidden
-    temporary file, which ``remove_stale_partials`` clears on the next run. An ``OSError`` while
-    writing (a full disk, say) is raised with ``path`` in its message.
+    On failure the temporary file is removed and ``path`` is untouched. A process killed
+    meanwhile leaves only the hidden temporary file, which ``remove_stale_partials`` clears on
+    the next run.
+
+    Parameters
+    ----------
+    path : Path
+        The output's final name; its folder is made where missing.
+    overwrite : bool, optional
+        Replace an existing file at ``path``; without it, an existing file is refused.
+
+    Yields
+    ------
+    Path
+        The temporary file to write, in ``path``'s folder.
+
+    Raises
+    ------
+    FileExistsError
+        For an existing ``path`` without ``overwrite``, before anything is written.
+    OSError
+        For a failure while writing (a full disk, say), with ``path`` in its message.
     """
     refuse_existing_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -491,9 +696,11 @@ def _umask() -> int:
 
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` for the block: runs that share an output folder take
-    turns at its tables. On POSIX the folder itself is locked (flock), so no lock file is left
-    behind; elsewhere a ``.leftatriumseg.lock`` file in it."""
+    """Hold an exclusive lock on ``folder`` for the block.
+
+    Runs that share an output folder take turns at its tables. On POSIX the folder itself is
+    locked (flock), so no lock file is left behind; elsewhere a ``.leftatriumseg.lock`` file in it.
+    """
     if os.name == "posix":
         import fcntl  # noqa: PLC0415
 
@@ -525,7 +732,12 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     """Delete temporary files left in ``folder`` by killed processes of this host.
 
     Files of live processes (other shards writing to the same folder) and of other hosts
-    are left alone. Returns what was removed.
+    are left alone. Off POSIX nothing is removed: only there can a process be probed.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
     """
     removed: list[Path] = []
     if os.name != "posix" or not folder.is_dir():  # os.kill(pid, 0) only probes on POSIX
@@ -550,7 +762,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
-    """4x4 matrix from voxel index (i, j, k) to physical LPS coordinates in mm."""
+    """``(4, 4)`` matrix from voxel index (i, j, k) to physical LPS coordinates in mm."""
     matrix = np.eye(4)
     matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
     matrix[:3, 3] = image.GetOrigin()
@@ -578,11 +790,32 @@ BeforeRename = Callable[[Path], None]
 
 def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
                     before_rename: BeforeRename | None = None) -> None:
-    """Write a ``(Z, Y, X)`` 0/1 mask as uint8 on ``reference``'s grid (NIfTI, NRRD, ...), read it
-    back and compare before it takes its name.
+    """Write a 0/1 mask as a uint8 label map on ``reference``'s grid (NIfTI, NRRD, ...).
 
-    ``before_rename(written_file)``, if given, runs once the file is verified and before it takes
-    its name (so that a record of it exists before it does).
+    The file is written under a temporary name (``atomic_output``), read back and compared with
+    ``mask`` before it takes its name.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (Z, Y, X)
+        Boolean or 0/1 mask.
+    reference : SimpleITK.Image
+        The image whose grid (size, spacing, origin, direction) the mask is on.
+    path : Path
+        Output file; its suffix chooses the format.
+    overwrite : bool, optional
+        Replace an existing file at ``path``.
+    before_rename : callable, optional
+        ``before_rename(written_file)`` runs once the file is verified and before it takes its
+        name (so that a record of it exists before it does).
+
+    Raises
+    ------
+    FileExistsError
+        For an existing ``path`` without ``overwrite``.
+    OSError
+        Naming ``path``, for a file that cannot be written or does not read back as ``mask``
+        (a full disk, say).
     """
     label_map = sitk.GetImageFromArray(mask.astype(np.uint8))
     label_map.CopyInformation(reference)
@@ -598,8 +831,29 @@ def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwri
 
 def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
                        before_rename: BeforeRename | None = None) -> None:
-    """Write a ``(Z, Y, X)`` mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment, read it
-    back and compare before it takes its name (``before_rename`` as in ``write_label_map``)."""
+    """Write a mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment.
+
+    The segment carries the left atrium's terminology (``LEFT_ATRIUM_SEGMENT``). The file is read
+    back and compared before it takes its name, as in ``write_label_map``.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (Z, Y, X)
+        Boolean or 0/1 mask.
+    reference : SimpleITK.Image
+        The image whose grid the mask is on.
+    path : Path
+        Output ``.seg.nrrd`` file.
+    overwrite, before_rename
+        As in ``write_label_map``.
+
+    Raises
+    ------
+    FileExistsError
+        For an existing ``path`` without ``overwrite``.
+    OSError
+        Naming ``path``, for a file that cannot be written or does not read back as ``mask``.
+    """
     import slicerio  # noqa: PLC0415 - the Slicer module imports this module before its packages are installed
 
     segmentation = slicerio.create_segmentation(mask.shape[::-1], ijk_to_lps(reference))

@@ -25,16 +25,35 @@ ASE_2005_SOURCE = "Lang et al., J Am Soc Echocardiogr 2005;18:1440-63"
 
 @dataclass(frozen=True)
 class VolumeMeasurement:
+    """Volume of a mask.
+
+    Attributes
+    ----------
+    voxel_count : int
+        Voxels in the mask.
+    volume_mm3 : float
+        Voxel count times the voxel's volume, in mm3.
+    """
+
     voxel_count: int
     volume_mm3: float
 
     @property
     def volume_ml(self) -> float:
+        """The volume in mL."""
         return self.volume_mm3 / 1000.0
 
 
 def measure_volume(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> VolumeMeasurement:
-    """Volume of a binary mask: voxel count times the voxel's volume."""
+    """Volume of a binary mask: voxel count times the voxel's volume.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (Z, Y, X)
+        Non-zero voxels are inside.
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+    """
     voxel_count = int(np.count_nonzero(mask))
     return VolumeMeasurement(voxel_count, voxel_count * float(np.prod(spacing_mm)))
 
@@ -46,10 +65,14 @@ WEIGHT_RANGE_KG = (2.0, 400.0)
 
 
 def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
-    """Mosteller's formula: sqrt(height [cm] x weight [kg] / 3600).
+    """Body surface area in m2 by Mosteller's formula: sqrt(height [cm] x weight [kg] / 3600).
 
-    Raises ``ValueError`` for a height outside ``HEIGHT_RANGE_CM`` or a weight outside
-    ``WEIGHT_RANGE_KG``.
+    Raises
+    ------
+    ValueError
+        For a height outside ``HEIGHT_RANGE_CM`` or a weight outside ``WEIGHT_RANGE_KG``: most
+        likely a value in other units (metres, inches, pounds) or mistyped, whose index would
+        look plausible and be wrong.
     """
     if not HEIGHT_RANGE_CM[0] <= height_cm <= HEIGHT_RANGE_CM[1]:
         raise ValueError(f"height {height_cm:g} cm is outside {HEIGHT_RANGE_CM[0]:g}-{HEIGHT_RANGE_CM[1]:g} cm "
@@ -61,13 +84,32 @@ def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
 
 
 def grade_lavi(lavi_ml_per_m2: float, grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> str:
-    """Grade of an LA volume index: the first grade whose upper bound (exclusive) exceeds it."""
+    """Grade of an LA volume index: the first grade whose upper bound (exclusive) exceeds it.
+
+    Parameters
+    ----------
+    lavi_ml_per_m2 : float
+        LA volume index in mL/m2.
+    grades : tuple of (float, str), optional
+        ``(upper bound in mL/m2, name)`` pairs, bounds increasing, the last ``math.inf``;
+        ``ASE_2005_LAVI_GRADES`` (echocardiographic; see its comment) unless others apply.
+    """
     return next(name for upper, name in grades if lavi_ml_per_m2 < upper)
 
 
 @dataclass(frozen=True)
 class VolumeIndex:
-    """LA volume indexed to body surface area."""
+    """LA volume indexed to body surface area.
+
+    Attributes
+    ----------
+    bsa_m2 : float
+        Body surface area in m2 (Mosteller).
+    ml_per_m2 : float
+        LA volume index in mL/m2.
+    grade : str
+        Its grade (``grade_lavi``).
+    """
 
     bsa_m2: float
     ml_per_m2: float
@@ -76,7 +118,22 @@ class VolumeIndex:
 
 def index_volume(volume_ml: float, height_cm: float, weight_kg: float,
                  grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> VolumeIndex:
-    """BSA (Mosteller), LA volume index and its grade for one patient."""
+    """BSA (Mosteller), LA volume index and its grade for one patient.
+
+    Parameters
+    ----------
+    volume_ml : float
+        LA volume in mL.
+    height_cm, weight_kg : float
+        Height in cm and weight in kg.
+    grades : tuple of (float, str), optional
+        As in ``grade_lavi``.
+
+    Raises
+    ------
+    ValueError
+        For a height or weight outside ``HEIGHT_RANGE_CM`` / ``WEIGHT_RANGE_KG``.
+    """
     bsa_m2 = body_surface_area_m2(height_cm, weight_kg)
     ml_per_m2 = volume_ml / bsa_m2
     return VolumeIndex(bsa_m2, ml_per_m2, grade_lavi(ml_per_m2, grades))
@@ -86,7 +143,11 @@ def index_volume(volume_ml: float, height_cm: float, weight_kg: float,
 class AtriumMeasurement:
     """What every front end reports of one left atrium: ``volumes.csv``'s row, the Slicer table.
 
-    ``index`` is None where height or weight is not known.
+    Attributes
+    ----------
+    volume : VolumeMeasurement
+    index : VolumeIndex or None
+        None where height or weight is not known.
     """
 
     volume: VolumeMeasurement
@@ -101,10 +162,12 @@ def measure_atrium(mask: np.ndarray, spacing_mm: tuple[float, float, float], hei
     Parameters
     ----------
     mask : ndarray of bool, shape (Z, Y, X)
-    spacing_mm : (x, y, z) voxel spacing in mm, as SimpleITK gives it
-    height_cm, weight_kg : float or None
-        None or 0 where unknown.
-    grades : the LAVI grades, ``ASE_2005_LAVI_GRADES`` unless others apply
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm, as SimpleITK gives it.
+    height_cm, weight_kg : float or None, optional
+        Height in cm and weight in kg; None or 0 where unknown.
+    grades : tuple of (float, str), optional
+        The LAVI grades, ``ASE_2005_LAVI_GRADES`` unless others apply.
 
     Raises
     ------

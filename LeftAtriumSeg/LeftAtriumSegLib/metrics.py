@@ -22,11 +22,23 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 
 def surface_distances_mm(a: np.ndarray, b: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Distances from every surface voxel of non-empty ``a`` to the surface of non-empty ``b``,
-    and back (mm).
+    """Distances in mm from every surface voxel of ``a`` to the surface of ``b``, and back.
 
-    Computed on the bounding box of both masks plus one voxel: every surface voxel lies in
-    it, so the distances are those of the whole grid, at a fraction of the cost.
+    A surface voxel is one with a background voxel among its 26 neighbours. Computed on the
+    bounding box of both masks plus one voxel: every surface voxel lies in it, so the distances
+    are those of the whole grid, at a fraction of the cost.
+
+    Parameters
+    ----------
+    a, b : ndarray of bool, shape (Z, Y, X)
+        Non-empty masks on one grid.
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+
+    Returns
+    -------
+    ndarray of float32, shape (n,)
+        The distances of ``a``'s surface voxels, then those of ``b``'s.
     """
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(a | b))
     a, b = a[box], b[box]
@@ -40,8 +52,22 @@ def surface_distances_mm(a: np.ndarray, b: np.ndarray, spacing_mm: tuple[float, 
 def segmentation_metrics(
     prediction: np.ndarray, reference: np.ndarray, spacing_mm: tuple[float, float, float]
 ) -> dict[str, float]:
-    """Dice, 95th-percentile Hausdorff distance (mm), average symmetric surface distance (mm),
-    and volumes (mL). Surface distances are NaN when either mask is empty."""
+    """Dice, 95th-percentile Hausdorff distance, average symmetric surface distance and volumes.
+
+    Parameters
+    ----------
+    prediction, reference : ndarray of bool, shape (Z, Y, X)
+        Masks on one grid.
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+
+    Returns
+    -------
+    dict of str to float
+        ``dice``; ``hd95_mm`` and ``assd_mm``, the 95th percentile and the mean of the surface
+        distances both ways (``surface_distances_mm``), in mm, NaN when either mask is empty;
+        ``predicted_ml``, ``reference_ml`` and ``abs_volume_error_ml``, in mL.
+    """
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     predicted_ml = np.count_nonzero(prediction) * voxel_ml
     reference_ml = np.count_nonzero(reference) * voxel_ml
@@ -65,7 +91,8 @@ def bland_altman(predicted_ml, reference_ml) -> dict[str, float]:
 
     Parameters
     ----------
-    predicted_ml, reference_ml : sequences of volumes in mL, case by case (at least two cases)
+    predicted_ml, reference_ml : array_like of float
+        Volumes in mL, case by case (at least two cases).
 
     Returns
     -------
@@ -74,6 +101,11 @@ def bland_altman(predicted_ml, reference_ml) -> dict[str, float]:
         ``upper_ml`` (bias -/+ 1.96 standard deviations of the differences); the same in % of
         each reference volume (``bias_pct``, ``lower_pct``, ``upper_pct``); and the mean absolute
         error, ``mae_ml`` and ``mae_pct``.
+
+    Raises
+    ------
+    ValueError
+        For fewer than two cases, or volumes that do not pair up.
     """
     predicted, reference = np.asarray(predicted_ml, dtype=float), np.asarray(reference_ml, dtype=float)
     if predicted.shape != reference.shape or predicted.size < 2:

@@ -24,8 +24,23 @@ CARD_NAME = "MODEL_CARD.md"
 
 
 def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], settings: CleanupSettings) -> list[dict]:
-    """Per-case metrics of the held-out probability maps of ``data_folder``'s cases, cleaned with
-    ``settings``; ``fold_of`` maps each held-out case to its fold."""
+    """Per-case metrics of ``data_folder``'s held-out probability maps, cleaned with ``settings``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A cross-validation run; its held-out maps are in ``run_dir/probabilities``.
+    data_folder : Path
+        A data folder the run used; its labels are in ``labelsTr``.
+    fold_of : dict of str to int
+        The fold that held out each case; cases not in it are left out.
+    settings : CleanupSettings
+
+    Returns
+    -------
+    list of dict
+        One row per case: ``case``, ``fold`` and the metrics of ``metrics.segmentation_metrics``.
+    """
     return [{"case": case, "fold": fold_of[case],
              **segmentation_metrics(clean_mask(probability_map, spacing_mm, settings), reference, spacing_mm)}
             for case, probability_map, reference, spacing_mm
@@ -56,7 +71,11 @@ def _metrics_lines(rows: list[dict]) -> list[str]:
 
 
 def model_card(run_dir: Path) -> str:
-    """The Markdown card of the training run in ``run_dir``."""
+    """The Markdown card of the training run in ``run_dir``.
+
+    Read back from ``training.json``, the model file and, for a cross-validation run, the
+    held-out probability maps, and from the data folders they name.
+    """
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
     config, settings = training["config"], training["settings"]
     cleanup = CleanupSettings()

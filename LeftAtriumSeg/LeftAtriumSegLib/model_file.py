@@ -38,7 +38,27 @@ def _is_count(value: object) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything beside the weights that inference needs, stored in the model file."""
+    """Everything beside the weights that inference needs, stored in the model file.
+
+    Attributes
+    ----------
+    name, version : str
+        How results name the model (``label``).
+    slices : int
+        Neighbouring slices given to each network as channels; odd, a stack around a centre slice.
+    features : tuple of int
+        Channels per U-Net level.
+    frame : ModelFrame
+        Orientation and spacing the networks were trained in.
+    views : tuple of str
+        Slicing directions (keys of ``preprocessing.VIEW_AXES``), one network each.
+
+    Raises
+    ------
+    ValueError
+        For settings no model could have: no views, unknown or repeated views, a ``slices`` that
+        is not a positive odd number, no or non-positive channel counts.
+    """
 
     name: str = "LeftAtriumSeg"
     version: str = "0"
@@ -74,7 +94,7 @@ class ModelConfig:
         return 2 ** (len(self.features) - 1)
 
     def build_network(self) -> UNet2D:
-        """One view's network."""
+        """One view's network: a freshly initialised ``UNet2D`` of these settings."""
         from .network import UNet2D  # noqa: PLC0415 - torch, see the module docstring
 
         return UNet2D(in_channels=self.slices, features=self.features)
@@ -86,10 +106,20 @@ class ModelConfig:
         return nn.ModuleDict({view: self.build_network() for view in self.views})
 
     def to_json(self) -> str:
+        """The settings as JSON text, as the model file's metadata stores them."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
+        """Settings from ``to_json``'s text.
+
+        Raises
+        ------
+        ValueError
+            For text that is not JSON, or settings out of range.
+        KeyError, TypeError, AttributeError
+            For settings missing or of the wrong kind.
+        """
         values = json.loads(text)
         frame = values.pop("frame")
         return cls(
@@ -104,6 +134,19 @@ def save_model(path: str | Path, networks: nn.ModuleDict, config: ModelConfig) -
     """Write the views' networks and config to ``path`` (written beside it first, then renamed).
 
     An existing file at ``path`` is replaced: training rewrites its checkpoints.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.safetensors`` file.
+    networks : torch.nn.ModuleDict
+        One network per view, keyed and ordered as ``config.views``.
+    config : ModelConfig
+
+    Raises
+    ------
+    ValueError
+        For networks whose views are not the config's, in its order.
     """
     path = Path(path)
     if list(networks) != list(config.views):
@@ -123,8 +166,11 @@ def model_file_sha256(path: str | Path) -> str:
 def read_model_config(path: str | Path) -> ModelConfig:
     """The settings stored in a model file, without reading its weights.
 
-    Raises ``ModelFileError`` naming the file for anything that is not a readable
-    LeftAtriumSeg model file.
+    Raises
+    ------
+    ModelFileError
+        Naming the file, for anything that is not a readable LeftAtriumSeg model file: a folder,
+        a missing file, not safetensors, another format than ``FORMAT``, unreadable settings.
     """
     path = Path(path)
     if path.is_dir():
@@ -146,10 +192,19 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 
 def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """A model file's settings and tensors (``VIEW.parameter``, numpy arrays), without torch.
+    """A model file's settings and tensors, as numpy arrays, without torch.
 
-    Raises ``ModelFileError`` naming the file for anything that is not a readable
-    LeftAtriumSeg model.
+    Returns
+    -------
+    config : ModelConfig
+    weights : dict of str to ndarray
+        Tensors by name, ``VIEW.parameter``.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file, for anything that is not a readable LeftAtriumSeg model; among them a
+        tensor holding NaN or infinite weights (a damaged model would report 0 mL for every scan).
     """
     config = read_model_config(path)
     try:
@@ -166,14 +221,29 @@ def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.ModuleDict, ModelConfig]:
-    """Read a model file into torch networks ready for inference, one per view, on ``device``
-    (``segment`` uses ``onnx_network.load_onnx_networks`` instead; this serves GPU benchmarks).
+    """Read a model file into torch networks ready for inference, one per view.
 
-    Their BatchNorms are folded into the convolutions (``fold_batch_norms``), so they are for
-    prediction only, not for further training or saving.
+    ``segment`` uses ``onnx_network.load_onnx_networks`` instead; this serves GPU benchmarks.
+    Their BatchNorms are folded into the convolutions (``network.fold_batch_norms``), so they are
+    for prediction only, not for further training or saving.
 
-    Raises ``ModelFileError`` naming the file for anything that is not a readable
-    LeftAtriumSeg model.
+    Parameters
+    ----------
+    path : str or Path
+        The model file.
+    device : str or torch.device, optional
+        Where the networks run.
+
+    Returns
+    -------
+    networks : torch.nn.ModuleDict
+        One ``UNet2D`` per view, in eval mode, channels-last.
+    config : ModelConfig
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file, for anything that is not a readable LeftAtriumSeg model.
     """
     import torch  # noqa: PLC0415
 
@@ -192,4 +262,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 def parameter_count(network: nn.Module) -> int:
+    """Number of parameters of a torch network (buffers, such as BatchNorm statistics, not counted)."""
     return sum(p.numel() for p in network.parameters())

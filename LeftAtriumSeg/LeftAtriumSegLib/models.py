@@ -28,7 +28,24 @@ CACHE_ENVIRONMENT_VARIABLE = "LEFTATRIUMSEG_MODEL_CACHE"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the catalogue: bundled (``file``) or downloaded (``url``)."""
+    """One model of the catalogue: bundled (``file``) or downloaded (``url``).
+
+    Attributes
+    ----------
+    id : str
+        How ``model_path`` names it.
+    title : str
+    sha256 : str
+        The model file's SHA-256 (hex).
+    size_bytes : int
+        The model file's size in bytes; a download must match it and ``sha256``.
+    file : str
+        A bundled model's file, relative to the catalogue's folder; "" for a downloaded one.
+    url : str
+        Where a downloaded model is fetched from; "" for a bundled one.
+    description, license, model_card : str
+        As the catalogue states them; "" where it does not.
+    """
 
     id: str
     title: str
@@ -42,11 +59,18 @@ class ModelEntry:
 
 
 def default_cache_folder() -> Path:
+    """Folder of downloaded models: ``$LEFTATRIUMSEG_MODEL_CACHE``, else ``~/.leftatriumseg/models``."""
     return Path(os.environ.get(CACHE_ENVIRONMENT_VARIABLE) or Path.home() / ".leftatriumseg" / "models")
 
 
 def read_catalogue(path: Path = CATALOGUE_PATH) -> tuple[list[ModelEntry], str]:
     """The catalogue's entries and the id of its default model.
+
+    Returns
+    -------
+    entries : list of ModelEntry
+    default : str
+        The id of the model used when none is asked for.
 
     Raises
     ------
@@ -78,10 +102,21 @@ def model_path(model: str | Path | None = None, cache_folder: Path | None = None
 
     A catalogue model that is downloaded is fetched on first use (``download``).
 
+    Parameters
+    ----------
+    model : str or Path, optional
+        An existing file or a name ending in ``.safetensors`` (taken as a path), a catalogue id,
+        or None for the catalogue's default.
+    cache_folder : Path, optional
+        Where downloaded models are kept; ``default_cache_folder()`` unless given.
+    catalogue : Path, optional
+        The catalogue, ``Models.json``.
+
     Raises
     ------
     ModelFileError
-        For an id the catalogue does not have (and no such file), or a download that fails.
+        For an id the catalogue does not have (and no such file), an unreadable catalogue
+        (``read_catalogue``), or a download that fails.
     """
     if model is not None and (Path(model).exists() or Path(model).suffix == ".safetensors"):
         return Path(model)

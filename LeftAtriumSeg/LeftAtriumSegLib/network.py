@@ -24,6 +24,13 @@ class UNet2D(nn.Module):
 
     Input ``(N, in_channels, H, W)`` with H and W multiples of ``2 ** (len(features) - 1)``;
     output ``(N, 1, H, W)`` logits for the left atrium.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels: the neighbouring slices of a stack.
+    features : tuple of int
+        Channels per level, from the top; each level below the first halves H and W.
     """
 
     def __init__(self, in_channels: int, features: tuple[int, ...]):
@@ -44,9 +51,11 @@ class UNet2D(nn.Module):
 
     @property
     def size_multiple(self) -> int:
+        """The input's H and W must be multiples of this (the pooling)."""
         return 2 ** len(self.upsamplers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, 1, H, W)`` of a batch ``(N, in_channels, H, W)``."""
         skips = []
         for depth, encoder in enumerate(self.encoders):
             if depth > 0:
@@ -65,6 +74,11 @@ def fold_batch_norms(network: UNet2D) -> UNet2D:
     The outputs stay the same to float rounding; each block then runs two convolutions
     instead of two convolutions and two normalisations (0.92x the prediction time on 2 CPU cores).
     The network can no longer be trained or saved as a model file afterwards.
+
+    Returns
+    -------
+    UNet2D
+        ``network`` itself, in eval mode.
     """
     network.eval()
     for block in network.modules():
@@ -77,10 +91,17 @@ def fold_batch_norms(network: UNet2D) -> UNet2D:
 
 
 class TorchSliceNetwork:
-    """A torch ``UNet2D`` as ``inference.predict_slices`` calls it (``inference.SliceNetwork``):
+    """A torch ``UNet2D`` as ``inference.predict_slices`` calls it (``inference.SliceNetwork``).
+
     float32 ``(N, slices, H, W)`` numpy in, logits ``(N, 1, H, W)`` numpy out, run on the
     network's device. For networks in training and GPU benchmarks; ``segment`` runs the model
-    file with ONNX Runtime (``onnx_network``)."""
+    file with ONNX Runtime (``onnx_network``).
+
+    Parameters
+    ----------
+    network : UNet2D
+        Set to eval mode here.
+    """
 
     def __init__(self, network: UNet2D):
         self.network = network.eval()

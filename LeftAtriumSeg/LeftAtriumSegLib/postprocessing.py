@@ -15,8 +15,29 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class CleanupSettings:
-    """Cleanup settings; the defaults were chosen by cross-validated ablations (the model card,
-    "Cleanup ablation"; docs/model-development.md)."""
+    """Settings of the cleanup that turns a probability map into a mask (``clean_mask``).
+
+    The defaults were chosen by cross-validated ablations (the model card, "Cleanup ablation";
+    docs/model-development.md).
+
+    Attributes
+    ----------
+    threshold : float
+        Probability from which a voxel is atrium; strictly between 0 and 1.
+    keep_largest_component : bool
+        Keep the largest 26-connected component, and the others within ``component_gap_mm``.
+    component_gap_mm : float
+        How close to the largest component another is kept, in mm.
+    fill_holes : bool
+        Fill cavities enclosed in 3D.
+    closing_radius_mm : float
+        Radius of a morphological closing in mm; 0 for none.
+
+    Raises
+    ------
+    ValueError
+        For a threshold outside (0, 1), or a negative gap or closing radius.
+    """
 
     threshold: float = 0.5
     keep_largest_component: bool = True
@@ -32,9 +53,11 @@ class CleanupSettings:
                              f"({self.closing_radius_mm:g} mm) cannot be negative")
 
     def options(self) -> list[str]:
-        """The ``segment`` options that make these settings: how ``volumes.csv`` records what made a
-        mask, and how the Slicer module hands its settings to its worker. ``from_options`` reads them
-        back."""
+        """The ``segment`` options that make these settings.
+
+        They are how ``volumes.csv`` records what made a mask, and how the Slicer module hands its
+        settings to its worker. ``from_options`` reads them back.
+        """
         options = ["--threshold", str(self.threshold), "--component-gap-mm", str(self.component_gap_mm),
                    "--closing-radius-mm", str(self.closing_radius_mm)]
         if not self.keep_largest_component:
@@ -78,8 +101,19 @@ def _as_image(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> sitk.
 
 
 def distance_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """float32 ``(Z, Y, X)``: each voxel's distance in mm to the nearest voxel centre of a
-    non-empty ``mask`` (0 or less inside it)."""
+    """Each voxel's distance in mm to the nearest voxel centre of a non-empty ``mask``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm, as SimpleITK gives it.
+
+    Returns
+    -------
+    ndarray of float32, shape (Z, Y, X)
+        Distances in mm outside ``mask``; 0 or less inside it.
+    """
     distance_map = sitk.SignedMaurerDistanceMap(_as_image(mask, spacing_mm), insideIsPositive=False,
                                                 squaredDistance=False, useImageSpacing=True)
     return sitk.GetArrayFromImage(distance_map)
@@ -90,6 +124,19 @@ def keep_largest_component(mask: np.ndarray, spacing_mm: tuple[float, float, flo
 
     The gap keeps fragments that broke off a thin end of the atrium while dropping
     distant false positives.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+    gap_mm : float, optional
+        A component with a voxel within this distance (mm) of the largest is kept; 0 keeps the
+        largest alone.
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X)
     """
     components = sitk.ConnectedComponent(_as_image(mask, spacing_mm), True)  # fully connected: 26 neighbours
     labels = sitk.GetArrayFromImage(sitk.RelabelComponent(components, sortByObjectSize=True))  # 1: the largest
@@ -103,9 +150,12 @@ def keep_largest_component(mask: np.ndarray, spacing_mm: tuple[float, float, flo
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill cavities enclosed in 3D (the atrium's blood pool has none). A cavity counts as
-    enclosed unless it reaches the outside through face-to-face steps, the background's
-    connectivity that goes with the 26-connected mask."""
+    """Fill cavities enclosed in 3D (the atrium's blood pool has none).
+
+    A cavity counts as enclosed unless it reaches the outside through face-to-face steps, the
+    background's connectivity that goes with the 26-connected mask. Takes and returns a boolean
+    ``(Z, Y, X)`` mask.
+    """
     filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)), fullyConnected=False)
     return sitk.GetArrayFromImage(filled).astype(bool)
 
@@ -115,6 +165,18 @@ def close_mask(mask: np.ndarray, spacing_mm: tuple[float, float, float], radius_
 
     Dilation and erosion by a ball are thresholds of distance maps in mm. The padding keeps the
     dilation whole at the array's edges.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+    radius_mm : float
+        The ball's radius in mm.
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X)
     """
     if not mask.any():
         return mask.copy()
@@ -127,9 +189,23 @@ def close_mask(mask: np.ndarray, spacing_mm: tuple[float, float, float], radius_
 def clean_mask(probability: np.ndarray, spacing_mm: tuple[float, float, float], settings: CleanupSettings) -> np.ndarray:
     """Threshold a probability map and apply the cleanup steps that ``settings`` enable.
 
-    The steps run on the bounding box of the thresholded voxels, padded by the closing
-    radius and one voxel: every component lies inside it, so the result is the same as on
-    the whole volume, at a fraction of the cost.
+    The steps run in this order: closing, largest component, hole filling. They run on the
+    bounding box of the thresholded voxels, padded by the closing radius and one voxel: every
+    component lies inside it, so the result is the same as on the whole volume, at a fraction of
+    the cost.
+
+    Parameters
+    ----------
+    probability : ndarray, shape (Z, Y, X)
+        Probability of the left atrium per voxel.
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm, as SimpleITK gives it.
+    settings : CleanupSettings
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X)
+        The mask; empty where no voxel reaches the threshold.
     """
     mask = probability >= settings.threshold
     if not mask.any():

@@ -25,12 +25,15 @@ VIEW_AXES: dict[str, tuple[int, int, int]] = {
 
 
 def to_view(volume: np.ndarray, view: str) -> np.ndarray:
-    """A model-frame ``(Z, Y, X)`` array as the view's ``(slice, row, column)`` array (no copy)."""
+    """A model-frame ``(Z, Y, X)`` array as the view's ``(slice, row, column)`` array (no copy).
+
+    ``view`` is a key of ``VIEW_AXES``.
+    """
     return volume.transpose(VIEW_AXES[view])
 
 
 def from_view(volume: np.ndarray, view: str) -> np.ndarray:
-    """Inverse of ``to_view``."""
+    """Inverse of ``to_view``: a view's ``(slice, row, column)`` array as ``(Z, Y, X)`` (no copy)."""
     return volume.transpose(np.argsort(VIEW_AXES[view]))
 
 
@@ -44,8 +47,19 @@ ANATOMICAL_AXES = ("RL", "AP", "SI")  # each axis code takes one letter of each 
 class ModelFrame:
     """Orientation and spacing the network was trained in.
 
-    Raises ``ValueError`` for settings no model could have been trained in (they come from model
-    files, which may be damaged or made by anyone).
+    Attributes
+    ----------
+    orientation : str
+        Axis code as ``SimpleITK.DICOMOrient`` takes it: one letter of each of RL, AP and SI,
+        each the direction its axis points to (``orientation_direction``).
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm, each ``MIN_FRAME_SPACING_MM``-``MAX_FRAME_SPACING_MM``.
+
+    Raises
+    ------
+    ValueError
+        For settings no model could have been trained in (they come from model files, which may
+        be damaged or made by anyone).
     """
 
     orientation: str = "LPS"
@@ -66,9 +80,16 @@ class ModelFrame:
 
 
 def orientation_direction(orientation: str) -> np.ndarray:
-    """The direction matrix (LPS) of a grid whose axes run as an orientation code says: ``LPS`` ->
-    identity, ``RAS`` -> diag(-1, -1, 1), ``PSL`` -> axes permuted; each letter is where the axis
-    points to."""
+    """The direction matrix (LPS) of a grid whose axes run as an orientation code says.
+
+    Each letter is where its axis points to: ``LPS`` -> identity, ``RAS`` -> diag(-1, -1, 1),
+    ``PSL`` -> axes permuted.
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+        Column ``i`` is the direction of the grid's axis ``i`` in LPS.
+    """
     toward = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
     direction = np.zeros((3, 3))
     for column, letter in enumerate(orientation):
@@ -80,14 +101,28 @@ def orientation_direction(orientation: str) -> np.ndarray:
 def to_model_frame(
     image: sitk.Image, frame: ModelFrame, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
-    """Resample ``image`` onto the model frame: a grid whose axes are the patient's axes in
-    ``frame.orientation``, at ``frame.spacing_mm``, covering the image's whole field of view.
+    """Resample ``image`` onto the model frame.
 
-    An oblique acquisition is turned onto the patient's axes, so the networks see the anatomy
-    as their training data showed it whatever the plane the scan was acquired in; the grid is
-    the bounding box of the tilted field of view, centred on it, and where it reaches beyond the
-    scan it holds 0. A scan acquired along the patient's axes is only permuted and flipped
-    (``DICOMOrient``) and resampled onto the grid of the same extent, centred on the old one.
+    The frame is a grid whose axes are the patient's axes in ``frame.orientation``, at
+    ``frame.spacing_mm``, covering the image's whole field of view. An oblique acquisition is
+    turned onto the patient's axes, so the networks see the anatomy as their training data showed
+    it whatever the plane the scan was acquired in; the grid is the bounding box of the tilted
+    field of view, centred on it, and where it reaches beyond the scan it holds 0. A scan acquired
+    along the patient's axes is only permuted and flipped (``DICOMOrient``) and resampled onto the
+    grid of the same extent, centred on the old one.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        A 3D scan.
+    frame : ModelFrame
+    interpolator : int, optional
+        SimpleITK interpolator: linear for intensities, ``sitkNearestNeighbor`` for a label map.
+
+    Returns
+    -------
+    SimpleITK.Image
+        float32, or ``image``'s pixel type with nearest-neighbour interpolation.
     """
     oriented = sitk.DICOMOrient(image, frame.orientation)
     in_size = np.array(oriented.GetSize())
@@ -115,8 +150,21 @@ def to_model_frame(
 
 
 def field_of_view(image: sitk.Image, framed: sitk.Image) -> np.ndarray | None:
-    """Boolean ``(Z, Y, X)`` mask of the voxels of ``framed`` (``image`` in the model frame) that the
-    scan covers, or None where it covers them all (a scan acquired along the patient's axes)."""
+    """Mask of the voxels of ``framed`` that the scan covers.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        The scan as read.
+    framed : SimpleITK.Image
+        ``image`` in the model frame (``to_model_frame``).
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X), or None
+        True where ``framed``'s voxels lie inside the scan; None where it covers them all (a scan
+        acquired along the patient's axes).
+    """
     direction = np.array(image.GetDirection()).reshape(3, 3)
     if np.allclose(np.abs(direction), np.round(np.abs(direction))):
         return None
@@ -127,16 +175,32 @@ def field_of_view(image: sitk.Image, framed: sitk.Image) -> np.ndarray | None:
 
 
 def to_reference_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """Linearly resample a float image (a probability map, say) onto ``reference``'s grid."""
+    """Linearly resample a float image (a probability map, say) onto ``reference``'s grid.
+
+    The result is float32, 0 where ``reference``'s grid reaches beyond ``image``.
+    """
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def normalise_intensity(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
     """Clip to the 0.5-99.5th percentiles, then z-score; MRI intensities have no absolute scale.
 
-    ``inside``: where the scan is (``field_of_view``); the percentiles, mean and spread are taken
-    there only, so that the empty corners of a tilted scan's frame do not shift them. Returns
-    float32 of the same shape. A constant volume has no usable contrast and raises.
+    Parameters
+    ----------
+    volume : ndarray, shape (Z, Y, X)
+        Intensities in the model frame.
+    inside : ndarray of bool, shape (Z, Y, X), optional
+        Where the scan is (``field_of_view``); the percentiles, mean and spread are taken there
+        only, so that the empty corners of a tilted scan's frame do not shift them.
+
+    Returns
+    -------
+    ndarray of float32, shape (Z, Y, X)
+
+    Raises
+    ------
+    ValueError
+        For a constant volume, which has no usable contrast.
     """
     voxels = volume if inside is None else volume[inside]
     low, high = np.percentile(voxels, [0.5, 99.5])

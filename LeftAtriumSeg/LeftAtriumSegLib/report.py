@@ -48,6 +48,29 @@ REFERENCE_RGB = (0, 114, 178)
 
 @dataclass
 class CaseReport:
+    """Pictures and measurements of one case, as ``report_case`` makes them.
+
+    Attributes
+    ----------
+    case : str
+    volume_ml : float
+        Volume of the mask in mL (voxel count times voxel volume).
+    montage_png, slices_gif, surface_stl, surface_png : Path
+        The case's montage, slice animation, surface mesh and its rendering.
+    mesh_volume_ml : float
+        Volume enclosed by the surface mesh in mL.
+    vertices_mm : ndarray, shape (V, 3)
+        Mesh vertices in physical LPS coordinates, mm.
+    faces : ndarray of int, shape (F, 3)
+        Vertex indices of the mesh's triangles.
+    reference_ml, dice : float or None
+        Volume of the reference mask in mL and the mask's Dice against it; None without one.
+    height_cm, weight_kg : float or None
+        Height in cm and weight in kg, for the volume index; None where not known.
+    qc, qc_reasons : str
+        The quality flag ``segment`` gave the mask and its reasons; "" where no table records it.
+    """
+
     case: str
     volume_ml: float
     montage_png: Path
@@ -66,6 +89,7 @@ class CaseReport:
 
     @property
     def volume_index(self) -> VolumeIndex | None:
+        """The LA volume index (``measurements.index_volume``); None where height or weight is not known."""
         if self.height_cm and self.weight_kg:
             return index_volume(self.volume_ml, self.height_cm, self.weight_kg)
         return None
@@ -82,7 +106,10 @@ def _window(slices: np.ndarray) -> np.ndarray:
 
 
 def atrium_slices(mask: np.ndarray, reference: np.ndarray | None, count: int = 12) -> list[int]:
-    """Up to ``count`` evenly spaced axial slice indices that hold prediction or reference."""
+    """Up to ``count`` evenly spaced axial slice indices that hold prediction or reference.
+
+    ``mask`` and ``reference`` (or None) are boolean ``(Z, Y, X)`` arrays.
+    """
     present = mask.any(axis=(1, 2)) if reference is None else (mask | reference).any(axis=(1, 2))
     holding = np.flatnonzero(present)
     if len(holding) <= count:
@@ -99,7 +126,20 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """uint8 RGB ``(Z, Y, X, 3)``: grey slices with prediction (orange) and reference (blue) contours."""
+    """Grey slices with prediction (orange) and reference (blue) contours.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Z, Y, X)
+        Intensities, windowed to their 1st-99.5th percentiles.
+    mask : ndarray of bool, shape (Z, Y, X)
+    reference : ndarray of bool, shape (Z, Y, X), optional
+
+    Returns
+    -------
+    ndarray of uint8, shape (Z, Y, X, 3)
+        RGB frames; contours are the masks' in-plane boundaries.
+    """
     grey = (_window(image.astype(np.float32)) * 255).astype(np.uint8)
     frames = np.repeat(grey[..., None], 3, axis=-1)
     if reference is not None:
@@ -110,7 +150,22 @@ def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
 
 def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
                   title: str, overwrite: bool = False) -> list[int]:
-    """PNG montage of the slices through the atrium; returns the slice indices shown."""
+    """PNG montage of the slices through the atrium, with contours.
+
+    Up to 12 slices (``atrium_slices``), zoomed on the atrium's in-plane box with 40 pixels around it.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Z, Y, X)
+        Intensities in display orientation (``to_display``).
+    mask, reference : ndarray of bool, shape (Z, Y, X)
+        Prediction and reference on ``image``'s grid; ``reference`` may be None.
+
+    Returns
+    -------
+    list of int
+        The slice indices shown.
+    """
     indices = atrium_slices(mask, reference)
     # Zoom on the atrium: its in-plane box over all slices, with context around it.
     present = mask if reference is None else mask | reference
@@ -139,7 +194,11 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
 
 def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
                     overwrite: bool = False, frame_ms: int = 80) -> int:
-    """Animated GIF of every axial slice with contours; returns the number of frames."""
+    """Animated GIF of every axial slice with contours; returns the number of frames.
+
+    ``image``, ``mask`` and ``reference`` as in ``write_montage``; ``frame_ms`` is each frame's
+    duration in ms.
+    """
     frames = overlay_frames(image, mask, reference)
     with atomic_output(path, overwrite) as temporary:
         iio.imwrite(temporary, frames, extension=".gif", duration=frame_ms, loop=0)
@@ -147,7 +206,10 @@ def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: 
 
 
 def surface_mesh(mask: np.ndarray, image: sitk.Image) -> trimesh.Trimesh:
-    """Closed surface of a ``(Z, Y, X)`` mask on ``image``'s grid, vertices in LPS mm."""
+    """Closed surface of a ``(Z, Y, X)`` mask on ``image``'s grid, vertices in LPS mm.
+
+    Made by marching cubes; its faces face outwards, so that its volume is positive.
+    """
     padded = np.pad(mask.astype(np.float32), 1)
     vertices_zyx, faces, _, _ = measure.marching_cubes(padded, level=0.5)
     ijk = vertices_zyx[:, ::-1] - 1.0
@@ -186,7 +248,21 @@ def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: 
 
 def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.ndarray | None, output_dir: Path,
                 overwrite: bool = False, height_cm: float | None = None, weight_kg: float | None = None) -> CaseReport:
-    """Every picture of one case; ``mask`` and ``reference`` are ``(Z, Y, X)`` on ``image``'s grid."""
+    """Every picture of one case: montage, slice animation, surface mesh and its rendering.
+
+    Parameters
+    ----------
+    case : str
+        Names the files, ``CASE_montage.png`` and so on, in ``output_dir``.
+    image : SimpleITK.Image
+    mask, reference : ndarray of bool, shape (Z, Y, X)
+        Prediction and reference on ``image``'s grid; ``reference`` may be None.
+    output_dir : Path
+    overwrite : bool, optional
+        Replace existing files.
+    height_cm, weight_kg : float, optional
+        Height in cm and weight in kg, for the volume index.
+    """
     volume_ml = measure_volume(mask, image.GetSpacing()).volume_ml
     reference_ml = None if reference is None else measure_volume(reference, image.GetSpacing()).volume_ml
 
@@ -226,11 +302,15 @@ def _figure_html(figure: go.Figure) -> str:
 
 
 def case_page_name(case: str) -> str:
+    """File name of a case's page, ``CASE.html``."""
     return f"{case}.html"
 
 
 def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = False) -> Path:
-    """``CASE.html``: the case's volumes, flag, montage, slice GIF and a rotatable surface."""
+    """Write ``CASE.html`` into ``output_dir`` and return its path.
+
+    The page shows the case's volumes, quality flag, montage, slice GIF and a rotatable surface.
+    """
     mesh = go.Figure(go.Mesh3d(x=report.vertices_mm[:, 0], y=report.vertices_mm[:, 1], z=report.vertices_mm[:, 2],
                                i=report.faces[:, 0], j=report.faces[:, 1], k=report.faces[:, 2],
                                color=f"rgb{PREDICTION_RGB}", flatshading=False))
@@ -284,11 +364,22 @@ def _agreement_section(cases: list[CaseReport]) -> str:
 
 
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "") -> None:
-    """The summary page: every case in one table, flagged cases first with their reasons, each
-    linked to its page (``write_case_page``), and the volume plots. It embeds no picture, so it
-    opens at once for thousands of cases; plotly.js is written beside it once.
+    """Write the summary page: every case in one table, and the volume plots.
 
-    ``made_by``: what made the masks (model, model file, cleanup), a sentence for the page's head.
+    Flagged cases come first, with their reasons; each case is linked to its page
+    (``write_case_page``); where every case has a reference, the agreement with it follows. It
+    embeds no picture, so it opens at once for thousands of cases; plotly.js is written beside it
+    once.
+
+    Parameters
+    ----------
+    path : Path
+        The page, ``report.html``.
+    cases : list of CaseReport
+    overwrite : bool, optional
+        Replace an existing page (plotly.js beside it is always replaced).
+    made_by : str, optional
+        What made the masks (model, model file, cleanup), a sentence for the page's head.
     """
     with atomic_output(path.parent / PLOTLY_JS, overwrite=True) as temporary:
         temporary.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
@@ -337,9 +428,29 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                  output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
 
-    ``labels``: reference masks, drawn and scored; ``clinical``: ``case -> (height_cm, weight_kg)``.
-    A case whose files cannot be used gets one ``error:`` line and is left out. Returns the case
-    reports and the number of cases that failed.
+    A case whose files cannot be used gets one ``error:`` line on standard error and is left out.
+
+    Parameters
+    ----------
+    images : list of str
+        Image files and folders (``io.find_cases``).
+    predictions : Path
+        Folder of the predicted masks, with the tables ``segment`` wrote beside them.
+    labels : Path or None
+        Reference masks, drawn and scored.
+    clinical : dict of str to (float, float)
+        ``case -> (height_cm, weight_kg)``.
+    output_dir : Path
+    overwrite : bool, optional
+        Replace existing files.
+    quiet : bool, optional
+        No progress bar and no closing line.
+
+    Returns
+    -------
+    reports : list of CaseReport
+    failures : int
+        The number of cases that failed.
 
     Raises
     ------
