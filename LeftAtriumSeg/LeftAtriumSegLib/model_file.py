@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # Format 2: one network per slicing view, tensors named "VIEW.parameter".
 FORMAT = "leftatriumseg-model-2"
+# Tensors holding a view's int8 ONNX graph (optional): INT8_PREFIX + view.
+INT8_PREFIX = "int8_onnx."
 # What safetensors raises for a file that is missing, truncated, not safetensors or has a bad header.
 SAFETENSORS_READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
 
@@ -214,10 +216,49 @@ def read_model(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
         raise ModelFileError(f"{path}: weights do not load ({error})") from None
     # A network with a NaN weight outputs NaN everywhere, which thresholds to an empty mask: a
     # damaged model would report 0 mL for every scan.
+    weights = {name: array for name, array in weights.items() if not name.startswith(INT8_PREFIX)}
     broken = [name for name, array in weights.items() if not np.isfinite(array).all()]
     if broken:
         raise ModelFileError(f"{path}: damaged model: tensor {broken[0]!r} holds NaN or infinite weights")
     return config, weights
+
+
+def read_int8_graphs(path: str | Path) -> dict[str, bytes]:
+    """The int8 ONNX graphs a model file holds, by view (``add_int8_graphs``); none: empty.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the file, for a file whose tensors do not load.
+    """
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {name[len(INT8_PREFIX):]: handle.get_tensor(name).tobytes() for name in handle.keys()
+                    if name.startswith(INT8_PREFIX)}
+    except SAFETENSORS_READ_ERRORS as error:
+        raise ModelFileError(f"{path}: weights do not load ({error})") from None
+
+
+def add_int8_graphs(path: str | Path, graphs: dict[str, bytes]) -> None:
+    """Store int8 ONNX graphs of the views' networks in a model file, beside the float32 weights
+    (as uint8 tensors ``int8_onnx.VIEW``); the file is written beside itself first, then renamed.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model file (``save_model``).
+    graphs : dict of str to bytes
+        One serialised ONNX graph per view (``training.quantization.int8_graphs``).
+    """
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    path = Path(path)
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys() if not name.startswith(INT8_PREFIX)}
+    tensors.update({INT8_PREFIX + view: np.frombuffer(graph, dtype=np.uint8) for view, graph in graphs.items()})
+    with atomic_output(path, overwrite=True) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.ModuleDict, ModelConfig]:

@@ -125,3 +125,50 @@ def test_the_graphs_written_without_the_onnx_package_are_valid_onnx():
         onnx.checker.check_model(model, full_check=True)
         assert [node.op_type for node in model.graph.node].count("Conv") == 2 * (2 * len(config.features) - 1) + 1
         assert {i.name for i in model.graph.input} == {"image"} and {o.name for o in model.graph.output} == {"logits"}
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory, sample_image):
+    """The shipped model with int8 graphs calibrated on the sample, as training adds them."""
+    from LeftAtriumSegLib.model_file import read_model_config
+    from LeftAtriumSegLib.training.data import PreparedCase
+    from LeftAtriumSegLib.training.quantization import quantize_model_file
+    from LeftAtriumSegLib.preprocessing import normalise_intensity, to_model_frame
+
+    path = tmp_path_factory.mktemp("int8") / "model.safetensors"
+    path.write_bytes(model_path().read_bytes())
+    framed = to_model_frame(sample_image, read_model_config(path).frame)
+    image = normalise_intensity(sitk.GetArrayFromImage(framed))
+    quantize_model_file(path, [PreparedCase("sample", image, (image > 1.0).astype(np.uint8))])
+    return path
+
+
+def test_int8_graphs_are_used_on_the_cpu_and_segment_as_float32_does(int8_model, sample_image, sample_label):
+    from LeftAtriumSegLib.model_file import read_int8_graphs, read_model
+
+    assert set(read_int8_graphs(int8_model)) == {"axial", "coronal", "sagittal"}
+    float_weights, int8_weights = read_model(model_path())[1], read_model(int8_model)[1]
+    assert float_weights.keys() == int8_weights.keys()  # the float32 weights stay as they were
+    assert all(np.array_equal(float_weights[name], int8_weights[name]) for name in float_weights)
+    networks, config = load_onnx_networks(int8_model, "cpu")
+    assert {network.precision for network in networks.values()} == {"int8"}
+    float_networks, _ = load_onnx_networks(int8_model, "cpu", precision="float32")
+    assert {network.precision for network in float_networks.values()} == {"float32"}
+    masks = []
+    for nets in (networks, float_networks):
+        probability_map = predict(sample_image, nets, config).probability_map
+        masks.append(clean_mask(sitk.GetArrayViewFromImage(probability_map), sample_image.GetSpacing(), CleanupSettings()))
+    assert dice(masks[0], masks[1]) >= 0.98
+    assert dice(masks[0], sample_label) >= 0.85
+
+
+def test_a_damaged_int8_graph_is_refused_naming_the_file(int8_model, tmp_path):
+    from LeftAtriumSegLib.model_file import add_int8_graphs, read_int8_graphs
+
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(int8_model.read_bytes())
+    graphs = read_int8_graphs(damaged)
+    add_int8_graphs(damaged, {**graphs, "coronal": graphs["coronal"][:1000]})
+    with pytest.raises(ModelFileError, match=r"damaged.safetensors: the coronal network's int8 graph does not load"):
+        load_onnx_networks(damaged, "cpu")
+    load_onnx_networks(damaged, "cpu", precision="float32")  # the float32 weights still load

@@ -348,3 +348,19 @@ def test_respaced_folders_are_recorded_and_must_be_data_folders(tmp_path):
         in write_model_card(run).read_text()
     with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other respaced folders; resume needs"):
         train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
+
+
+def test_a_trained_model_file_holds_int8_graphs_that_segment_uses(tmp_path):
+    """Training ends by quantizing each view's network, calibrated on its training presentations."""
+    from LeftAtriumSegLib.model_file import read_int8_graphs
+    from LeftAtriumSegLib.onnx_network import load_onnx_networks
+
+    _write_dataset(tmp_path / "data", 2)
+    train_model([tmp_path / "data"], tmp_path / "run", TINY_CONFIG,
+                TrainingSettings(iterations=3, batch_size=4, crop_size=16, warmup_iterations=1), show_progress=False)
+    model = tmp_path / "run" / "model.safetensors"
+    assert set(read_int8_graphs(model)) == set(TINY_CONFIG.views)
+    networks, _ = load_onnx_networks(model, "cpu")
+    batch = np.random.default_rng(0).standard_normal((2, TINY_CONFIG.slices, 16, 16)).astype(np.float32)
+    assert {network.precision for network in networks.values()} == {"int8"}
+    assert networks["coronal"](batch).shape == (2, 1, 16, 16)

@@ -17,6 +17,7 @@ from ..onnx_network import load_onnx_networks
 from .data import PreparedCases
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
+from .quantization import quantize_model_file
 from .settings import TrainingSettings
 
 
@@ -92,11 +93,13 @@ def cross_validate(
     for index, validation in enumerate(make_folds(data.cases, folds, settings.seed)):
         fold_dir = output_dir / f"fold_{index}"
         fold_dir.mkdir(exist_ok=True)
+        training = data.training_list(held_out=validation)
         networks, seconds = train_networks(
-            data.training_list(held_out=validation), config, settings, fold_dir,
+            training, config, settings, fold_dir,
             description=f"fold {index + 1}/{folds} ", show_progress=show_progress, device=device, resume=resume, loss=loss,
         )
         save_model(fold_dir / "model.safetensors", networks, config)
+        quantize_model_file(fold_dir / "model.safetensors", training, settings.seed)
         _write_probability_maps(fold_dir / "model.safetensors", validation, config, probability_dir)
         yield {"validation": sorted({case.case_id for case in validation}), "training_seconds": seconds}
 

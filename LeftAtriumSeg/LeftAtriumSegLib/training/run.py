@@ -18,6 +18,7 @@ from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
 from .record import RECORD_NAME, new_record, resumed_record, write_record
+from .quantization import quantize_model_file
 from .settings import TrainingSettings
 
 
@@ -107,10 +108,11 @@ def train_model(
     record["preparation_seconds"] = round(time.perf_counter() - start, 1)
     write_record(record_path, record)
     if folds == 0:
+        training = prepared.training_list()
         networks, record["training_seconds"] = train_networks(
-            prepared.training_list(), config, settings, output_dir,
-            show_progress=show_progress, device=device, resume=resume, loss=loss)
+            training, config, settings, output_dir, show_progress=show_progress, device=device, resume=resume, loss=loss)
         save_model(output_dir / "model.safetensors", networks, config)
+        quantize_model_file(output_dir / "model.safetensors", training, settings.seed)
     else:
         record["folds"] = []
         for fold in cross_validate(prepared, folds, config, settings, output_dir,
