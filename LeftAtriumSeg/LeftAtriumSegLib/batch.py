@@ -35,9 +35,11 @@ from .io import (
     file_sha256,
     find_cases,
     locked,
+    place_output,
     read_case,
     read_manifest,
     read_mask,
+    refuse_existing_output,
     remove_stale_partials,
     write_label_map,
     write_segmentation,
@@ -144,14 +146,14 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
         return {}
     if not Path(path).is_file():
         raise LeftAtriumSegError(f"{path}: file not found")
-    try:
-        rows = read_table(Path(path))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
+    rows = read_table(Path(path))
     if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
         raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
-    clinical = {}
+    clinical, lines = {}, {}
     for line, row in enumerate(rows, start=2):
+        if row["case"] in lines:
+            raise LeftAtriumSegError(f"{path}: case {row['case']} has two rows, lines {lines[row['case']]} and {line}")
+        lines[row["case"]] = line
         if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
             continue
         try:
@@ -163,12 +165,35 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     return clinical
 
 
-def read_table(path: Path) -> list[dict]:
-    """The rows of a CSV table; none where the file does not exist."""
+def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a CSV table (a byte-order mark, as spreadsheets write one, is allowed); none
+    where the file does not exist.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        Naming the file, for one that is not a readable CSV table or lacks a ``required`` column.
+    """
     if not path.exists():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
+    missing = [column for column in required if column not in columns]
+    if missing:
+        raise LeftAtriumSegError(f"{path}: has no {', '.join(missing)} column (edited by hand?); "
+                                 "restore it or move the table away")
+    return rows
+
+
+def _table_columns(rows: list[dict]) -> tuple[str, ...]:
+    """``VOLUME_COLUMNS``, then any column a user added, in the order first met: kept, not dropped."""
+    added = dict.fromkeys(column for row in rows for column in row if column and column not in VOLUME_COLUMNS)
+    return (*VOLUME_COLUMNS, *added)
 
 
 def write_table(rows: list[dict], path: Path, columns: tuple[str, ...] | None = None, overwrite: bool = True) -> None:
@@ -190,30 +215,35 @@ def read_results(output_dir: Path) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for path in reversed(result_tables(output_dir)):
         try:
-            results.update({row["case"]: row for row in read_table(path) if "case" in row})
-        except (OSError, UnicodeDecodeError, csv.Error):
-            continue
+            results.update({row["case"]: row for row in read_table(path, ("case",))})
+        except LeftAtriumSegError:
+            continue  # a table edited out of shape credits nothing
     return results
 
 
 def record_row(table_path: Path, row: dict) -> None:
-    """Put a case's row into a table shared with other runs: read it again under the lock, replace
-    the case's row, write it whole. A failed row does not replace a done one of the same image and
-    settings whose mask is still as recorded (another run at the same time made it)."""
+    """Put a case's row into a table shared with other runs, under the output folder's lock."""
     with locked(table_path.parent):
-        rows = {earlier["case"]: earlier for earlier in read_table(table_path)}
-        earlier = rows.get(row["case"])
-        if not (row["status"] == "failed" and earlier and earlier.get("status") != "failed"
-                and row.get("input_sha256") and _made_from(earlier, row)):
-            rows[row["case"]] = row
-        write_table(list(rows.values()), table_path, VOLUME_COLUMNS)
+        _update_table(table_path, row)
 
 
-def _made_from(earlier: dict, row: dict) -> bool:
-    """Whether ``earlier``'s mask was made from ``row``'s image with its settings and is still in place."""
-    output = Path(earlier.get("output") or "")
-    return (all(earlier.get(column) == row.get(column) for column in ("input_sha256", *MASK_DEFINING_COLUMNS))
-            and output.is_file() and file_sha256(output) == earlier.get("output_sha256"))
+def _update_table(table_path: Path, row: dict) -> None:
+    """Read the table again, put ``row`` in its case's place, write it whole (the caller holds the
+    folder's lock). A failed row does not replace a done one whose mask is still in place and
+    unchanged: that mask keeps its record, which notes the failure in its ``error``."""
+    rows = {earlier["case"]: earlier for earlier in read_table(table_path, ("case",))}
+    earlier = rows.get(row["case"])
+    if row["status"] == "failed" and earlier and earlier.get("status") != "failed" and mask_in_place(earlier):
+        rows[row["case"]] = {**earlier, "error": f"a later run failed, this mask kept: {row['error']}"}
+    else:
+        rows[row["case"]] = row
+    write_table(list(rows.values()), table_path, _table_columns(list(rows.values())))
+
+
+def mask_in_place(row: dict) -> bool:
+    """Whether a row's mask is where it says and unchanged since (its ``output_sha256``)."""
+    output = Path(row.get("output") or "")
+    return bool(row.get("output_sha256")) and output.is_file() and file_sha256(output) == row["output_sha256"]
 
 
 def mask_maker(row: dict) -> str:
@@ -282,6 +312,13 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     check_outputs_apart_from_inputs(cases, settings)
     create_output_folder(settings.output_dir)
     remove_stale_partials(settings.output_dir)
+    table = settings.table_path
+    if table.exists() and not os.access(table, os.W_OK):
+        raise LeftAtriumSegError(f"{table}: is read-only; the run would replace it")
+    with locked(settings.output_dir):  # a shard with no case still writes its table, for merge
+        read_table(table, ("case", "status"))  # a table edited out of shape stops the run before any case
+        if not table.exists():
+            write_table([], table, VOLUME_COLUMNS)
     writer = OUTPUT_WRITERS[settings.output_format][1]
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
                 "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
@@ -308,12 +345,17 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
                 row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": "; ".join(result.quality.reasons),
                             **_measurement_columns(result.mask, image.GetSpacing(), clinical.get(case.case))})
 
-                def record_before_rename(written: Path, row: dict = row) -> None:
-                    # A mask never carries its final name without the row that says what made it.
+                def commit(written: Path, row: dict = row, output_path: Path = output_path) -> None:
+                    # The mask and the row that says what made it appear together, under the folder's
+                    # lock: a killed run leaves no unrecorded mask, and of two runs making one case at
+                    # once, the second finds the first's mask instead of replacing it.
                     row["output_sha256"] = file_sha256(written)
-                    record_row(settings.table_path, row)
+                    with locked(settings.output_dir):
+                        refuse_existing_output(output_path, settings.overwrite)
+                        _update_table(table, row)
+                        place_output(written, output_path, settings.overwrite)
 
-                writer(result.mask, image, output_path, overwrite=settings.overwrite, before_rename=record_before_rename)
+                writer(result.mask, image, output_path, overwrite=settings.overwrite, commit=commit)
         except CASE_ERRORS as error:
             failures += 1
             message = error_line(error, case.path, output_path)
@@ -324,13 +366,16 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             if row["qc"] == "review":
                 bar.write(f"warning: {case.path}: review this result ({row['qc_reasons']})", file=sys.stderr)
             if not quiet:
-                bar.write(_case_line(row))
+                try:
+                    bar.write(_case_line(row))
+                except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
+                    quiet = True
         try:
-            record_row(settings.table_path, row)
+            record_row(table, row)
         except OSError as error:
-            raise LeftAtriumSegError(error_line(error, settings.table_path)) from None
+            raise LeftAtriumSegError(error_line(error, table)) from None
     if not quiet:
-        print(f"{done} of {len(cases)} cases done; volumes in {settings.table_path}")
+        print(f"{done} of {len(cases)} cases done; volumes in {table}")
     return done, failures
 
 
@@ -356,7 +401,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     missing = sorted(set(range(1, expected + 1)) - {int(p.name.split("-")[1]) for p in shards})
     by_case: dict[str, tuple[Path, dict]] = {}
     for path in shards:
-        for row in read_table(path):
+        for row in read_table(path, ("case", "status")):
             if row["case"] in by_case:
                 raise LeftAtriumSegError(f"{output_dir}: case {row['case']!r} has rows in {by_case[row['case']][0].name} "
                                          f"and {path.name}; which is right?")
@@ -364,11 +409,19 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     table_path = output_dir / "volumes.csv"
     problems = []
     with locked(output_dir):
-        unsharded = [row for row in read_table(table_path) if row["case"] not in by_case]
-        rows = sorted([*unsharded, *(row for _, row in by_case.values())], key=lambda row: row["case"])
-        write_table(rows, table_path, VOLUME_COLUMNS)
+        earlier = {row["case"]: row for row in read_table(table_path, ("case", "status"))}
+        unsharded = [row for case, row in earlier.items() if case not in by_case]
+        # A row whose mask is in place and unchanged wins over one whose is not: a case segmented
+        # again after the shards ran keeps its new record.
+        newer = [row for case, (_, shard_row) in by_case.items() if (row := earlier.get(case)) is not None
+                 and mask_in_place(row) and not mask_in_place(shard_row)]
+        chosen = {**{case: row for case, (_, row) in by_case.items()}, **{row["case"]: row for row in newer}}
+        rows = sorted([*unsharded, *chosen.values()], key=lambda row: row["case"])
+        write_table(rows, table_path, _table_columns(rows))
     if unsharded:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
+    if newer:
+        problems.append(f"note: kept {len(newer)} row(s) of {table_path} whose masks are newer than their shard's rows")
     makers = {mask_maker(row) for row in rows if row["status"] != "failed"}
     if len(makers) > 1:
         counted = sorted(((sum(mask_maker(row) == maker for row in rows if row["status"] != "failed"), maker)

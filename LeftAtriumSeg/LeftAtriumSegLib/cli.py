@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -306,10 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signal_number, frame) -> None:
+    # SIGTERM (what SLURM and Kubernetes send at a time limit) as an interrupt: outputs being written
+    # are removed on the way out, as after Ctrl-C.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # as typed, for the model card of a training run
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        caller_handler = signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.handler(args)
     except (LeftAtriumSegError, ValueError, OSError) as error:
@@ -318,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, caller_handler)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ MIN_DISTINCT_INTENSITIES = 8  # fewer is a label map or a mask, not an MRI
 # An adult left atrium spans 30-70 mm along every axis: a volume thinner than this along any
 # axis cannot hold one (a slab of a few slices, say).
 MIN_EXTENT_MM = 20.0
+# A file name may have 255 bytes; an output's temporary name adds a prefix of about 60 to the case's.
+MAX_CASE_NAME_BYTES = 150
 
 # Terminology of the left atrium as Slicer writes it (DICOM master list, SNOMED CT codes).
 LEFT_ATRIUM_SEGMENT = {
@@ -97,6 +99,9 @@ def check_case_name(name: str, source: str | Path) -> str:
     if not name or name in (".", "..") or re.search(r"[/\\\x00]", name) or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
                               "(no path separators, '..' or surrounding spaces)")
+    if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
+        raise InputImageError(f"{source}: case name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; "
+                              f"output files need it under {MAX_CASE_NAME_BYTES + 1} (name the case in a --manifest)")
     return name
 
 
@@ -162,8 +167,10 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
             if dicom_series_ids(entry):
                 cases.append(CaseInput(entry.name, entry, series_uid))
             else:
+                # A .seg.nrrd is a segmentation (segment's own output, where a folder is both), not a scan.
                 cases.extend(CaseInput(case_name(p), p) for p in sorted(entry.iterdir())
-                             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.is_dir())
+                             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.is_dir()
+                             and not p.name.lower().endswith(SEGMENTATION_SUFFIX))
         else:
             cases.append(CaseInput(case_name(entry), entry))
     return cases
@@ -189,7 +196,7 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputImageError(f"{path}: cannot read manifest ({error})") from None
@@ -198,6 +205,8 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
     cases = []
     for line, row in enumerate(rows, start=2):
         image = (path.parent / (row["image"] or "")).resolve()
+        if not (row["image"] or "").strip():
+            raise InputImageError(f"{path}: line {line}: no image")
         name = check_case_name(row.get("case") or case_name(image), f"{path}: line {line}")
         cases.append(CaseInput(name, image, row.get("series_uid") or None))
     return cases
@@ -339,6 +348,19 @@ def _nifti_header(path: Path) -> dict[str, np.ndarray]:
     raise InputImageError(f"{path}: cannot read image (not a NIfTI header: it does not start with 348 or 540)")
 
 
+def _qform_affine(header: dict[str, np.ndarray]) -> np.ndarray:
+    """The 3 x 4 voxel-to-world matrix (RAS, mm) of a NIfTI header's qform (the quaternion, the voxel
+    size and the qfac sign of pixdim[0]), as the NIfTI-1 standard defines it."""
+    b, c, d, *offset = header["quatern"]
+    a = np.sqrt(max(1.0 - (b * b + c * c + d * d), 0.0))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if header["pixdim"][0] < 0 else 1.0
+    spacing = header["pixdim"][1:4] * np.array([1.0, 1.0, qfac])
+    return np.column_stack([rotation * spacing, offset])
+
+
 def _check_nifti_header(path: Path) -> None:
     """Every voxel-size field of a NIfTI header ITK may use must be sane: ITK reads a zero or NaN
     ``pixdim`` as 1 mm and ignores an sform whose scales it dislikes, without a word, and a volume
@@ -366,6 +388,14 @@ def _check_nifti_header(path: Path) -> None:
             raise InputImageError(
                 f"{path}: the header states two voxel sizes, {tuple(round(float(s), 4) for s in pixdim)} mm (pixdim) and "
                 f"{tuple(round(float(s), 4) for s in sform_spacing)} mm (sform); which one is the scan's?")
+        if header["qform_code"][0] > 0:
+            qform = _qform_affine(header)
+            # ITK places the scan by one of them, other software by the other: the mask would lie
+            # elsewhere for each.
+            if not (np.allclose(qform[:, :3], sform[:, :3], atol=1e-3) and np.allclose(qform[:, 3], sform[:, 3], atol=0.1)):
+                shift = float(np.abs(qform[:, 3] - sform[:, 3]).max())
+                raise InputImageError(f"{path}: the header states two positions of the scan (qform and sform differ, "
+                                      f"up to {shift:.1f} mm at the origin, or in their axes); which one is the scan's?")
 
 
 def _check_metaimage_header(path: Path) -> None:
@@ -450,9 +480,10 @@ def read_mask(path: str | Path) -> sitk.Image:
         mask = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputImageError(f"{path}: cannot read mask (corrupt or unsupported format: {_itk_reason(error)})") from None
-    if mask.GetDimension() != 3:  # a .seg.nrrd with overlapping segments has layers first
-        raise InputImageError(f"{path}: mask is {mask.GetDimension()}D (a segmentation with several layers?), "
-                              "a 3D mask is needed")
+    # A .seg.nrrd with overlapping segments has layers: SimpleITK reads them as 4D or as components.
+    if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{path}: is a segmentation with several layers (overlapping segments), "
+                              "a 3D mask of the left atrium alone is needed")
     # Callers take every non-zero voxel as atrium, which would turn an MRI given by mistake,
     # or a map of several structures, into one huge "atrium".
     values = sitk.GetArrayViewFromImage(mask)
@@ -590,7 +621,14 @@ def files_by_case(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise LeftAtriumSegError(f"{folder}: not a folder")
     suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
-    return {case_name(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(suffixes)}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(suffixes):
+            if case_name(path) in files:
+                raise LeftAtriumSegError(f"{folder}: two files of case {case_name(path)}: {files[case_name(path)].name} "
+                                         f"and {path.name}; which is it?")
+            files[case_name(path)] = path
+    return files
 
 
 def _partial_prefix() -> str:
@@ -677,8 +715,9 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         try:
             yield Path(temporary)
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
-            os.replace(temporary, path)
+            if os.path.exists(temporary):  # else the body placed it itself (a commit under a lock)
+                os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
+                os.replace(temporary, path)
         except OSError as error:
             if str(path) in str(error):
                 raise
@@ -692,6 +731,20 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def place_output(temporary: Path, path: Path, overwrite: bool = False) -> None:
+    """Give a written and checked temporary file its final name (for a commit under a lock:
+    ``atomic_output`` otherwise does it).
+
+    Raises
+    ------
+    FileExistsError
+        For an existing ``path`` without ``overwrite``: another run made it meanwhile.
+    """
+    refuse_existing_output(path, overwrite)
+    os.chmod(temporary, 0o666 & ~_umask())
+    os.replace(temporary, path)
 
 
 @contextmanager
@@ -785,11 +838,13 @@ def _verify_written(path: Path, final_path: Path, mask: np.ndarray, reference: s
         raise OSError(f"{final_path}: the written file does not hold the mask that was written; disk full?")
 
 
-BeforeRename = Callable[[Path], None]
+# Places a written, checked temporary file under its final name itself (``place_output``), e.g.
+# together with the table row that records it, under the output folder's lock.
+Commit = Callable[[Path], None]
 
 
 def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
-                    before_rename: BeforeRename | None = None) -> None:
+                    commit: Commit | None = None) -> None:
     """Write a 0/1 mask as a uint8 label map on ``reference``'s grid (NIfTI, NRRD, ...).
 
     The file is written under a temporary name (``atomic_output``), read back and compared with
@@ -805,9 +860,9 @@ def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwri
         Output file; its suffix chooses the format.
     overwrite : bool, optional
         Replace an existing file at ``path``.
-    before_rename : callable, optional
-        ``before_rename(written_file)`` runs once the file is verified and before it takes its
-        name (so that a record of it exists before it does).
+    commit : callable, optional
+        ``commit(written_file)`` gives the verified file its name itself (``place_output``), in
+        place of the plain rename: so that its record and the file appear together, under a lock.
 
     Raises
     ------
@@ -825,12 +880,12 @@ def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwri
         except RuntimeError as error:
             raise OSError(f"{path}: cannot be written ({_itk_reason(error)})") from None
         _verify_written(temporary, path, mask, reference)
-        if before_rename is not None:
-            before_rename(temporary)
+        if commit is not None:
+            commit(temporary)
 
 
 def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
-                       before_rename: BeforeRename | None = None) -> None:
+                       commit: Commit | None = None) -> None:
     """Write a mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment.
 
     The segment carries the left atrium's terminology (``LEFT_ATRIUM_SEGMENT``). The file is read
@@ -844,7 +899,7 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
         The image whose grid the mask is on.
     path : Path
         Output ``.seg.nrrd`` file.
-    overwrite, before_rename
+    overwrite, commit
         As in ``write_label_map``.
 
     Raises
@@ -862,5 +917,5 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
     with atomic_output(path, overwrite) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)
         _verify_written(temporary, path, mask, reference)
-        if before_rename is not None:
-            before_rename(temporary)
+        if commit is not None:
+            commit(temporary)

@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from .batch import mask_maker, read_results  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
-from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
+from .io import atomic_output, create_output_folder, file_sha256, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
 from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
 
@@ -467,7 +467,11 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
-    results = read_results(predictions)
+    # A table's row speaks for a mask only where it records that very file: a mask replaced or
+    # edited since, or copied in, is reported as not recorded.
+    results = {case: row for case, row in read_results(predictions).items()
+               if case in masks and row.get("output_sha256") and Path(row.get("output") or "").name == masks[case].name
+               and file_sha256(masks[case]) == row["output_sha256"]}
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:

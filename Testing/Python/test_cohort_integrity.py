@@ -13,9 +13,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, rewrite_safetensors
 
+from LeftAtriumSegLib import batch
 from LeftAtriumSegLib.batch import record_row
 from LeftAtriumSegLib.cli import main
-from LeftAtriumSegLib.io import file_sha256
+from LeftAtriumSegLib.errors import LeftAtriumSegError
+from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_mask
 from LeftAtriumSegLib.models import model_path
 
 
@@ -80,8 +82,9 @@ def test_another_image_under_a_kept_case_name_is_not_credited_with_its_mask(tmp_
     capsys.readouterr()
 
     assert _segment(second, "--output-dir", output) == 1
-    row = _rows(output)["patient"]
-    assert row["status"] == "failed" and "was made from another image" in row["error"]
+    row = _rows(output)["patient"]  # still the kept mask's record: made from the first image
+    assert row["status"] == "ok" and row["input_sha256"] == file_sha256(first / "patient.nii.gz")
+    assert row["error"].startswith("a later run failed, this mask kept: ") and "was made from another image" in row["error"]
     assert f"error: {output / 'patient.nii.gz'}: was made from another image" in capsys.readouterr().err
     assert (output / "patient.nii.gz").read_bytes() == kept
     assert _segment(second, "--output-dir", output, "--overwrite") == 0
@@ -141,6 +144,7 @@ def _patched_nifti(path, offset, fmt, values):
     ("huge_sform", 280, "<f", (1e6,), "the header's sform gives a voxel size of (1000000.0, 1.25, 1.37) mm"),
     ("other_sform", 280, "<f", (2.5,), "the header states two voxel sizes, (1.25, 1.25, 1.37) mm (pixdim) and (2.5, "),
     ("nan_sform", 296, "<f", (float("nan"),), "the header's sform holds NaN or infinite values"),
+    ("other_qform", 268, "<f", (93.75,), "the header states two positions of the scan (qform and sform differ, up to 50.0 mm"),
 ])
 def test_a_nifti_header_with_an_impossible_voxel_size_is_refused(tmp_path, capsys, name, offset, fmt, values, message):
     """ITK reads a zero or NaN pixdim as 1 mm, silently: a real scan was reported as 82.4 mL for 101.4."""
@@ -245,15 +249,19 @@ def test_runs_side_by_side_into_one_folder_lose_no_row(tmp_path):
     assert {row["status"] for row in _rows(output).values()} == {"ok"}
 
 
-def test_a_failed_row_does_not_replace_a_done_row_of_the_same_image_and_settings(tmp_path):
-    """Two runs of one case at once: one makes the mask, the other fails (say, a slower disk's error)."""
+def test_a_failed_row_does_not_erase_the_record_of_a_mask_still_in_place(tmp_path):
+    """A run against an unmounted share, with a wrong manifest, or out of disk fails its cases: the
+    masks already made keep their records (the failure noted), else no later run could credit them."""
     output = tmp_path / "out"
     assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 0
     done = _rows(output)["la_022_crop"]
-    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "disk error", "output": ""})
-    assert _rows(output)["la_022_crop"]["status"] == "ok"
-    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "other image", "output": "",
-                                        "input_sha256": "0" * 64})
+    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "file not found", "output": ""})
+    kept = _rows(output)["la_022_crop"]
+    assert kept["status"] == "ok" and kept["output_sha256"] == done["output_sha256"]
+    assert kept["error"] == "a later run failed, this mask kept: file not found"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 0  # still credited
+    (output / "la_022_crop.nii.gz").unlink()  # the mask gone, the failure is the record
+    record_row(output / "volumes.csv", {**done, "status": "failed", "error": "file not found", "output": ""})
     assert _rows(output)["la_022_crop"]["status"] == "failed"
 
 
@@ -273,3 +281,131 @@ def test_a_nifti_with_a_corrupted_byte_is_refused_not_read_as_other_voxels(tmp_p
     corrupted.write_bytes(bytes(data))
     assert _segment(corrupted, "--output-dir", tmp_path / "out") == 1
     assert "file is truncated, corrupt or not gzip-compressed" in _rows(tmp_path / "out")["corrupted"]["error"]
+
+
+def test_a_mask_another_run_placed_meanwhile_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """Two runs of one case at once (a resubmitted array job): the second to finish finds the first's
+    mask at commit, under the folder's lock, and leaves it."""
+    output = tmp_path / "out"
+    name, write_label_map = batch.OUTPUT_WRITERS["nii.gz"]
+
+    def written_meanwhile(mask, image, path, overwrite, commit):
+        def other_run_first(written):  # the other run's mask took its name after this one began writing
+            path.write_bytes(b"the other run's mask")
+            commit(written)
+        write_label_map(mask, image, path, overwrite=overwrite, commit=other_run_first)
+
+    monkeypatch.setitem(batch.OUTPUT_WRITERS, "nii.gz", (name, written_meanwhile))
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 1
+    assert (output / "la_022_crop.nii.gz").read_bytes() == b"the other run's mask"
+    assert "exists" in capsys.readouterr().err
+    assert sorted(p.name for p in output.iterdir()) == ["la_022_crop.nii.gz", "volumes.csv"]
+
+
+def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which made the first column 'ufeffimage'."""
+    _cohort(tmp_path, "image")
+    manifest, clinical = tmp_path / "cohort.csv", tmp_path / "clinical.csv"
+    manifest.write_text("\ufeffimage,case\nimage.nii.gz,patient\n", encoding="utf-8")
+    clinical.write_text("\ufeffcase,height_cm,weight_kg\npatient,170,70\n", encoding="utf-8")
+    assert main(["segment", "--manifest", str(manifest), "--clinical", str(clinical), "--output-dir",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    assert float(_rows(tmp_path / "out")["patient"]["bsa_m2"]) == pytest.approx(1.81, abs=0.01)
+
+
+def test_a_clinical_table_with_two_rows_of_one_case_is_refused(tmp_path, capsys):
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("case,height_cm,weight_kg\nla_022_crop,170,70\nla_022_crop,180,90\n")
+    assert _segment(SAMPLE_IMAGE, "--clinical", clinical, "--output-dir", tmp_path / "out") == 2
+    assert capsys.readouterr().err.strip() == f"error: {clinical}: case la_022_crop has two rows, lines 2 and 3"
+
+
+def test_a_case_name_too_long_for_a_file_name_is_refused_before_any_work(tmp_path, capsys):
+    _cohort(tmp_path, "image")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"image,case\nimage.nii.gz,{'x' * 200}\n")
+    assert main(["segment", "--manifest", str(manifest), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "is 200 bytes long; output files need it under 151" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_table_edited_out_of_shape_stops_the_run_and_added_columns_are_kept(tmp_path, capsys):
+    output = tmp_path / "out"
+    _cohort(tmp_path / "images", "a", "b")
+    assert _segment(tmp_path / "images" / "a.nii.gz", "--output-dir", output) == 0
+    table = output / "volumes.csv"
+    lines = table.read_text().splitlines()
+    table.write_text(f"{lines[0]},reader_note\n{lines[1]},checked by JS\n")
+    assert _segment(tmp_path / "images" / "b.nii.gz", "--output-dir", output) == 0
+    assert _rows(output)["a"]["reader_note"] == "checked by JS" and _rows(output)["b"]["status"] == "ok"
+
+    table.write_text(table.read_text().replace("status,", "state,", 1))
+    capsys.readouterr()
+    assert _segment(tmp_path / "images", "--output-dir", output) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {table}: has no status column (edited by hand?); "
+                                               "restore it or move the table away")
+
+
+def test_a_shard_without_cases_still_leaves_its_table_for_merge(tmp_path, capsys):
+    output = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--shard", shard) == 0
+    assert (output / "volumes.shard-2-of-2.csv").read_text().startswith("case,")
+    assert main(["merge", str(output)]) == 0
+    assert list(_rows(output)) == ["la_022_crop"] and "missing" not in capsys.readouterr().err
+
+
+def test_merge_keeps_a_row_whose_mask_is_newer_than_its_shards(tmp_path, capsys):
+    """A case segmented again, unsharded, after the shards ran: its mask is the new one."""
+    output = tmp_path / "out"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--shard", "1/1") == 0
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--threshold", "0.7", "--overwrite") == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    row = _rows(output)["la_022_crop"]
+    assert "--threshold 0.7 " in row["cleanup_options"]
+    assert row["output_sha256"] == file_sha256(output / "la_022_crop.nii.gz")
+    assert "whose masks are newer than their shard's rows" in capsys.readouterr().err
+
+
+def test_terminated_runs_leave_no_partial_output(tmp_path):
+    """SLURM sends SIGTERM at a job's time limit: it ends a run as Ctrl-C does, temporary files removed."""
+    import signal
+    import time
+
+    images, output = _cohort(tmp_path / "images", *(f"case{i}" for i in range(6))), tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(images), "--output-dir",
+                            str(output), "--format", "nii.gz", "--quiet", "--threads", "1"],
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (output / "case0.nii.gz").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130 and run.stderr.read().strip().endswith("interrupted")
+    made = sorted(p.name for p in output.iterdir())
+    assert made[-1] == "volumes.csv" and all(name.endswith(".nii.gz") for name in made[:-1])
+    rows = _rows(output)
+    assert {f"{case}.nii.gz" for case, row in rows.items() if row["status"] == "ok"} == set(made[:-1])
+
+
+def test_segmentations_in_an_input_folder_are_not_taken_for_scans(tmp_path):
+    images = _cohort(tmp_path / "images", "patient")
+    assert main(["segment", str(images), "--output-dir", str(images), "--quiet"]) == 0  # .seg.nrrd beside the scans
+    assert [case.case for case in find_cases([images])] == ["patient"]
+
+
+def test_a_folder_with_two_files_of_one_case_is_refused(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("patient.nii.gz", "patient.nrrd"):
+        sitk.WriteImage(sitk.ReadImage(str(SAMPLE_LABEL)), str(masks / name))
+    with pytest.raises(LeftAtriumSegError, match="two files of case patient: patient.nii.gz and patient.nrrd"):
+        files_by_case(masks)
+
+
+def test_a_segmentation_with_overlapping_layers_is_refused_as_a_mask(tmp_path):
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    layered = sitk.Compose(label, label)  # how SimpleITK reads a .seg.nrrd with two layers
+    sitk.WriteImage(layered, str(tmp_path / "layered.seg.nrrd"))
+    with pytest.raises(LeftAtriumSegError, match="is a segmentation with several layers"):
+        read_mask(tmp_path / "layered.seg.nrrd")

@@ -145,6 +145,15 @@ def test_report_says_what_made_the_masks(tmp_path):
     page = (tmp_path / "report_unrecorded" / "report.html").read_text(encoding="utf-8")
     assert "Masks made by: a run this folder&#x27;s table has no record of (1 of 1 cases)." in page
 
+    # A mask replaced since its run (edited, or copied in) is not credited to the run's record.
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(predictions), "--format", "nii.gz", "--overwrite",
+                 "--quiet"]) == 0
+    (predictions / "la_022_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report_replaced"), "--quiet"]) == 0
+    page = (tmp_path / "report_replaced" / "report.html").read_text(encoding="utf-8")
+    assert "Masks made by: a run this folder&#x27;s table has no record of (1 of 1 cases)." in page
+
 
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
