@@ -163,6 +163,7 @@ def hostile_inputs(tmp_path):
     absurd = sitk.Image(sample)
     absurd.SetSpacing((1e6, 1.0, 1.0))
     _write(absurd, folder / "absurd_spacing.nii.gz")
+    _write(absurd, folder / "absurd_spacing_nrrd.nrrd")
     (folder / "empty.nii").write_bytes(b"")
     label = sitk.ReadImage(str(SAMPLE_LABEL))
     _write(label, folder / "label_as_image.nii.gz")
@@ -181,7 +182,8 @@ def hostile_inputs(tmp_path):
         "with_nan": "NaN",
         "with_nan_nifti": "NaN",
         "with_infinity": "infinite",
-        "absurd_spacing": "spacing",
+        "absurd_spacing": "the header's voxel size (pixdim) is (1000000.0, 1.0, 1.0) mm",
+        "absurd_spacing_nrrd": "voxel spacing (1000000.0, 1.0, 1.0) mm is outside 0.05-20.0 mm",
     }
     return folder, expected
 
@@ -286,17 +288,25 @@ def test_untrusted_model_file_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_output_folder_that_is_a_file_is_refused_with_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["segment", "report"])
+def test_output_folder_that_is_a_file_is_refused_with_one_line(tmp_path, capsys, command):
     not_a_folder = tmp_path / "results"
     not_a_folder.write_text("the user's notes")
-    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(not_a_folder), "--quiet"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error == f"error: {not_a_folder}: --output-dir exists and is not a folder"
+    inputs = {"segment": [str(SAMPLE_IMAGE)],
+              "report": ["--images", str(SAMPLE_IMAGE), "--predictions", str(SAMPLE_LABEL.parent)]}[command]
+    for output_dir, message in ((not_a_folder, "--output-dir exists and is not a folder"),
+                                (not_a_folder / "under", "cannot write into the output folder (Not a directory)")):
+        assert main([command, *inputs, "--output-dir", str(output_dir), "--quiet"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {output_dir}: {message}"
     assert not_a_folder.read_text() == "the user's notes"
 
 
 @pytest.mark.parametrize("command, expected", [
     (["evaluate", "--predictions", "{missing}", "--labels", "{missing}"], "{missing}: not a folder"),
+    (["ablate", "--probabilities", "{missing}", "--labels", "{missing}", "--output", "{out}/table.csv"],
+     "{missing}: not a folder"),
+    (["report", "--images", str(SAMPLE_IMAGE), "--predictions", "{missing}", "--output-dir", "{out}"],
+     "{missing}: not a folder"),
     (["train", "--data", "{missing}", "--output-dir", "{out}", "--folds", "0"], "{missing}: no dataset.json"),
 ])
 def test_missing_input_folders_are_named_in_one_line(command, expected, tmp_path, capsys):

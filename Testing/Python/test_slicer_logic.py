@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPOSITORY, ellipsoid_phantom
+from conftest import REPOSITORY, SAMPLE_IMAGE, ellipsoid_phantom
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is installed by `make test`")
 import vtk  # noqa: E402
@@ -21,7 +21,8 @@ from vtk.util import numpy_support  # noqa: E402
 sys.path.insert(0, str(REPOSITORY / "LeftAtriumSeg"))
 import LeftAtriumSegMRML as mrml  # noqa: E402
 
-from LeftAtriumSegLib.io import LEFT_ATRIUM_TERMINOLOGY  # noqa: E402
+from LeftAtriumSegLib.cli import main  # noqa: E402
+from LeftAtriumSegLib.io import LEFT_ATRIUM_TERMINOLOGY, read_mask  # noqa: E402
 from LeftAtriumSegLib.metrics import dice  # noqa: E402
 
 mrml.register_segmentation_converters()
@@ -138,6 +139,25 @@ def test_segmentation_saves_to_seg_nrrd_and_loads_back_identically(scene, phanto
     assert segment.GetName() == "Left atrium"
     assert segment.GetTerminology() == LEFT_ATRIUM_TERMINOLOGY
     np.testing.assert_array_equal(mrml.mask_from_segment(loaded, segment_id, volume_node), mask)
+
+
+def test_segment_output_loads_in_slicers_storage_node_as_its_mask(scene, sample_image, tmp_path):
+    """What `segment` writes is what a Slicer user opens: one "Left atrium" segment, its terminology,
+    the mask's voxels on the scan's grid."""
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    loaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(tmp_path / "la_022_crop.seg.nrrd"))
+    assert reader.ReadData(loaded)
+    segmentation = loaded.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment = segmentation.GetNthSegment(0)
+    assert segment.GetName() == "Left atrium" and segment.GetTerminology() == LEFT_ATRIUM_TERMINOLOGY
+    volume_node = add_volume_node(scene, sample_image)
+    mask = mrml.mask_from_segment(loaded, segmentation.GetNthSegmentID(0), volume_node)
+    written = sitk.GetArrayFromImage(read_mask(tmp_path / "la_022_crop.seg.nrrd")) > 0
+    assert mask.sum() > 10_000
+    np.testing.assert_array_equal(mask, written)
 
 
 def test_real_model_segments_the_sample_on_an_oblique_grid(scene, sample_image, sample_label, segmenter):
