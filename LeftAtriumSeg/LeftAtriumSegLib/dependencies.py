@@ -15,6 +15,9 @@ from pathlib import Path
 REQUIREMENTS_PATH = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 # Shipped with Slicer: pinned (pip's --constraint), never upgraded by the module's installs.
 SLICER_PACKAGES = ("numpy", "SimpleITK")
+# Other distributions of the same Python package: a user's GPU build of ONNX Runtime meets the
+# requirement, and installing the CPU build over it would break it.
+OTHER_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")}
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,9 @@ def unmet_requirements(requirements: list[Requirement] | None = None) -> list[tu
     """The requirements that are not installed (``None``) or installed in an older version."""
     unmet = []
     for requirement in read_requirements() if requirements is None else requirements:
-        version = installed_version(requirement.name)
+        versions = [version for name in (requirement.name, *OTHER_DISTRIBUTIONS.get(requirement.name, ()))
+                    if (version := installed_version(name))]
+        version = max(versions, key=version_key, default=None)
         if version is None or version_key(version) < version_key(requirement.minimum):
             unmet.append((requirement, version))
     return unmet

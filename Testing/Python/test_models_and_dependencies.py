@@ -40,6 +40,18 @@ def test_the_module_requirements_are_met_here_and_unmet_ones_are_named(tmp_path)
         read_requirements(malformed)
 
 
+def test_a_gpu_build_of_onnx_runtime_meets_the_requirement(monkeypatch):
+    """onnxruntime-gpu provides the same `onnxruntime` package: installing the CPU build over it breaks it."""
+    def version(name):
+        if name == "onnxruntime-gpu":
+            return "1.20.1"
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert unmet_requirements([Requirement("onnxruntime", "1.17")]) == []
+    assert unmet_requirements([Requirement("onnxruntime", "1.21")]) == [(Requirement("onnxruntime", "1.21"), "1.20.1")]
+
+
 def test_installs_pin_slicers_own_packages(tmp_path):
     constraints = tmp_path / "constraints.txt"
     arguments = pip_arguments([(Requirement("onnxruntime", "1.17"), None)], constraints)

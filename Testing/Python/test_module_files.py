@@ -75,10 +75,18 @@ def test_cmake_lists_every_script_and_resource_that_exists_and_nothing_else():
     for listed in scripts + resources:
         assert (MODULE / listed).is_file(), f"CMakeLists.txt lists missing {listed}"
     python_files = {str(p.relative_to(MODULE)) for p in MODULE.glob("*.py")} | {
-        str(p.relative_to(MODULE)) for p in (MODULE / "LeftAtriumSegLib").rglob("*.py")}
+        str(p.relative_to(MODULE)) for folder in ("LeftAtriumSegLib", "LeftAtriumSegMRML")
+        for p in (MODULE / folder).rglob("*.py")}
     assert python_files == set(scripts)
     resource_files = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
     assert resource_files == set(resources)
+
+
+def test_the_only_script_beside_the_module_is_the_module():
+    """Slicer loads every .py file directly in qt-scripted-modules as a module and logs "class X was
+    not found" for one without its class (qSlicerScriptedLoadableModuleFactory.cxx isValidFile,
+    qSlicerScriptedLoadableModule.cxx setPythonSource, v5.10.0): helpers live in packages."""
+    assert [p for p in _cmake_list("MODULE_PYTHON_SCRIPTS") if "/" not in p] == ["LeftAtriumSeg.py"]
 
 
 def test_extension_metadata_is_complete_and_points_into_the_repository():
@@ -157,7 +165,7 @@ def test_the_connector_rules_catch_the_panel_that_never_set_up():
 
 def _module_sources() -> dict[str, str]:
     return {path.name: path.read_text(encoding="utf-8")
-            for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML.py",
+            for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML" / "__init__.py",
                          REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.py")}
 
 
@@ -241,6 +249,6 @@ def test_the_library_never_imports_a_front_end_and_slicer_never_runs_the_command
             assert "cli" not in _imported_modules(path), f"{path.relative_to(MODULE)} imports cli"
         source = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from) (slicer|qt|ctk)\b", source, re.M), f"{path} imports Slicer"
-    for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML.py",
+    for path in (MODULE / "LeftAtriumSeg.py", MODULE / "LeftAtriumSegMRML" / "__init__.py",
                  REPOSITORY / "LeftAtriumSegCLI" / "LeftAtriumSegCLI.py"):
         assert "cli" not in _imported_modules(path), f"{path.name} imports LeftAtriumSegLib.cli"

@@ -267,7 +267,7 @@ def test_apply_route_segments_the_sample_through_the_worker(scene, tmp_path, sam
     label_reader.SetFileName(str(tmp_path / "label.nrrd"))
     assert label_reader.ReadData(labelmap_node)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    mrml.import_result(labelmap_node, volume_node, segmentation_node, said)
+    mrml.import_result(mrml.mask_from_labelmap_node(labelmap_node, volume_node), volume_node, segmentation_node, said)
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
     row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
     predicted = mrml.mask_from_segment(segmentation_node, mrml.LEFT_ATRIUM_SEGMENT_ID, volume_node)
@@ -296,7 +296,7 @@ def test_worker_label_map_off_the_volume_grid_is_refused(scene, phantom):
     shifted.SetOrigin([o + 5 for o in image.GetOrigin()])
     labelmap_node = add_volume_node(scene, sitk.Cast(shifted > 200, sitk.sitkUInt8), "label")
     with pytest.raises(ValueError, match="does not lie on the grid of volume"):
-        mrml.import_result(labelmap_node, volume_node, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), {})
+        mrml.mask_from_labelmap_node(labelmap_node, volume_node)
 
 
 def test_an_edit_of_the_segment_fires_an_event_the_module_measures_again_on(scene, phantom):
@@ -316,6 +316,9 @@ def test_an_edit_of_the_segment_fires_an_event_the_module_measures_again_on(scen
         edited[: 5 + stroke] = False
         mrml.set_left_atrium_segment(edited, volume_node, segmentation_node)
     assert len(fired) >= 3
+    fired.clear()
+    segmentation.RemoveSegment(mrml.LEFT_ATRIUM_SEGMENT_ID)  # then the table must say it has nothing to measure
+    assert fired
 
 
 def test_the_workers_label_map_goes_with_its_display_and_storage_nodes(scene, phantom, tmp_path):
@@ -333,4 +336,19 @@ def test_the_workers_label_map_goes_with_its_display_and_storage_nodes(scene, ph
     labelmap_node.CreateDefaultDisplayNodes()
     mrml.remove_with_its_nodes(labelmap_node)
     for node_class in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLVolumeArchetypeStorageNode", "vtkMRMLLabelMapVolumeDisplayNode"):
+        assert scene.GetNumberOfNodesByClass(node_class) == 0, node_class
+
+
+def test_nodes_made_for_a_result_that_failed_to_import_leave_nothing_behind(scene, phantom):
+    """The logic removes the segmentation and table it made when the import fails after them."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation_node.CreateDefaultDisplayNodes()
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    for node in (segmentation_node, table_node):
+        mrml.remove_with_its_nodes(node)
+    for node_class in ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode", "vtkMRMLTableNode"):
         assert scene.GetNumberOfNodesByClass(node_class) == 0, node_class

@@ -29,8 +29,10 @@ RESULT_ATTRIBUTES = {"model": "LeftAtriumSeg.Model", "qc": "LeftAtriumSeg.Qualit
                      "qcReasons": "LeftAtriumSeg.QualityReasons"}
 # What a segmentation fires when a segment is edited: Segment Editor's strokes change the source
 # representation (SourceRepresentationModified); SegmentModified comes only with a change of the
-# segment itself, such as its name or tags (vtkSegmentation.h: docs/slicer-api.md).
-SEGMENT_EDIT_EVENTS = (slicer.vtkSegmentation.SourceRepresentationModified, slicer.vtkSegmentation.SegmentModified)
+# segment itself, such as its name or tags; SegmentRemoved when one is deleted (vtkSegmentation.h:
+# docs/slicer-api.md).
+SEGMENT_EDIT_EVENTS = (slicer.vtkSegmentation.SourceRepresentationModified, slicer.vtkSegmentation.SegmentModified,
+                       slicer.vtkSegmentation.SegmentRemoved)
 
 
 def register_segmentation_converters() -> None:
@@ -119,23 +121,28 @@ def mask_from_labelmap_node(labelmap_node, volume_node) -> np.ndarray:
     return numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(shape) > 0
 
 
-def import_result(labelmap_node, volume_node, segmentation_node, result: dict) -> None:
-    """Put the worker's label map into the "Left atrium" segment and keep what it said of it.
+def import_result(mask: np.ndarray, volume_node, segmentation_node, result: dict) -> None:
+    """Put the worker's mask (``mask_from_labelmap_node``) into the "Left atrium" segment and keep
+    what it said of it.
 
     ``result``: the worker's return parameters (``model``, ``qc``, ``qcReasons``).
     """
-    set_left_atrium_segment(mask_from_labelmap_node(labelmap_node, volume_node), volume_node, segmentation_node)
+    set_left_atrium_segment(mask, volume_node, segmentation_node)
     for key, attribute in RESULT_ATTRIBUTES.items():
         segmentation_node.SetAttribute(attribute, result.get(key, ""))
 
 
 def remove_with_its_nodes(node) -> None:
-    """Remove a volume node and the display and storage nodes it refers to, which the scene keeps
-    otherwise (a CLI's output read back into a node gets both)."""
+    """Remove a node and the display and storage nodes it refers to, which the scene keeps otherwise
+    (a CLI's output read back into a node gets both; a table has no display node)."""
     scene = node.GetScene()
     if scene is None:
         return
-    for helper in (node.GetDisplayNode(), node.GetStorageNode()):
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+        if node.IsA("vtkMRMLDisplayableNode") else []
+    if node.IsA("vtkMRMLStorableNode"):
+        helpers.append(node.GetStorageNode())
+    for helper in helpers:
         if helper is not None:
             scene.RemoveNode(helper)
     scene.RemoveNode(node)
