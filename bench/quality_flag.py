@@ -3,9 +3,12 @@ error, the signals the flag reads (``quality.QualitySignals``) and the flag, the
 presentation every case with Dice under 0.85 and whether it was flagged, and the share of the
 other cases flagged. ``--csv`` keeps the table for choosing thresholds.
 
-    .venv/bin/python bench/quality_flag.py DATA --run RUN [--respaced X,Y,Z] [--oblique 30] [--csv FILE]
+    .venv/bin/python bench/quality_flag.py DATA --run RUN [--respaced X,Y,Z] [--header-corrected]
+        [--oblique 30] [--csv FILE]
 
-Presentations: the scans as given; with ``--respaced``, with that voxel spacing (la2018_lge's files
+Presentations: the scans as given; with ``--header-corrected``, Task02_Heart's scans with their
+headers corrected to the anatomy (``datasets.task02_header_corrected``, as a scanner's DICOM gives
+them); with ``--respaced``, with that voxel spacing (la2018_lge's files
 state 0.625 mm between slices where the scans' are 1.25 mm); with ``--oblique``, acquired obliquely
 (``datasets.acquired_obliquely``) by that angle.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from LeftAtriumSegLib.datasets import acquired_obliquely, read_decathlon_cases
+from LeftAtriumSegLib.datasets import acquired_obliquely, read_decathlon_cases, task02_header_corrected
 from LeftAtriumSegLib.io import read_mask
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.pipeline import Segmenter
@@ -31,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="a Decathlon folder (dataset.json, imagesTr/, labelsTr/)")
     parser.add_argument("--respaced", help="x,y,z mm: also present every case with this voxel spacing")
+    parser.add_argument("--header-corrected", action="store_true",
+                        help="also present every case with its Task02_Heart header corrected to the anatomy")
     parser.add_argument("--oblique", type=float, help="degrees: also present every case acquired obliquely")
     parser.add_argument("--csv", type=Path, help="write the per-case table here")
     add_model_arguments(parser)
@@ -45,6 +50,8 @@ def main() -> None:
             return copy
 
         presentations[f"spacing {args.respaced}"] = respaced
+    if args.header_corrected:
+        presentations["header corrected"] = task02_header_corrected
     if args.oblique:
         presentations[f"oblique {args.oblique:g}"] = lambda image: acquired_obliquely(image, args.oblique)
     cases = read_decathlon_cases(args.data)
