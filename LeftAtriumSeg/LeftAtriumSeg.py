@@ -461,6 +461,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             return
         cliNode = self._run[0]
         self._endRun()  # first: no status event of the reads below imports a result
+        # A cancel that lands while Slicer writes the input is overridden; the worker would then run
+        # to the end and queue reads into nodes the close removes. The node outlives the scene in
+        # the CLI logic's hands: cancel again whenever it shows as running.
+        cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
         cliNode.Cancel()
         applicationLogic = slicer.app.applicationLogic()
         while applicationLogic.GetReadDataQueueSize():
@@ -540,6 +544,11 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         from LeftAtriumSegMRML import measure_left_atrium
 
         return measure_left_atrium(segmentation, inputVolume, table, heightCm, weightKg)
+
+
+def _cancelIfRunning(cliNode, event=None) -> None:
+    if cliNode.GetStatus() == cliNode.Running:
+        cliNode.Cancel()
 
 
 def _removeLater(cliNode, labelmap) -> None:
