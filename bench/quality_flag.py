@@ -73,11 +73,12 @@ def main() -> None:
                          "reference_ml": round(metrics["reference_ml"], 2), "volume_ml": round(signals.volume_ml, 2),
                          "view_agreement": round(signals.view_agreement, 4), "box_contact": signals.box_contact,
                          "edge_contact": signals.edge_contact, "uncertain_share": round(signals.uncertain_share, 4),
+                         "faint_share": round(signals.faint_share, 4),
                          "qc": result.quality.flag,
                          "qc_reasons": "; ".join(result.quality.reasons)})
             row = rows[-1]
             print(f"{row['case']:22s} {name:16s} Dice {row['dice']:.3f} {row['volume_error_ml']:+7.1f} mL  "
-                  f"agreement {row['view_agreement']:.3f} uncertain {row['uncertain_share']:.3f} box {row['box_contact']:4d} "
+                  f"agreement {row['view_agreement']:.3f} uncertain {row['uncertain_share']:.3f} faint {row['faint_share']:.3f} box {row['box_contact']:4d} "
                   f"edge {row['edge_contact']:4d}  "
                   f"{row['qc']}", flush=True)
     if args.csv:

@@ -87,6 +87,8 @@ class FramePrediction:
         the box may have cut off, even after growing
     uncertain_share : voxels of probability 0.2-0.5 per voxel of the mask (0.5 and over): where the
         networks half see more atrium than they segment
+    faint_share : the share of the mask's voxels under probability 0.8: a mask the networks only
+        half believe, as where they lost part of the atrium
     """
 
     probabilities: np.ndarray
@@ -94,6 +96,7 @@ class FramePrediction:
     view_agreement: float
     box_contact: int
     uncertain_share: float
+    faint_share: float
 
 
 def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride: int, margin: int,
@@ -192,8 +195,10 @@ def predict_frame(
     probabilities = np.zeros(normalised.shape, dtype=np.float32)
     probabilities[box] = mean
     agreement = min(_dice(view >= 0.5, mask) for view in view_probabilities)
-    uncertain = np.count_nonzero((mean >= 0.2) & (mean < 0.5)) / max(np.count_nonzero(mask), 1)
-    return FramePrediction(probabilities, box, agreement, sum(faces.values()), float(uncertain))
+    segmented = max(np.count_nonzero(mask), 1)
+    uncertain = np.count_nonzero((mean >= 0.2) & (mean < 0.5)) / segmented
+    faint = np.count_nonzero(mask & (mean < 0.8)) / segmented
+    return FramePrediction(probabilities, box, agreement, sum(faces.values()), float(uncertain), float(faint))
 
 
 @dataclass(frozen=True)

@@ -78,5 +78,5 @@ class Segmenter:
         volume = measure_volume(mask, image.GetSpacing())
         frame = prediction.frame
         signals = QualitySignals(volume.volume_ml, frame.view_agreement, frame.box_contact, edge_contact(mask),
-                                 frame.uncertain_share)
+                                 frame.uncertain_share, frame.faint_share)
         return Segmentation(mask, volume, signals, check_quality(signals))

@@ -22,6 +22,8 @@ MOST_BOX_CONTACT_VOXELS = 0
 MOST_EDGE_CONTACT_VOXELS = 0
 # Voxels the networks half see (probability 0.2-0.5) per voxel they segment: atrium half missed.
 MOST_UNCERTAIN_SHARE = 0.45
+# Share of the mask's voxels under probability 0.8: a mask the networks only half believe.
+MOST_FAINT_SHARE = 0.24
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class QualitySignals:
     box_contact : mask voxels on the predicted box's faces inside the volume
     edge_contact : mask voxels on the scan's outer faces
     uncertain_share : voxels of probability 0.2-0.5 per mask voxel, in the model frame
+    faint_share : the share of the mask's voxels under probability 0.8, in the model frame
     """
 
     volume_ml: float
@@ -40,6 +43,7 @@ class QualitySignals:
     box_contact: int = 0
     edge_contact: int = 0
     uncertain_share: float = 0.0
+    faint_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     if signals.uncertain_share > MOST_UNCERTAIN_SHARE:
         reasons.append(f"the networks are unsure of much of the atrium ({signals.uncertain_share:.2f} voxels of "
                        f"probability 0.2-0.5 per voxel segmented, over {MOST_UNCERTAIN_SHARE:g}): part may be missed")
+    if signals.faint_share > MOST_FAINT_SHARE:
+        reasons.append(f"the networks half believe much of the mask ({signals.faint_share:.2f} of its voxels have "
+                       f"probability under 0.8, over {MOST_FAINT_SHARE:g}): part of the atrium may be missed or added")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
                        "extend beyond the field of view")

@@ -160,3 +160,17 @@ def test_voxels_the_networks_half_see_are_counted_per_voxel_segmented():
     frame = predict_frame({view: CentreSliceLogits(5, offset=-1.8) for view in VIEW_AXES}, normalised, slices=5)
     assert (frame.probabilities >= 0.5).sum() == atrium.sum()
     assert frame.uncertain_share == pytest.approx(half_seen.sum() / atrium.sum())
+
+
+def test_mask_voxels_the_networks_half_believe_are_counted_as_a_share_of_the_mask():
+    atrium = _off_centre_ellipsoid()
+    faint = atrium.copy()
+    faint[:11] = False  # part of the atrium at probability ~0.65, the rest ~1
+    assert 100 < faint.sum() < atrium.sum()
+    normalised = np.where(faint, 0.6, np.where(atrium, 2.0, -2.0)).astype(np.float32)
+    frame = predict_frame({view: CentreSliceLogits(5, offset=-1.8) for view in VIEW_AXES}, normalised, slices=5)
+    assert (frame.probabilities >= 0.5).sum() == atrium.sum()
+    assert frame.faint_share == pytest.approx(faint.sum() / atrium.sum())
+    clear = predict_frame({view: CentreSliceLogits(5, offset=-1.8) for view in VIEW_AXES},
+                          np.where(atrium, 2.0, -2.0).astype(np.float32), slices=5)
+    assert clear.faint_share == 0.0

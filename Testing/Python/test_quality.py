@@ -14,6 +14,7 @@ from LeftAtriumSegLib.quality import (
     LOWEST_VIEW_AGREEMENT,
     MOST_BOX_CONTACT_VOXELS,
     MOST_EDGE_CONTACT_VOXELS,
+    MOST_FAINT_SHARE,
     MOST_UNCERTAIN_SHARE,
     SMALLEST_PLAUSIBLE_VOLUME_ML,
     QualitySignals,
@@ -32,6 +33,7 @@ def test_signals_within_their_thresholds_pass():
     (QualitySignals(60.0, box_contact=MOST_BOX_CONTACT_VOXELS + 1), "the edge of the region the networks searched"),
     (QualitySignals(60.0, edge_contact=MOST_EDGE_CONTACT_VOXELS + 1), "the edge of the scan"),
     (QualitySignals(60.0, uncertain_share=MOST_UNCERTAIN_SHARE + 0.01), "the networks are unsure of much of the atrium"),
+    (QualitySignals(60.0, faint_share=MOST_FAINT_SHARE + 0.01), "the networks half believe much of the mask"),
 ])
 def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signals, reason):
     check = check_quality(signals)
