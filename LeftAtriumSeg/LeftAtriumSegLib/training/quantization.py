@@ -1,5 +1,5 @@
-"""int8 networks: each view's graph quantized by ONNX Runtime (QDQ: int8 weights per channel, uint8
-activations), its activations' ranges calibrated on slice stacks of the training presentations.
+"""int8 networks: each view's graph quantized by ONNX Runtime (QDQ: int8 weights per channel in 7 bits,
+uint8 activations), its activations' ranges calibrated on slice stacks of the training presentations.
 
 Needs the ``onnx`` package (ONNX Runtime's quantizer works on ONNX models), which ``segment`` and
 the Slicer module never import: the quantized graphs are stored in the model file
@@ -78,8 +78,12 @@ def int8_graphs(model_path: str | Path, training: Sequence[TrainingEntry], seed:
             float_graph, quantized = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
             float_graph.write_bytes(unet_model({name[len(view) + 1:]: array for name, array in weights.items()
                                                 if name.startswith(f"{view}.")}, config))
+            # 7-bit weights (reduce_range): x86 CPUs without VNNI can saturate on uint8 x int8 products of
+            # full-range weights (ONNX Runtime's quantize_static docstring, "Choosing parameters for CPU
+            # inference"); the model file must run the same on every CPU.
             quantize_static(str(float_graph), str(quantized), batches, quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            reduce_range=True)
             graphs[view] = quantized.read_bytes()
     return graphs
 
