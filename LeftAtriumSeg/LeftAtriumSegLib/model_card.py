@@ -95,9 +95,10 @@ def model_card(run_dir: Path) -> str:
         f"{config['slices']} neighbouring slices in, the centre slice's logits out, levels of "
         f"{tuple(config['features'])} channels; **{training['parameters']:,} parameters** in all. "
         "The views' probabilities are averaged; the first view localises the atrium.",
-        f"- Expected input: a 3D scalar MRI; it is reoriented to **{config['frame']['orientation']}** and resampled "
-        f"to **{' x '.join(str(s) for s in config['frame']['spacing_mm'])} mm**, clipped to its 0.5-99.5th "
-        "percentiles and z-scored; the probability map goes back onto the input's grid.",
+        f"- Expected input: a 3D scalar MRI; it is resampled onto a grid along the patient's axes, "
+        f"**{config['frame']['orientation']}**, **{' x '.join(str(s) for s in config['frame']['spacing_mm'])} mm**, "
+        "however obliquely it was acquired, clipped to its 0.5-99.5th percentiles and z-scored over the voxels "
+        "the scan covers; the probability map goes back onto the input's grid.",
         f"- Cleanup defaults: threshold {cleanup.threshold}, largest component "
         f"{'kept' if cleanup.keep_largest_component else 'not selected'} (plus components within "
         f"{cleanup.component_gap_mm} mm), holes {'filled' if cleanup.fill_holes else 'kept'}, "
