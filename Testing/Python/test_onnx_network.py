@@ -51,7 +51,8 @@ def test_onnx_logits_match_torch(tmp_path, features, slices):
 
 
 def test_shipped_model_segments_the_sample_as_torch_does(sample_image):
-    onnx_networks, config = load_onnx_networks(model_path(), "cpu")
+    # The float32 graphs; the int8 ones are compared with them below.
+    onnx_networks, config = load_onnx_networks(model_path(), "cpu", precision="float32")
     torch_networks, _ = load_model(model_path())
     masks = []
     for networks in (onnx_networks, {view: TorchSliceNetwork(network) for view, network in torch_networks.items()}):
@@ -125,6 +126,16 @@ def test_the_graphs_written_without_the_onnx_package_are_valid_onnx():
         onnx.checker.check_model(model, full_check=True)
         assert [node.op_type for node in model.graph.node].count("Conv") == 2 * (2 * len(config.features) - 1) + 1
         assert {i.name for i in model.graph.input} == {"image"} and {o.name for o in model.graph.output} == {"logits"}
+
+
+def test_the_shipped_model_runs_its_own_int8_graphs_on_the_cpu(sample_image, sample_label):
+    networks, config = load_onnx_networks(model_path(), "cpu")
+    assert {network.precision for network in networks.values()} == {"int8"}
+    float_networks, _ = load_onnx_networks(model_path(), "cpu", precision="float32")
+    int8_mask, float_mask = (clean_mask(sitk.GetArrayViewFromImage(predict(sample_image, nets, config).probability_map),
+                                        sample_image.GetSpacing(), CleanupSettings()) for nets in (networks, float_networks))
+    assert dice(int8_mask, float_mask) >= 0.98
+    assert dice(int8_mask, sample_label) >= 0.85
 
 
 @pytest.fixture(scope="module")
