@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,19 +91,21 @@ def int8_graphs(model_path: str | Path, training: Sequence[TrainingEntry], seed:
     return graphs
 
 
-class _without_preprocessing_hint(logging.Filter):
+@contextmanager
+def _without_preprocessing_hint() -> Iterator[None]:
     """Drop ONNX Runtime's "Please consider pre-processing before quantization" warnings, logged to
     the root logger on every call: train's output would read them as a fault, and the int8 accuracy
     in the model card was measured on graphs quantized without that step."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def keep(record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
 
-    def __enter__(self):
-        logging.getLogger().addFilter(self)
-
-    def __exit__(self, *exc_info):
-        logging.getLogger().removeFilter(self)
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def quantize_model_file(model_path: str | Path, training: Sequence[TrainingEntry], seed: int = 0) -> None:
