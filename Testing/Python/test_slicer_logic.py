@@ -339,8 +339,9 @@ def test_the_workers_label_map_goes_with_its_display_and_storage_nodes(scene, ph
         assert scene.GetNumberOfNodesByClass(node_class) == 0, node_class
 
 
-def test_nodes_made_for_a_result_that_failed_to_import_leave_nothing_behind(scene, phantom):
-    """The logic removes the segmentation and table it made when the import fails after them."""
+def test_a_segmentation_and_a_table_go_with_their_display_nodes(scene, phantom):
+    """What the logic's failed import calls (LeftAtriumSeg.py _importResult) on the segmentation and
+    table it made: nothing of them is left in the scene. The failure path itself needs slicer.app."""
     image, mask, _ = phantom
     volume_node = add_volume_node(scene, image)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
