@@ -100,6 +100,28 @@ def _as_image(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> sitk.
     return image
 
 
+def bounding_box(mask: np.ndarray) -> list[tuple[int, int]] | None:
+    """First and last index of a mask's voxels along each of its axes.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (Z, Y, X)
+
+    Returns
+    -------
+    list of (int, int), or None
+        ``(first, last)`` per axis, inclusive; None for an empty mask.
+    """
+    bounds = []
+    for axis in range(mask.ndim):
+        # A projection per axis, not np.nonzero: a tenth of the time on a whole scan's mask.
+        filled = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if filled.size == 0:
+            return None
+        bounds.append((int(filled[0]), int(filled[-1])))
+    return bounds
+
+
 def distance_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     """Each voxel's distance in mm to the nearest voxel centre of a non-empty ``mask``.
 
@@ -138,15 +160,24 @@ def keep_largest_component(mask: np.ndarray, spacing_mm: tuple[float, float, flo
     -------
     ndarray of bool, shape (Z, Y, X)
     """
-    components = sitk.ConnectedComponent(_as_image(mask, spacing_mm), True)  # fully connected: 26 neighbours
+    bounds = bounding_box(mask)
+    if bounds is None:
+        return mask.copy()
+    # Every component lies within the mask's bounding box, and distances in mm do not depend on
+    # the grid around it: the search runs there alone.
+    box = tuple(slice(first, last + 1) for first, last in bounds)
+    inside = mask[box]
+    components = sitk.ConnectedComponent(_as_image(inside, spacing_mm), True)  # fully connected: 26 neighbours
     labels = sitk.GetArrayFromImage(sitk.RelabelComponent(components, sortByObjectSize=True))  # 1: the largest
     if labels.max() <= 1:
         return mask.copy()
     largest = labels == 1
-    if gap_mm <= 0:
-        return largest
-    near = np.unique(labels[(distance_mm(largest, spacing_mm) <= gap_mm) & mask])
-    return np.isin(labels, near[near > 0])
+    if gap_mm > 0:
+        near = np.unique(labels[(distance_mm(largest, spacing_mm) <= gap_mm) & inside])
+        largest = np.isin(labels, near[near > 0])
+    kept = np.zeros_like(mask, dtype=bool)
+    kept[box] = largest
+    return kept
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -208,13 +239,11 @@ def clean_mask(probability: np.ndarray, spacing_mm: tuple[float, float, float], 
         The mask; empty where no voxel reaches the threshold.
     """
     mask = probability >= settings.threshold
-    if not mask.any():
+    bounds = bounding_box(mask)
+    if bounds is None:
         return mask
     margin = [int(np.ceil(settings.closing_radius_mm / s)) + 1 for s in spacing_mm[::-1]]
-    box = tuple(
-        slice(max(int(indices.min()) - pad, 0), int(indices.max()) + pad + 1)
-        for indices, pad in zip(np.nonzero(mask), margin)
-    )
+    box = tuple(slice(max(first - pad, 0), last + pad + 1) for (first, last), pad in zip(bounds, margin))
     cropped = mask[box]
     if settings.closing_radius_mm > 0:
         cropped = close_mask(cropped, spacing_mm, settings.closing_radius_mm)
