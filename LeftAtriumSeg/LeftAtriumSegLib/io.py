@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, LeftAtriumSegError
+from .postprocessing import bounding_box
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -884,6 +885,13 @@ def write_label_map(mask: np.ndarray, reference: sitk.Image, path: Path, overwri
             commit(temporary)
 
 
+def _extent_ijk(mask: np.ndarray) -> list[int]:
+    """A ``(Z, Y, X)`` mask's bounding box as a Slicer segment's extent: first and last voxel along
+    i, j and k; ``[0, -1, 0, -1, 0, -1]`` for an empty mask."""
+    bounds = bounding_box(mask)
+    return [0, -1, 0, -1, 0, -1] if bounds is None else [index for pair in bounds[::-1] for index in pair]
+
+
 def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
                        commit: Commit | None = None) -> None:
     """Write a mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment.
@@ -911,9 +919,12 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
     """
     import slicerio  # noqa: PLC0415 - the Slicer module imports this module before its packages are installed
 
-    segmentation = slicerio.create_segmentation(mask.shape[::-1], ijk_to_lps(reference))
-    slicerio.add_segment(segmentation, mask.transpose(2, 1, 0).astype(bool), dict(LEFT_ATRIUM_SEGMENT))
-    segmentation["segments"][0]["status"] = "completed"
+    # One segment on one layer, as slicerio.add_segment would store it, built directly: its
+    # general search for a free layer cost a batch 0.09 s a scan. (Z, Y, X) transposed is the
+    # (i, j, k) array, already in the Fortran order the NRRD writer wants.
+    segment = dict(LEFT_ATRIUM_SEGMENT, labelValue=1, layer=0, extent=_extent_ijk(mask), status="completed")
+    segmentation = {"voxels": mask.astype(np.uint8).transpose(2, 1, 0), "ijkToLPS": ijk_to_lps(reference),
+                    "segments": [segment]}
     with atomic_output(path, overwrite) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)
         _verify_written(temporary, path, mask, reference)
