@@ -221,4 +221,4 @@ def predict(
     frame = predict_frame(networks, normalised, config.slices, progress=progress)
     probability_frame = sitk.GetImageFromArray(frame.probabilities)
     probability_frame.CopyInformation(framed)
-    return Prediction(to_reference_grid(probability_frame, image), frame)
+    return Prediction(to_reference_grid(probability_frame, image, frame.box), frame)
