@@ -129,6 +129,7 @@ def test_default_output_is_a_slicer_segmentation(tmp_path, sample_label):
     assert segment["terminology"]["type"][1] == "82471001"
     mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)  # (i, j, k) -> (z, y, x)
     assert dice(mask, sample_label) >= 0.85
+    assert segment["extent"] == [int(v) for i in np.nonzero(mask)[::-1] for v in (i.min(), i.max())]
 
 
 def _write(image, path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from LeftAtriumSegLib.postprocessing import (
-    CleanupSettings, clean_mask, close_mask, distance_mm, fill_holes, keep_largest_component,
+    CleanupSettings, bounding_box, clean_mask, close_mask, distance_mm, fill_holes, keep_largest_component,
 )
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z in mm: z voxels are twice as long
@@ -12,6 +12,15 @@ def _body():
     mask = np.zeros((30, 60, 60), bool)
     mask[10:20, 10:40, 10:40] = True
     return mask
+
+
+@pytest.mark.parametrize("voxels", [0, 1, 7, 300])
+def test_bounding_box_is_the_first_and_last_index_of_the_masks_voxels(voxels):
+    mask = np.zeros((30, 40, 50), bool)
+    rng = np.random.default_rng(voxels)
+    mask[tuple(rng.integers(0, n, voxels) for n in mask.shape)] = True
+    expected = [(int(i.min()), int(i.max())) for i in np.nonzero(mask)] if voxels else None
+    assert bounding_box(mask) == expected
 
 
 def test_largest_component_drops_distant_blob_and_gap_keeps_near_fragment():
