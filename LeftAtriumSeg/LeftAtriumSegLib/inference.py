@@ -56,8 +56,9 @@ def predict_slices(
     height, width = normalised.shape[1:]
     multiple = network.size_multiple
     pad_y, pad_x = (-height) % multiple, (-width) % multiple
-    padded = np.pad(normalised.astype(np.float32, copy=False),
-                    ((0, 0), (pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)), mode="edge")
+    padded = normalised.astype(np.float32, copy=False)
+    if pad_y or pad_x:  # np.pad copies the whole volume even to add nothing
+        padded = np.pad(padded, ((0, 0), (pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)), mode="edge")
     z_indices = list(z_indices)
     probabilities = np.empty((len(z_indices), height, width), dtype=np.float32)
     for start in range(0, len(z_indices), batch_size):

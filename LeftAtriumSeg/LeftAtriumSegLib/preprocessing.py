@@ -221,6 +221,37 @@ def to_reference_grid(image: sitk.Image, reference: sitk.Image,
 _BLOCK = 1 << 16  # voxels: a block's float64 copy stays in the cache
 
 
+def percentiles(values: np.ndarray, percents: list[float]) -> list[float]:
+    """``np.percentile(values, percents)`` (its default, linear method), the same numbers in half
+    the time on a whole scan.
+
+    ``np.percentile`` partitions all of the values, a copy of them; here each pair of neighbouring
+    order statistics it interpolates between is looked for among the values in a narrow range
+    around a sorted sample's estimate, and all of them are partitioned only where that range
+    misses the pair.
+    """
+    values = values.reshape(-1)
+    count = values.size
+    sample = np.sort(values[:: max(count // 20_000, 1)])
+    slack = 4 * math.isqrt(sample.size) + 8  # sample places around the estimate: many standard errors
+    found = []
+    for percent in percents:
+        position = percent / 100 * (count - 1)
+        rank = min(math.floor(position), count - 2) if count > 1 else 0
+        estimate = round(rank / max(count - 1, 1) * (sample.size - 1))
+        low, high = sample[max(estimate - slack, 0)], sample[min(estimate + slack + 1, sample.size - 1)]
+        below = np.count_nonzero(values < low)
+        window = values[(values >= low) & (values <= high)]
+        pair = window if below <= rank and rank + 1 < below + window.size else values
+        offset = below if pair is window else 0
+        ranks = [rank - offset, min(rank + 1, count - 1) - offset]
+        first, second = np.partition(pair, ranks)[ranks]
+        # numpy's interpolation: the difference in the values' own type, counted from the nearer end
+        difference, fraction = float(second - first), position - rank
+        found.append(float(first) + difference * fraction if fraction < 0.5 else float(second) - difference * (1 - fraction))
+    return found
+
+
 def normalise_intensity(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
     """Clip to the 0.5-99.5th percentiles, then z-score; MRI intensities have no absolute scale.
 
@@ -242,7 +273,7 @@ def normalise_intensity(volume: np.ndarray, inside: np.ndarray | None = None) ->
         For a constant volume, which has no usable contrast.
     """
     voxels = volume if inside is None else volume[inside]
-    low, high = np.percentile(voxels, [0.5, 99.5])
+    low, high = percentiles(voxels, [0.5, 99.5])
     # Clipped in float32, the statistics and the z-score in float64, block by block: the same
     # values as in float64 throughout, without a whole float64 copy of the volume to allocate.
     clipped = np.clip(volume.astype(np.float32, copy=False), np.float32(low), np.float32(high))

@@ -8,7 +8,9 @@ from conftest import OBLIQUE_DIRECTION, SAMPLE_LABEL, ellipsoid_phantom
 from LeftAtriumSegLib.datasets import TASK02_HEART_ANATOMY_DIRECTION, acquired_obliquely, task02_header_corrected, task02_to_anatomical
 from LeftAtriumSegLib.io import same_grid
 from LeftAtriumSegLib.metrics import dice
-from LeftAtriumSegLib.preprocessing import ModelFrame, field_of_view, normalise_intensity, to_model_frame, to_reference_grid
+from LeftAtriumSegLib.preprocessing import (
+    ModelFrame, field_of_view, normalise_intensity, percentiles, to_model_frame, to_reference_grid,
+)
 
 
 def test_model_frame_has_frame_spacing_and_orientation():
@@ -118,3 +120,15 @@ def test_resampling_near_the_box_alone_gives_the_whole_resampling_bit_for_bit(di
     assert near_box.GetSize() == image.GetSize() and same_grid(near_box, image)
     assert np.count_nonzero(whole) > 1000
     np.testing.assert_array_equal(sitk.GetArrayFromImage(near_box), whole)
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).random((40, 50, 60), dtype=np.float32) * 900,  # a scan's size, in small
+    np.r_[np.zeros(300_000), np.random.default_rng(1).random(100_000) * 3].astype(np.float32),  # mostly background
+    np.random.default_rng(2).integers(-2000, 2000, 77_777).astype(np.int16),
+    np.array([636.96167, 269.78671, 40.973522, 16.527636], dtype=np.float32),  # numpy subtracts in float32
+    np.array([5.0]),
+])
+def test_percentiles_are_numpys_to_the_last_bit(values):
+    percents = [0.0, 0.5, 37.3, 99.5, 100.0]
+    assert percentiles(values, percents) == np.percentile(values, percents).tolist()
