@@ -923,7 +923,7 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
     # general search for a free layer cost a batch 0.09 s a scan. (Z, Y, X) transposed is the
     # (i, j, k) array, already in the Fortran order the NRRD writer wants.
     segment = dict(LEFT_ATRIUM_SEGMENT, labelValue=1, layer=0, extent=_extent_ijk(mask), status="completed")
-    segmentation = {"voxels": mask.astype(np.uint8).transpose(2, 1, 0), "ijkToLPS": ijk_to_lps(reference),
+    segmentation = {"voxels": mask.astype(bool).view(np.uint8).transpose(2, 1, 0), "ijkToLPS": ijk_to_lps(reference),
                     "segments": [segment]}
     with atomic_output(path, overwrite) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)

@@ -222,13 +222,24 @@ _BLOCK = 1 << 16  # voxels: a block's float64 copy stays in the cache
 
 
 def percentiles(values: np.ndarray, percents: list[float]) -> list[float]:
-    """``np.percentile(values, percents)`` (its default, linear method), the same numbers in half
-    the time on a whole scan.
+    """``np.percentile(values, percents)`` (its default, linear method) of finite values, the same
+    numbers in half the time on a whole scan.
 
     ``np.percentile`` partitions all of the values, a copy of them; here each pair of neighbouring
     order statistics it interpolates between is looked for among the values in a narrow range
     around a sorted sample's estimate, and all of them are partitioned only where that range
     misses the pair.
+
+    Parameters
+    ----------
+    values : ndarray
+        Finite values, any shape.
+    percents : list of float
+        Each 0-100.
+
+    Returns
+    -------
+    list of float
     """
     values = values.reshape(-1)
     count = values.size
@@ -274,16 +285,22 @@ def normalise_intensity(volume: np.ndarray, inside: np.ndarray | None = None) ->
     """
     voxels = volume if inside is None else volume[inside]
     low, high = percentiles(voxels, [0.5, 99.5])
-    # Clipped in float32, the statistics and the z-score in float64, block by block: the same
-    # values as in float64 throughout, without a whole float64 copy of the volume to allocate.
-    clipped = np.clip(volume.astype(np.float32, copy=False), np.float32(low), np.float32(high))
+    # Clipped in float32, the statistics and the z-score in float64 (cast explicitly: numpy 1's
+    # promotion would keep float32 - float64 scalar in float32), block by block: the values of
+    # float64 throughout, without whole float64 copies of the volume. The contiguous copy makes
+    # reshape(-1) a view of it, whatever the input's layout.
+    clipped = np.ascontiguousarray(np.clip(volume.astype(np.float32, copy=False), np.float32(low), np.float32(high)))
     sample = (clipped if inside is None else clipped[inside]).reshape(-1)
     mean = sample.mean(dtype=np.float64)
-    squares = sum(float(np.square(sample[i : i + _BLOCK] - mean).sum()) for i in range(0, sample.size, _BLOCK))
+    squares = sum(float(np.square(sample[i : i + _BLOCK].astype(np.float64) - mean).sum())
+                  for i in range(0, sample.size, _BLOCK))
     std = math.sqrt(squares / sample.size)
     if not std > 0:
         raise ValueError("image has no contrast (constant intensity)")
-    flat = clipped.reshape(-1)  # a view: clipped is a new contiguous array
+    flat = clipped.reshape(-1)
     for i in range(0, flat.size, _BLOCK):
-        flat[i : i + _BLOCK] = (flat[i : i + _BLOCK] - mean) / std
+        block = flat[i : i + _BLOCK].astype(np.float64)
+        block -= mean
+        block /= std
+        flat[i : i + _BLOCK] = block
     return clipped

@@ -132,3 +132,26 @@ def test_resampling_near_the_box_alone_gives_the_whole_resampling_bit_for_bit(di
 def test_percentiles_are_numpys_to_the_last_bit(values):
     percents = [0.0, 0.5, 37.3, 99.5, 100.0]
     assert percentiles(values, percents) == np.percentile(values, percents).tolist()
+
+
+def _z_scores_in_float64(volume, inside=None):
+    """The rule normalise_intensity states, written plainly: clip to the 0.5-99.5th percentiles of
+    the voxels inside, z-score by their mean and standard deviation, all in float64."""
+    voxels = volume.astype(np.float64) if inside is None else volume[inside].astype(np.float64)
+    low, high = np.percentile(voxels, [0.5, 99.5])
+    clipped = np.clip(volume.astype(np.float64), low, high)
+    sample = clipped if inside is None else clipped[inside]
+    return ((clipped - sample.mean()) / sample.std()).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout", ["C", "Fortran", "transposed"])
+def test_z_scores_are_the_float64_rule_in_any_memory_layout(layout):
+    volume = (np.random.default_rng(4).gamma(2.0, 150.0, (37, 41, 300))).astype(np.float32)
+    inside = np.random.default_rng(5).random(volume.shape) < 0.8
+    shown = {"C": volume, "Fortran": np.asfortranarray(volume), "transposed": volume.transpose(2, 1, 0)}[layout]
+    shown_inside = inside.transpose(2, 1, 0) if layout == "transposed" else inside
+    for region in (None, shown_inside):
+        normalised = normalise_intensity(shown, region)
+        assert normalised.dtype == np.float32 and normalised.shape == shown.shape
+        np.testing.assert_allclose(normalised, _z_scores_in_float64(shown, region), rtol=1e-6, atol=1e-6)
+    assert not np.shares_memory(normalise_intensity(shown), shown)
