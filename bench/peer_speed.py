@@ -52,7 +52,7 @@ def main() -> None:
     peer, ours, memory = [], [], []
     for _ in range(args.repeats):
         peer.append(peer_forward_seconds(args.threads))
-        seconds, peak_mb = run_once(REPOSITORY / "LeftAtriumSeg", args.image, args.threads, None)
+        seconds, peak_mb, _ = run_once(REPOSITORY / "LeftAtriumSeg", args.image, args.threads, None)
         ours.append(seconds)
         memory.append(peak_mb)
     peer_median, ours_median = statistics.median(peer), statistics.median(ours)

@@ -13,6 +13,7 @@ from .model_file import ModelConfig
 from .postprocessing import keep_largest_component
 from .preprocessing import (
     VIEW_AXES,
+    box_with_ring,
     field_of_view,
     from_view,
     normalise_intensity,
@@ -80,8 +81,9 @@ def _scaled(progress: ProgressCallback | None, start: float, end: float) -> Prog
 class FramePrediction:
     """The networks' output for a model-frame volume, and what it says of its own reliability.
 
-    probabilities : float32 (Z, Y, X), the mean over the views; 0 outside ``box``
+    box_probabilities : float32, the mean over the views within ``box``; 0 outside it
     box : the (Z, Y, X) slices the views predicted, after any growth
+    shape : the model-frame volume's (Z, Y, X) shape
     view_agreement : the smallest Dice between one view's mask (its probabilities >= 0.5) and the
         mean's mask; 1 where both are empty. Views that disagree mark a scan the model is unsure of.
     box_contact : voxels of the mean's mask on faces of ``box`` that lie inside the volume: atrium
@@ -92,12 +94,20 @@ class FramePrediction:
         half believe, as where they lost part of the atrium
     """
 
-    probabilities: np.ndarray
+    box_probabilities: np.ndarray
     box: tuple[slice, slice, slice]
+    shape: tuple[int, int, int]
     view_agreement: float
     box_contact: int
     uncertain_share: float
     faint_share: float
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """float32 (Z, Y, X): the mean over the views on the whole frame."""
+        whole = np.zeros(self.shape, dtype=np.float32)
+        whole[self.box] = self.box_probabilities
+        return whole
 
 
 def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride: int, margin: int,
@@ -193,13 +203,12 @@ def predict_frame(
         for (axis, side), touching in faces.items():
             if touching:
                 extent[axis][side] += margin_voxels if side else -margin_voxels
-    probabilities = np.zeros(normalised.shape, dtype=np.float32)
-    probabilities[box] = mean
     agreement = min(_dice(view >= 0.5, mask) for view in view_probabilities)
     segmented = max(np.count_nonzero(mask), 1)
     uncertain = np.count_nonzero((mean >= 0.2) & (mean < 0.5)) / segmented
     faint = np.count_nonzero(mask & (mean < 0.8)) / segmented
-    return FramePrediction(probabilities, box, agreement, sum(faces.values()), float(uncertain), float(faint))
+    return FramePrediction(mean.astype(np.float32, copy=False), box, normalised.shape, agreement, sum(faces.values()),
+                           float(uncertain), float(faint))
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,9 @@ def predict(
     """Probability of left atrium for every voxel of ``image``, on exactly its grid."""
     framed = to_model_frame(image, config.frame)
     normalised = normalise_intensity(sitk.GetArrayViewFromImage(framed), field_of_view(image, framed))
+    frame_grid = framed[:1, :1, :1]  # the frame's geometry, without its pixels: 4 bytes a voxel
+    del framed
     frame = predict_frame(networks, normalised, config.slices, progress=progress)
-    probability_frame = sitk.GetImageFromArray(frame.probabilities)
-    probability_frame.CopyInformation(framed)
-    return Prediction(to_reference_grid(probability_frame, image, frame.box), frame)
+    del normalised
+    return Prediction(to_reference_grid(box_with_ring(frame.box_probabilities, frame.box, frame.shape, frame_grid), image),
+                      frame)

@@ -175,33 +175,54 @@ def field_of_view(image: sitk.Image, framed: sitk.Image) -> np.ndarray | None:
     return sitk.GetArrayFromImage(inside) > 0
 
 
-def to_reference_grid(image: sitk.Image, reference: sitk.Image,
-                      box: tuple[slice, slice, slice] | None = None) -> sitk.Image:
-    """Linearly resample a float image (a probability map, say) onto ``reference``'s grid.
+def box_with_ring(box_values: np.ndarray, box: tuple[slice, slice, slice], shape: tuple[int, int, int],
+                  frame_grid: sitk.Image) -> sitk.Image:
+    """The ``box`` part of a model-frame volume that is 0 outside it, with a ring of one zero voxel
+    around it where the frame has one, as an image lying where that part lies in the frame.
+
+    Resampled, it gives what the whole volume would: the ring keeps the interpolation across the
+    box's faces, and beyond the ring's outer half voxel the whole volume gives 0 too.
 
     Parameters
     ----------
-    image : SimpleITK.Image
-    reference : SimpleITK.Image
-    box : tuple of slice, optional
-        The ``(Z, Y, X)`` part of ``image`` outside which it is 0 (the networks' box): only the
-        part of ``reference``'s grid within reach of it is resampled, the rest is set to 0, the
-        same values at a fraction of the cost.
+    box_values : ndarray
+        The volume's values within ``box``.
+    box : tuple of slice
+        ``(Z, Y, X)`` slices with integer bounds.
+    shape : tuple of int
+        The whole volume's ``(Z, Y, X)`` shape.
+    frame_grid : SimpleITK.Image
+        An image with the frame's origin, spacing and direction (its size does not matter).
+
+    Returns
+    -------
+    SimpleITK.Image
+        float32.
+    """
+    ring = tuple(slice(max(extent.start - 1, 0), min(extent.stop + 1, n)) for extent, n in zip(box, shape))
+    values = np.zeros([extent.stop - extent.start for extent in ring], dtype=np.float32)
+    values[tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, ring))] = box_values
+    part = sitk.GetImageFromArray(values)
+    part.SetSpacing(frame_grid.GetSpacing())
+    part.SetDirection(frame_grid.GetDirection())
+    part.SetOrigin(frame_grid.TransformIndexToPhysicalPoint([extent.start for extent in ring[::-1]]))
+    return part
+
+
+def to_reference_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Linearly resample a float image (a probability map, say) onto ``reference``'s grid.
+
+    Only the part of ``reference``'s grid within ``image``'s reach is resampled, the rest is 0 as
+    resampling gives it there: the same image at a fraction of the cost when ``image`` is small
+    (``box_with_ring``).
 
     Returns
     -------
     SimpleITK.Image
         float32 on ``reference``'s grid, 0 where it reaches beyond ``image``.
     """
-    if box is None:
-        return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    # A ring of one zero voxel around the box keeps the interpolation across its faces as over the
-    # whole image; beyond the ring's outer half voxel the whole image gives 0 too.
-    first = [max(extent.start - 1, 0) for extent in box[::-1]]  # (x, y, z)
-    stop = [min(extent.stop + 1, n) for extent, n in zip(box[::-1], image.GetSize())]
-    part = sitk.RegionOfInterest(image, [b - a for a, b in zip(first, stop)], first)
     corners = [reference.TransformPhysicalPointToContinuousIndex(
-                   part.TransformContinuousIndexToPhysicalPoint([(n - 0.5) if high else -0.5 for n, high in zip(part.GetSize(), c)]))
+                   image.TransformContinuousIndexToPhysicalPoint([(n - 0.5) if high else -0.5 for n, high in zip(image.GetSize(), c)]))
                for c in np.ndindex(2, 2, 2)]
     low = np.clip(np.floor(np.min(corners, axis=0)).astype(int), 0, reference.GetSize())
     high = np.clip(np.ceil(np.max(corners, axis=0)).astype(int) + 1, 0, reference.GetSize())
@@ -212,7 +233,7 @@ def to_reference_grid(image: sitk.Image, reference: sitk.Image,
         grid.SetSpacing(reference.GetSpacing())
         grid.SetDirection(reference.GetDirection())
         grid.SetOrigin(reference.TransformIndexToPhysicalPoint([int(i) for i in low]))
-        resampled = sitk.Resample(part, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         # Assigning to a slice pastes in place, where sitk.Paste would hold a second whole image.
         result[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])] = resampled
     return result
