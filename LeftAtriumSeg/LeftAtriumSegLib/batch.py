@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -237,7 +238,9 @@ def _update_table(table_path: Path, row: dict) -> None:
         rows[row["case"]] = {**earlier, "error": f"a later run failed, this mask kept: {row['error']}"}
     else:
         rows[row["case"]] = row
-    write_table(list(rows.values()), table_path, _table_columns(list(rows.values())))
+    # Sorted by case: the cases of one run, made several at once, arrive in any order.
+    ordered = [rows[case] for case in sorted(rows)]
+    write_table(ordered, table_path, _table_columns(ordered))
 
 
 def mask_in_place(row: dict) -> bool:
@@ -295,12 +298,15 @@ def _case_line(row: dict) -> str:
 
 
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
-                  clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False) -> tuple[int, int]:
+                  clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False,
+                  workers: int = 1) -> tuple[int, int]:
     """Segment every case into ``settings.output_dir`` and record a row per case in its table.
 
     A case whose image cannot be used fails alone: ``error: FILE: problem`` on standard error and a
-    ``failed`` row; a result flagged for review gets a ``warning:`` line. Returns (cases done,
-    cases failed).
+    ``failed`` row; a result flagged for review gets a ``warning:`` line. ``workers`` cases are
+    segmented at once, each on its own thread (the networks' sessions are shared: ONNX Runtime's
+    ``Run`` may be called from several threads at once); the lines come in the cases' order.
+    Returns (cases done, cases failed).
 
     Raises
     ------
@@ -319,64 +325,84 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         read_table(table, ("case", "status"))  # a table edited out of shape stops the run before any case
         if not table.exists():
             write_table([], table, VOLUME_COLUMNS)
-    writer = OUTPUT_WRITERS[settings.output_format][1]
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
                 "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
+
+    def segment_one(case: CaseInput) -> tuple[dict, list[str]]:
+        return _segment_case(case, segmenter, settings, this_run, clinical.get(case.case))
+
     done = failures = 0
-    bar = tqdm(cases, desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
-    for case in bar:
-        output_path = settings.output_path(case)
-        row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
-        try:
-            row["input_sha256"] = case_sha256(case)
-            if output_path.exists() and not settings.overwrite:
-                made_by = _kept_output_record(output_path, row["input_sha256"], case)
-                mask_image = read_mask(output_path)
-                mask, spacing = sitk.GetArrayViewFromImage(mask_image) > 0, mask_image.GetSpacing()
-                row.update({column: made_by.get(column, "") for column in (*PROVENANCE_COLUMNS, "qc", "qc_reasons")})
-                row["status"] = "skipped: output exists"
-                row.update(_measurement_columns(mask, spacing, clinical.get(case.case)))
-                if any(row[column] != this_run[column] for column in MASK_DEFINING_COLUMNS):
-                    bar.write(f"warning: {output_path}: kept as made by {mask_maker(row)}, which may not be what this "
-                              "run would make (--overwrite segments it again)", file=sys.stderr)
+    bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max(workers, 1))
+    try:
+        for row, warnings in pool.map(segment_one, cases):
+            bar.update()
+            for warning in warnings:
+                bar.write(warning, file=sys.stderr)
+            if row["status"] == "failed":
+                failures += 1
             else:
-                image = read_case(case)
-                result = segmenter.segment(image)
-                row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": "; ".join(result.quality.reasons),
-                            **_measurement_columns(result.mask, image.GetSpacing(), clinical.get(case.case))})
-
-                def commit(written: Path, row: dict = row, output_path: Path = output_path) -> None:
-                    # The mask and the row that says what made it appear together, under the folder's
-                    # lock: a killed run leaves no unrecorded mask, and of two runs making one case at
-                    # once, the second finds the first's mask instead of replacing it.
-                    row["output_sha256"] = file_sha256(written)
-                    with locked(settings.output_dir):
-                        refuse_existing_output(output_path, settings.overwrite)
-                        _update_table(table, row)
-                        place_output(written, output_path, settings.overwrite)
-
-                writer(result.mask, image, output_path, overwrite=settings.overwrite, commit=commit)
-        except CASE_ERRORS as error:
-            failures += 1
-            message = error_line(error, case.path, output_path)
-            bar.write(f"error: {message}", file=sys.stderr)
-            row.update({"output": "", "status": "failed", "error": message, "output_sha256": ""})
-        else:
-            done += 1
-            if row["qc"] == "review":
-                bar.write(f"warning: {case.path}: review this result ({row['qc_reasons']})", file=sys.stderr)
-            if not quiet:
-                try:
-                    bar.write(_case_line(row))
-                except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
-                    quiet = True
-        try:
-            record_row(table, row)
-        except OSError as error:
-            raise LeftAtriumSegError(error_line(error, table)) from None
+                done += 1
+                if not quiet:
+                    try:
+                        bar.write(_case_line(row))
+                    except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
+                        quiet = True
+            try:
+                record_row(table, row)
+            except OSError as error:
+                raise LeftAtriumSegError(error_line(error, table)) from None
+    finally:
+        # Interrupted or stopped by the table: the cases under way finish, none starts.
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     if not quiet:
         print(f"{done} of {len(cases)} cases done; volumes in {table}")
     return done, failures
+
+
+def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings, this_run: dict,
+                  height_weight: tuple[float, float] | None) -> tuple[dict, list[str]]:
+    """One case of ``segment_batch``: its row, and the ``error:`` and ``warning:`` lines to show."""
+    output_path = settings.output_path(case)
+    row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
+    warnings = []
+    try:
+        row["input_sha256"] = case_sha256(case)
+        if output_path.exists() and not settings.overwrite:
+            made_by = _kept_output_record(output_path, row["input_sha256"], case)
+            mask_image = read_mask(output_path)
+            mask, spacing = sitk.GetArrayViewFromImage(mask_image) > 0, mask_image.GetSpacing()
+            row.update({column: made_by.get(column, "") for column in (*PROVENANCE_COLUMNS, "qc", "qc_reasons")})
+            row["status"] = "skipped: output exists"
+            row.update(_measurement_columns(mask, spacing, height_weight))
+            if any(row[column] != this_run[column] for column in MASK_DEFINING_COLUMNS):
+                warnings.append(f"warning: {output_path}: kept as made by {mask_maker(row)}, which may not be what "
+                                "this run would make (--overwrite segments it again)")
+        else:
+            image = read_case(case)
+            result = segmenter.segment(image)
+            row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": "; ".join(result.quality.reasons),
+                        **_measurement_columns(result.mask, image.GetSpacing(), height_weight)})
+
+            def commit(written: Path) -> None:
+                # The mask and the row that says what made it appear together, under the folder's
+                # lock: a killed run leaves no unrecorded mask, and of two runs making one case at
+                # once, the second finds the first's mask instead of replacing it.
+                row["output_sha256"] = file_sha256(written)
+                with locked(settings.output_dir):
+                    refuse_existing_output(output_path, settings.overwrite)
+                    _update_table(settings.table_path, row)
+                    place_output(written, output_path, settings.overwrite)
+
+            OUTPUT_WRITERS[settings.output_format][1](result.mask, image, output_path, overwrite=settings.overwrite,
+                                                       commit=commit)
+    except CASE_ERRORS as error:
+        message = error_line(error, case.path, output_path)
+        return {**row, "output": "", "status": "failed", "error": message, "output_sha256": ""}, [f"error: {message}"]
+    if row["qc"] == "review":
+        warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")
+    return row, warnings
 
 
 def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:

@@ -106,13 +106,18 @@ class _RespacedFolder(argparse.Action):
 
 def run_segment(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, collect_cases, read_clinical, segment_batch  # noqa: PLC0415
+    from .onnx_network import cuda_available  # noqa: PLC0415
     from .pipeline import Segmenter  # noqa: PLC0415
 
     settings = BatchSettings(Path(args.output_dir), args.format, args.overwrite, args.shard)
     cases = collect_cases(args.inputs, args.manifest, args.series, args.shard)
     clinical = read_clinical(args.clinical)
-    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), _capped_threads(args.threads))
-    _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet)
+    threads = _capped_threads(args.threads)
+    # Several scans on the CPU: one per core at once, each network on one thread, which keeps the
+    # cores busier than one scan's networks on all of them (docs/model-development.md, "Speed").
+    workers = min(threads or available_cores(), len(cases)) if args.device == "cpu" or not cuda_available() else 1
+    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), 1 if workers > 1 else threads)
+    _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
     return 1 if failures else 0
 
 
@@ -226,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="where the networks run; cuda needs the onnxruntime-gpu package (default %(default)s)")
     segment.add_argument("--threads", type=_parse_threads, default=0,
-                         help="CPU threads for the networks (default: one per physical core; at most one per core)")
+                         help="CPU threads the run uses (default: one per core this process may use); with "
+                              "several scans, that many are segmented at once, one thread each")
     segment.add_argument("--overwrite", action="store_true",
                          help="segment again and replace existing outputs (default: an output that a table of the "
                               "folder records as made from the same image is kept and measured again; any other "

@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_IMAGE
 
+from LeftAtriumSegLib.batch import BatchSettings, collect_cases, segment_batch
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.io import find_cases, read_case, remove_stale_partials
 
@@ -146,3 +147,30 @@ def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_pat
         path.write_bytes(b"partial")
     assert remove_stale_partials(tmp_path) == [stale]
     assert live.exists() and other_host.exists()
+
+
+def test_cases_segmented_at_once_give_what_one_at_a_time_gives(tmp_path, segmenter, capsys):
+    """Workers share the networks; each case's row, mask and lines are its own, in the cases' order."""
+    images = _cohort(tmp_path / "images", 3)
+    (images / "case_1.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes()[:5000])  # fails alone
+    sample = sitk.ReadImage(str(SAMPLE_IMAGE))
+    sitk.WriteImage(sample[:, :, 10:60], str(images / "case_3.nii.gz"))  # another scan: another volume
+    cases = collect_cases([str(images)])
+    outputs = {}
+    for workers in (1, 3):
+        settings = BatchSettings(tmp_path / f"out_{workers}", "nii.gz", False, None)
+        assert segment_batch(cases, segmenter, settings, workers=workers) == (3, 1)
+        outputs[workers] = capsys.readouterr()
+        rows = _rows(settings.table_path)
+        assert list(rows) == ["case_0", "case_1", "case_2", "case_3"]
+        assert [rows[c]["status"] for c in rows] == ["ok", "failed", "ok", "ok"]
+        outputs[workers, "rows"] = {case: (row["status"], row["volume_ml"], row["qc"]) for case, row in rows.items()}
+    assert outputs[1, "rows"] == outputs[3, "rows"]
+    assert outputs[1, "rows"]["case_0"][1] != outputs[1, "rows"]["case_3"][1]
+    for case in ("case_0", "case_2", "case_3"):
+        masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"out_{w}" / f"{case}.nii.gz"))) for w in (1, 3)]
+        np.testing.assert_array_equal(*masks)
+    for workers in (1, 3):
+        lines = [line for line in outputs[workers].out.splitlines() if ": left atrium " in line]
+        assert [line.split(":")[0] for line in lines] == ["case_0", "case_2", "case_3"]
+        assert outputs[workers].err.count("error: ") == 1 and "case_1.nii.gz" in outputs[workers].err
