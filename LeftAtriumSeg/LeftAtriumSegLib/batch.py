@@ -239,7 +239,7 @@ def _update_table(table_path: Path, row: dict) -> None:
     else:
         rows[row["case"]] = row
     # Sorted by case: the cases of one run, made several at once, arrive in any order.
-    ordered = [rows[case] for case in sorted(rows)]
+    ordered = [rows[case] for case in sorted(rows, key=str)]  # key: a hand-edited row may lack its case
     write_table(ordered, table_path, _table_columns(ordered))
 
 
@@ -260,9 +260,10 @@ def mask_maker(row: dict) -> str:
 def _kept_output_record(output_path: Path, input_sha256: str, case: CaseInput) -> dict:
     """The row that made an output found in place, if it was made from this case's image and is
     unchanged since; else ``LeftAtriumSegError`` saying why it cannot be credited."""
-    recorded = [row for table in result_tables(output_path.parent) for row in read_table(table)
-                if Path(row.get("output") or "").name == output_path.name and row.get("status") != "failed"
-                and row.get("output_sha256")]
+    with locked(output_path.parent):  # another thread or run may be replacing a table meanwhile
+        rows = [row for table in result_tables(output_path.parent) for row in read_table(table)]
+    recorded = [row for row in rows if Path(row.get("output") or "").name == output_path.name
+                and row.get("status") != "failed" and row.get("output_sha256")]
     again = f"--overwrite segments {case.case} again"
     if not recorded:
         raise LeftAtriumSegError(f"{output_path}: exists, but no table in {output_path.parent} records which scan made "
@@ -397,8 +398,9 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
 
             OUTPUT_WRITERS[settings.output_format][1](result.mask, image, output_path, overwrite=settings.overwrite,
                                                        commit=commit)
-    except CASE_ERRORS as error:
-        message = error_line(error, case.path, output_path)
+    except (*CASE_ERRORS, MemoryError) as error:
+        message = (f"{case.path}: out of memory (fewer scans at once: a lower --threads)" if isinstance(error, MemoryError)
+                   else error_line(error, case.path, output_path))
         return {**row, "output": "", "status": "failed", "error": message, "output_sha256": ""}, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")

@@ -113,10 +113,12 @@ def run_segment(args: argparse.Namespace) -> int:
     cases = collect_cases(args.inputs, args.manifest, args.series, args.shard)
     clinical = read_clinical(args.clinical)
     threads = _capped_threads(args.threads)
-    # Several scans on the CPU: one per core at once, each network on one thread, which keeps the
-    # cores busier than one scan's networks on all of them (docs/model-development.md, "Speed").
-    workers = min(threads or available_cores(), len(cases)) if args.device == "cpu" or not cuda_available() else 1
-    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), 1 if workers > 1 else threads)
+    # Several scans on the CPU: one per core at once, their networks sharing the cores, which keeps
+    # them busier than one scan's networks on all of them (docs/model-development.md, "Speed").
+    cores = threads or available_cores()
+    workers = min(cores, len(cases)) if args.device == "cpu" or not cuda_available() else 1
+    network_threads = cores // workers if workers > 1 else threads
+    segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), network_threads)
     _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
     return 1 if failures else 0
 
@@ -231,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="where the networks run; cuda needs the onnxruntime-gpu package (default %(default)s)")
     segment.add_argument("--threads", type=_parse_threads, default=0,
-                         help="CPU threads the run uses (default: one per core this process may use); with "
-                              "several scans, that many are segmented at once, one thread each")
+                         help="CPU threads for the networks (default: one per CPU this process may use); with "
+                              "several scans, up to that many are segmented at once, sharing them")
     segment.add_argument("--overwrite", action="store_true",
                          help="segment again and replace existing outputs (default: an output that a table of the "
                               "folder records as made from the same image is kept and measured again; any other "
@@ -315,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminated(signal_number, frame) -> None:
-    # SIGTERM (what SLURM and Kubernetes send at a time limit) as an interrupt: outputs being written
-    # are removed on the way out, as after Ctrl-C.
+    # SIGTERM (what SLURM and Kubernetes send at a time limit) as an interrupt, as Ctrl-C: the scans
+    # under way are finished and recorded, no other starts, and no output is left half-written.
     raise KeyboardInterrupt
 
 

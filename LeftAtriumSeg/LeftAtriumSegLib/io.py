@@ -18,6 +18,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,6 +127,9 @@ class CaseInput:
     series_uid: str | None = None
 
 
+_WARNING_SWITCH = threading.Lock()
+
+
 def dicom_series_ids(folder: Path) -> tuple[str, ...]:
     """Series instance UIDs of the DICOM files directly in ``folder``.
 
@@ -134,13 +138,15 @@ def dicom_series_ids(folder: Path) -> tuple[str, ...]:
     tuple of str
         One UID per series; empty where the folder holds no DICOM files.
     """
-    # GDCM warns on standard error for every folder without DICOM files; that is no news here.
-    warnings_were_on = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_on)
+    # GDCM warns on standard error for every folder without DICOM files; that is no news here. The
+    # switch is the whole process's: threads segmenting cases at once take turns at it.
+    with _WARNING_SWITCH:
+        warnings_were_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_on)
 
 
 def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[CaseInput]:
@@ -728,9 +734,14 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
             os.remove(temporary)
 
 
+_UMASK_READ = threading.Lock()
+
+
 def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
+    # Reading the umask means setting it, for the whole process: one thread at a time.
+    with _UMASK_READ:
+        current = os.umask(0)
+        os.umask(current)
     return current
 
 
@@ -754,7 +765,18 @@ def locked(folder: Path) -> Iterator[None]:
 
     Runs that share an output folder take turns at its tables. On POSIX the folder itself is
     locked (flock), so no lock file is left behind; elsewhere a ``.leftatriumseg.lock`` file in it.
+    The threads of one run queue first at a lock of their own: the folder's lock is for processes
+    (and on Windows waits in steps of a second).
     """
+    with _THIS_PROCESS, _locked_against_other_processes(folder):
+        yield
+
+
+_THIS_PROCESS = threading.Lock()
+
+
+@contextmanager
+def _locked_against_other_processes(folder: Path) -> Iterator[None]:
     if os.name == "posix":
         import fcntl  # noqa: PLC0415
 

@@ -211,7 +211,12 @@ class OnnxSliceNetwork:
         self.precision = precision  # of the graph: float32, or int8 (model_file.add_int8_graphs)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        try:
+            return self.session.run(["logits"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        except MemoryError:
+            raise
+        except Exception as error:  # onnxruntime's own exceptions derive from Exception alone
+            raise RuntimeError(f"ONNX Runtime failed: {error}") from None
 
 
 def cuda_available() -> bool:

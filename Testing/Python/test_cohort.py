@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from conftest import SAMPLE_IMAGE
 
 from LeftAtriumSegLib.batch import BatchSettings, collect_cases, segment_batch
 from LeftAtriumSegLib.cli import main
-from LeftAtriumSegLib.io import find_cases, read_case, remove_stale_partials
+from LeftAtriumSegLib.io import dicom_series_ids, find_cases, read_case, remove_stale_partials
 
 
 def _rows(path):
@@ -174,3 +175,42 @@ def test_cases_segmented_at_once_give_what_one_at_a_time_gives(tmp_path, segment
         lines = [line for line in outputs[workers].out.splitlines() if ": left atrium " in line]
         assert [line.split(":")[0] for line in lines] == ["case_0", "case_2", "case_3"]
         assert outputs[workers].err.count("error: ") == 1 and "case_1.nii.gz" in outputs[workers].err
+
+
+def test_series_listed_from_several_threads_leave_itk_warnings_on(tmp_path, sample_image):
+    """GDCM's warnings are switched off while a folder's series are listed: a process-wide switch."""
+    folders = []
+    for index in range(4):
+        folders.append(tmp_path / f"patient_{index}")
+        write_dicom_series(sample_image[:, :, 20:24], folders[-1], f"1.2.826.0.1.3680043.2.1125.{20 + index}")
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+    with ThreadPoolExecutor(4) as pool:
+        series = list(pool.map(dicom_series_ids, folders * 10))
+    assert all(len(ids) == 1 for ids in series)
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+
+
+class _RunsOutOfMemoryOn:
+    """The shipped segmenter, but out of memory on one case: what many scans at once may meet."""
+
+    def __init__(self, segmenter, size):
+        self.segmenter, self.size = segmenter, size
+        self.config, self.model_sha256, self.cleanup = segmenter.config, segmenter.model_sha256, segmenter.cleanup
+
+    def segment(self, image):
+        if image.GetSize() == self.size:
+            raise MemoryError
+        return self.segmenter.segment(image)
+
+
+def test_a_case_out_of_memory_fails_alone_saying_what_to_do(tmp_path, segmenter, capsys):
+    images = _cohort(tmp_path / "images", 2)
+    sample = sitk.ReadImage(str(SAMPLE_IMAGE))
+    sitk.WriteImage(sample[:, :, 10:60], str(images / "case_1.nii.gz"))
+    settings = BatchSettings(tmp_path / "out", "nii.gz", False, None)
+    stub = _RunsOutOfMemoryOn(segmenter, sample[:, :, 10:60].GetSize())
+    assert segment_batch(collect_cases([str(images)]), stub, settings, workers=2) == (1, 1)
+    rows = _rows(settings.table_path)
+    assert rows["case_0"]["status"] == "ok" and rows["case_1"]["status"] == "failed"
+    assert rows["case_1"]["error"].endswith("case_1.nii.gz: out of memory (fewer scans at once: a lower --threads)")
+    assert "error: " in capsys.readouterr().err
