@@ -183,3 +183,11 @@ def test_a_damaged_int8_graph_is_refused_naming_the_file(int8_model, tmp_path):
     with pytest.raises(ModelFileError, match=r"damaged.safetensors: the coronal network's int8 graph does not load"):
         load_onnx_networks(damaged, "cpu")
     load_onnx_networks(damaged, "cpu", precision="float32")  # the float32 weights still load
+
+
+def test_a_failure_inside_onnx_runtime_is_a_runtime_error_a_batch_fails_its_case_on():
+    networks, config = load_onnx_networks(model_path(), "cpu")
+    network = next(iter(networks.values()))
+    wrong_slices = np.zeros((1, config.slices + 2, 32, 32), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="ONNX Runtime failed: .*image"):
+        network(wrong_slices)
