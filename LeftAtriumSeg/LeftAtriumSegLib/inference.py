@@ -81,7 +81,7 @@ def _scaled(progress: ProgressCallback | None, start: float, end: float) -> Prog
 class FramePrediction:
     """The networks' output for a model-frame volume, and what it says of its own reliability.
 
-    box_probabilities : float32, the mean over the views within ``box``; 0 outside it
+    box_probabilities : float32, the mean over the views within ``box`` (the frame is 0 outside it)
     box : the (Z, Y, X) slices the views predicted, after any growth
     shape : the model-frame volume's (Z, Y, X) shape
     view_agreement : the smallest Dice between one view's mask (its probabilities >= 0.5) and the

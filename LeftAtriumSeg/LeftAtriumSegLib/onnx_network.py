@@ -219,15 +219,10 @@ class OnnxSliceNetwork:
             raise RuntimeError(f"ONNX Runtime failed: {error}") from None
 
 
-def cuda_available() -> bool:
-    """Whether this onnxruntime can run networks on a CUDA GPU (``onnxruntime-gpu``)."""
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
 def execution_providers(device: str) -> list[str]:
     """onnxruntime's providers for ``auto``, ``cpu`` or ``cuda``; asking for ``cuda`` where
     onnxruntime has no CUDA support (the plain ``onnxruntime`` package) is an error."""
-    cuda = cuda_available()
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     if device == "cuda" and not cuda:
         raise ValueError("device 'cuda' requested but onnxruntime has no CUDA support here "
                          "(install onnxruntime-gpu, or use --device cpu)")
