@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .errors import LeftAtriumSegError, error_line
-from .io import files_by_case, read_mask, same_grid
+from .io import files_by_case, read_mask, read_probability_map, same_grid
 from .metrics import segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -173,15 +173,18 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     Raises
     ------
     ValueError
-        Where no probability map has a label in ``labels``.
+        Where no probability map has a label in ``labels``, or a map is not on its label's grid.
+    InputImageError
+        For a map or label that cannot be read as one (``io.read_probability_map``, ``io.read_mask``).
     """
     cases = matched_cases(probabilities, labels)
     if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
-    for case, probability_map, label_path in cases:
-        label = read_mask(label_path)
-        yield (case, sitk.GetArrayFromImage(sitk.ReadImage(str(probability_map))), sitk.GetArrayFromImage(label) > 0,
-               label.GetSpacing())
+    for case, map_path, label_path in cases:
+        label, probability_map = read_mask(label_path), read_probability_map(map_path)
+        if not same_grid(probability_map, label):
+            raise ValueError(f"{map_path}: not on the grid of its label {label_path}")
+        yield case, sitk.GetArrayFromImage(probability_map), sitk.GetArrayFromImage(label) > 0, label.GetSpacing()
 
 
 def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]],

@@ -501,6 +501,32 @@ def read_mask(path: str | Path) -> sitk.Image:
     return mask
 
 
+def read_probability_map(path: str | Path) -> sitk.Image:
+    """Read a 3D map of probabilities, as cross-validation writes them (``probabilities/``).
+
+    Raises
+    ------
+    InputImageError
+        For every failure, naming the file: unreadable, truncated, not 3D scalar, NaN or infinite
+        values, or values outside 0-1 (an image or logits given by mistake).
+    """
+    path = Path(path)
+    _check_file_is_there_and_whole(path)
+    try:
+        probability_map = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputImageError(f"{path}: cannot read probability map (corrupt or unsupported format: {_itk_reason(error)})") from None
+    _check_header(probability_map.GetSize(), probability_map.GetNumberOfComponentsPerPixel(), path)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        _check_nifti_voxels_finite(path)
+    values = sitk.GetArrayViewFromImage(probability_map)
+    if not np.isfinite(values).all():
+        raise InputImageError(f"{path}: probability map contains NaN or infinite values")
+    if values.min() < 0 or values.max() > 1:
+        raise InputImageError(f"{path}: values {values.min():g} to {values.max():g} lie outside 0-1: not a probability map")
+    return probability_map
+
+
 def dicom_series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:
     """The files of one DICOM series of ``folder``, in order.
 

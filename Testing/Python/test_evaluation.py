@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from LeftAtriumSegLib.errors import InputImageError
+from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation
 
 
@@ -19,7 +20,7 @@ def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path):
     reference[5:15, 5:15, 5:15] = 1
     half = np.zeros((20, 20, 20), np.float32)
     half[5:15, 5:15, 5:10] = 0.9  # half of the reference box: Dice 2/3
-    _write(half, probabilities / "set_a_case.nii.gz")
+    _write(half, probabilities / "set_a_case.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
     _write(np.ones((20, 20, 20), np.float32), probabilities / "set_b_case.nii.gz")  # Dice 0.25 if scored
     _write(reference, labels / "set_a_case.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
 
@@ -44,4 +45,34 @@ def test_ablation_refuses_an_image_given_as_a_label(tmp_path):
     _write(np.zeros((8, 8, 8), np.float32), probabilities / "a.nii.gz")
     _write(np.arange(512, dtype=np.int16).reshape(8, 8, 8), labels / "a.nii.gz")  # intensities, not a mask
     with pytest.raises(InputImageError, match=r"a\.nii\.gz: is not a mask: it holds 511 different non-zero values"):
+        cleanup_ablation(probabilities, labels, ablation_variants()[:1])
+
+
+def _one_case(tmp_path, probability_map: np.ndarray, map_spacing_mm=(1.0, 1.0, 1.0)):
+    probabilities, labels = tmp_path / "probabilities", tmp_path / "labelsTr"
+    probabilities.mkdir(), labels.mkdir()
+    _write(probability_map, probabilities / "a.nii.gz", spacing_mm=map_spacing_mm)
+    _write(np.ones((8, 8, 8), np.uint8), labels / "a.nii.gz")
+    return probabilities, labels
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[:-20]), "file is truncated, corrupt or not gzip-compressed"),
+    (lambda path: _write(np.full((8, 8, 8), 3.5, np.float32), path), "values 3.5 to 3.5 lie outside 0-1: not a probability map"),
+    (lambda path: _write(np.full((8, 8, 8), np.nan, np.float32), path), "NaN or infinite"),
+])
+def test_ablate_names_a_bad_probability_map_in_one_line(tmp_path, capsys, spoil, message):
+    probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32))
+    spoil(probabilities / "a.nii.gz")
+    assert main(["ablate", "--probabilities", str(probabilities), "--labels", str(labels),
+                 "--output", str(tmp_path / "table.csv"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith(f"error: {probabilities / 'a.nii.gz'}: ") and message in error
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_ablation_refuses_a_map_off_its_label_grid(tmp_path):
+    """A map on another grid would be scored against the wrong voxels."""
+    probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32), map_spacing_mm=(2.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"a\.nii\.gz: not on the grid of its label"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])
