@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="segment again and replace existing outputs (default: an output that a table of the "
                               "folder records as made from the same image is kept and measured again; any other "
                               "existing output fails its case)")
-    segment.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
+    segment.add_argument("--quiet", action="store_true", help="no progress bar, per-case lines or summary line")
     _add_cleanup_arguments(segment)
     segment.set_defaults(handler=run_segment)
 
