@@ -25,7 +25,7 @@ def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path
     half = np.zeros((20, 20, 20), np.float32)
     half[5:15, 5:15, 5:10] = 0.9  # Dice 2/3, 1.0 mL missing at 2 mm slices
     _write(reference, first / "labelsTr" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
-    _write(half, run / "probabilities" / "a.nii.gz")
+    _write(half, run / "probabilities" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))  # on its label's grid, as cross-validation writes it
     _write(reference, second / "labelsTr" / "b.nii.gz")
     _write(reference.astype(np.float32), run / "probabilities" / "b.nii.gz")  # perfect
     (run / "training.json").write_text(json.dumps({
