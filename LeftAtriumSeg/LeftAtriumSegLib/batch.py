@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reason
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
 CASE_ERRORS = (LeftAtriumSegError, ValueError, RuntimeError, OSError)
+
+# The table of shard K of N (``BatchSettings.table_path``).
+SHARD_TABLE_NAME = re.compile(r"volumes\.shard-(?P<shard>[0-9]+)-of-(?P<count>[0-9]+)\.csv")
 
 OUTPUT_WRITERS = {"seg.nrrd": (SEGMENTATION_SUFFIX, write_segmentation), "nii.gz": (".nii.gz", write_label_map)}
 
@@ -177,10 +181,16 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """
     if not path.exists():
         return []
+    rows = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows = list(reader)
+            for row in reader:
+                # A row shorter than the header (DictReader fills it with None) is a damaged table.
+                if None in row.values():
+                    raise LeftAtriumSegError(f"{path}: line {reader.line_num} has fewer fields than the header "
+                                             "(edited by hand?); restore it or move the table away")
+                rows.append(row)
             columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
@@ -422,11 +432,17 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     shards = sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
     if not shards:
         raise LeftAtriumSegError(f"{output_dir}: no volumes.shard-K-of-N.csv files to merge")
-    counts = {path.name.rsplit("-of-", 1)[1] for path in shards}
+    numbers = {}
+    for path in shards:
+        if not (named := SHARD_TABLE_NAME.fullmatch(path.name)):
+            raise LeftAtriumSegError(f"{path}: not a shard table's name (volumes.shard-K-of-N.csv, K and N numbers); "
+                                     "rename it or move it away")
+        numbers[path] = (int(named["shard"]), int(named["count"]))
+    counts = {count for _, count in numbers.values()}
     if len(counts) != 1:
         raise LeftAtriumSegError(f"{output_dir}: shard tables of different runs ({', '.join(p.name for p in shards)})")
-    expected = int(counts.pop().split(".")[0])
-    missing = sorted(set(range(1, expected + 1)) - {int(p.name.split("-")[1]) for p in shards})
+    expected = counts.pop()
+    missing = sorted(set(range(1, expected + 1)) - {shard for shard, _ in numbers.values()})
     by_case: dict[str, tuple[Path, dict]] = {}
     for path in shards:
         for row in read_table(path, ("case", "status")):

@@ -211,9 +211,12 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
         raise InputImageError(f"{path}: manifest needs a header row with an 'image' column")
     cases = []
     for line, row in enumerate(rows, start=2):
-        image = (path.parent / (row["image"] or "")).resolve()
         if not (row["image"] or "").strip():
             raise InputImageError(f"{path}: line {line}: no image")
+        if "\0" in row["image"]:
+            raise InputImageError(f"{path}: line {line}: the image's name holds a NUL character")
+        # Not resolved: a link loop is the case's own error when it is read, and the batch goes on.
+        image = (path.parent / row["image"]).absolute()
         name = check_case_name(row.get("case") or case_name(image), f"{path}: line {line}")
         cases.append(CaseInput(name, image, row.get("series_uid") or None))
     return cases

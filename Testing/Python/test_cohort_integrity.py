@@ -409,3 +409,36 @@ def test_a_segmentation_with_overlapping_layers_is_refused_as_a_mask(tmp_path):
     sitk.WriteImage(layered, str(tmp_path / "layered.seg.nrrd"))
     with pytest.raises(LeftAtriumSegError, match="is a segmentation with several layers"):
         read_mask(tmp_path / "layered.seg.nrrd")
+
+
+def test_a_manifest_row_with_a_link_loop_fails_alone_and_a_nul_is_named(tmp_path, capsys):
+    images = _cohort(tmp_path / "images", "good")
+    (images / "loop_a.nii.gz").symlink_to(images / "loop_b.nii.gz")
+    (images / "loop_b.nii.gz").symlink_to(images / "loop_a.nii.gz")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("image\nimages/loop_a.nii.gz\nimages/good.nii.gz\n")
+    assert _segment("--manifest", manifest, "--output-dir", tmp_path / "out") == 1
+    rows = _rows(tmp_path / "out")
+    assert rows["good"]["status"] == "ok"
+    assert rows["loop_a"]["status"] == "failed" and "symbolic link loop" in rows["loop_a"]["error"]
+
+    manifest.write_text("image\nimages/go\0od.nii.gz\n")
+    capsys.readouterr()
+    assert _segment("--manifest", manifest, "--output-dir", tmp_path / "out") == 2
+    assert capsys.readouterr().err.strip() == f"error: {manifest}: line 2: the image's name holds a NUL character"
+
+
+def test_merge_names_a_short_row_and_a_shard_table_misnamed(tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    shard = output / "volumes.shard-1-of-1.csv"
+    shard.write_text("status,case\nok,a\nok\n")
+    assert main(["merge", str(output)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {shard}: line 3 has fewer fields than the header "
+                                               "(edited by hand?); restore it or move the table away")
+    shard.unlink()
+    misnamed = output / "volumes.shard-x-of-2.csv"
+    misnamed.write_text("case,status\na,ok\n")
+    assert main(["merge", str(output)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {misnamed}: not a shard table's name")
+    assert not (output / "volumes.csv").exists()
