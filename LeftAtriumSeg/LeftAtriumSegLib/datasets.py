@@ -138,18 +138,33 @@ def read_decathlon_cases(folder: str | Path, task02_headers: bool = False,
     Raises
     ------
     LeftAtriumSegError
-        The folder has no ``dataset.json``.
+        The folder has no ``dataset.json``, or one that does not list ``training`` cases.
     """
     folder = Path(folder)
     if not (folder / "dataset.json").is_file():
         raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
-    listing = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    listing_path = folder / "dataset.json"
+    try:
+        listing = json.loads(listing_path.read_text(encoding="utf-8"))
+        entries = [(folder / entry["image"], folder / entry["label"]) for entry in listing["training"]]
+    except (OSError, ValueError) as error:
+        raise LeftAtriumSegError(f"{listing_path}: not a readable dataset.json ({error})") from None
+    except (KeyError, TypeError) as error:
+        raise LeftAtriumSegError(f"{listing_path}: needs a 'training' list of entries with 'image' and 'label' "
+                                 f"(Decathlon layout; {type(error).__name__}: {error})") from None
     cases = []
-    for entry in listing["training"]:
-        image_path = (folder / entry["image"]).resolve()
-        cases.append(Case(image_path.name.split(".")[0], image_path, (folder / entry["label"]).resolve(),
-                          task02_headers, respaced_mm))
+    for image, label in entries:
+        image_path = _resolved(image)
+        cases.append(Case(image_path.name.split(".")[0], image_path, _resolved(label), task02_headers, respaced_mm))
     return cases
+
+
+def _resolved(path: str | Path) -> Path:
+    """``path`` absolute, its links followed; a link loop is the user's error, named."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as error:  # RuntimeError: Python 3.11's resolve() for a loop
+        raise LeftAtriumSegError(f"{path}: cannot follow the path ({error})") from None
 
 
 def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -199,9 +214,9 @@ class DataFolders:
     respaced: Mapping[str | Path, Spacing] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        data = {Path(folder).resolve() for folder in self.folders}
+        data = {_resolved(folder) for folder in self.folders}
         for named, role in ((self.task02_headers, "a Task02_Heart folder"), (self.respaced, "a respaced folder")):
-            outside = {Path(folder).resolve() for folder in named} - data
+            outside = {_resolved(folder) for folder in named} - data
             if outside:
                 raise LeftAtriumSegError(f"{sorted(map(str, outside))[0]}: given as {role} but not among the data folders")
 
@@ -217,7 +232,7 @@ class DataFolders:
         -------
         bool
         """
-        return Path(folder).resolve() in {Path(named).resolve() for named in self.task02_headers}
+        return _resolved(folder) in {_resolved(named) for named in self.task02_headers}
 
     def scan_spacing(self, folder: str | Path) -> Spacing | None:
         """The scans' spacing of a folder whose headers state a wrong one.
@@ -232,8 +247,8 @@ class DataFolders:
         tuple of float or None
             (x, y, z) in mm, or None where the folder's headers state the right spacing.
         """
-        spacing = {Path(named).resolve(): tuple(mm) for named, mm in self.respaced.items()}
-        return spacing.get(Path(folder).resolve())
+        spacing = {_resolved(named): tuple(mm) for named, mm in self.respaced.items()}
+        return spacing.get(_resolved(folder))
 
     def read_cases(self) -> list[Case]:
         """Every folder's cases (``read_decathlon_cases``), folder by folder, each marked with its

@@ -362,3 +362,22 @@ def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys)
         with pytest.raises(SystemExit):
             build_parser().parse_args(["train", "--data", "a", "--output-dir", "out", "--respaced", "a", spacing])
         assert f"--respaced a {spacing}: the spacing must be x,y,z in mm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listing, message", [
+    ("{}", "needs a 'training' list of entries with 'image' and 'label'"),
+    ('{"training": [{"image": "imagesTr/a.nii.gz"}]}', "needs a 'training' list of entries with 'image' and 'label'"),
+    ('{"training": [', "not a readable dataset.json"),
+    (None, "cannot follow the path"),
+])
+def test_train_names_a_damaged_data_folder_in_one_line(tmp_path, capsys, listing, message):
+    data = tmp_path / "data"
+    if listing is None:
+        data.symlink_to(data)  # a link loop
+    else:
+        data.mkdir()
+        (data / "dataset.json").write_text(listing)
+    assert main(["train", "--data", str(data), "--output-dir", str(tmp_path / "run"), "--folds", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith(f"error: {data}") and message in error
+    assert not (tmp_path / "run").exists()

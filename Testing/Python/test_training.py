@@ -259,9 +259,10 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     assert not run.exists()
 
     run.mkdir()
-    (run / "training.json").write_text("{ not json")
-    with pytest.raises(LeftAtriumSegError, match=r"training.json: not a readable training record \("):
-        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    for damaged in ("{ not json", "[]"):
+        (run / "training.json").write_text(damaged)
+        with pytest.raises(LeftAtriumSegError, match=r"training.json: not a readable training record \("):
+            train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
     (run / "training.json").unlink()
 
     first = train_model([tmp_path / "data"], run, config, settings, show_progress=False, command="first")

@@ -92,6 +92,9 @@ def resumed_record(record_path: Path, record: dict) -> dict:
         earlier = json.loads(record_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
+    if not isinstance(earlier, dict):
+        raise LeftAtriumSegError(f"{record_path}: not a readable training record (a JSON {type(earlier).__name__}, "
+                                 "not an object)")
     # A record without these keys named no such folders.
     earlier.setdefault("task02_header_folders", [])
     earlier.setdefault("respaced_folders", {})
