@@ -363,6 +363,13 @@ def _agreement_section(cases: list[CaseReport]) -> str:
             + _figure_html(bland) + "</div>")
 
 
+def _records(row: dict, mask: Path) -> bool:
+    """Whether a table's row records this very mask file: a mask replaced or edited since, or copied
+    in, is reported as not recorded."""
+    return (bool(row.get("output_sha256")) and Path(row.get("output") or "").name == mask.name
+            and file_sha256(mask) == row["output_sha256"])
+
+
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "") -> None:
     """Write the summary page: every case in one table, and the volume plots.
 
@@ -467,14 +474,14 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
-    # A table's row speaks for a mask only where it records that very file: a mask replaced or
-    # edited since, or copied in, is reported as not recorded.
-    results = {case: row for case, row in read_results(predictions).items()
-               if case in masks and row.get("output_sha256") and Path(row.get("output") or "").name == masks[case].name
-               and file_sha256(masks[case]) == row["output_sha256"]}
+    table_rows = read_results(predictions)
+    results: dict[str, dict] = {}  # the rows that speak for the masks reported
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
+            row = table_rows.get(case.case)
+            if row and _records(row, masks[case.case]):
+                results[case.case] = row
             image = read_case(case)
             arrays = []
             for path in (masks[case.case], references.get(case.case)):

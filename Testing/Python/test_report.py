@@ -180,3 +180,18 @@ def test_a_bad_mask_is_one_line_naming_that_mask_once(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: {labels / 'la_022_crop.nii.gz'}: is not a mask: it holds ")
     assert error.count("la_022_crop") == 1 and "\n" not in error
+
+
+def test_a_mask_that_cannot_be_read_fails_its_case_alone(tmp_path, capsys):
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir(), predictions.mkdir()
+    for case in ("a", "b"):
+        (images / f"{case}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (predictions / "a.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (predictions / "b.nii.gz").mkdir()  # not a file, yet the table records it
+    (predictions / "volumes.csv").write_text("case,status,output,output_sha256\nb,ok,b.nii.gz,0123\n")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: ") and str(predictions / "b.nii.gz") in error
+    assert (tmp_path / "report" / "a.html").is_file() and not (tmp_path / "report" / "b.html").exists()
