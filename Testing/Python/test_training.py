@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from LeftAtriumSegLib.training import (
     TrainingSettings, make_folds, prepare_case, sample_batch, train_model, train_network, training_presentations,
 )
 from LeftAtriumSegLib.training.augmentation import _random_flips
+from LeftAtriumSegLib.training.record import write_record
 
 
 # A one-view network small enough to train in milliseconds.
@@ -365,3 +367,19 @@ def test_a_trained_model_file_holds_int8_graphs_that_segment_uses(tmp_path):
     batch = np.random.default_rng(0).standard_normal((2, TINY_CONFIG.slices, 16, 16)).astype(np.float32)
     assert {network.precision for network in networks.values()} == {"int8"}
     assert networks["coronal"](batch).shape == (2, 1, 16, 16)
+
+
+def test_a_record_that_fails_to_write_leaves_the_last_whole_one(tmp_path, monkeypatch):
+    record_path = tmp_path / "training.json"
+    write_record(record_path, {"folds": [1]})
+    whole_write = Path.write_text
+
+    def dies_halfway(path, text, *args, **kwargs):  # a kill or a full disk mid-write
+        whole_write(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dies_halfway)
+    with pytest.raises(OSError):
+        write_record(record_path, {"folds": [1, 2, 3]})
+    monkeypatch.undo()
+    assert json.loads(record_path.read_text()) == {"folds": [1]} and [p.name for p in tmp_path.iterdir()] == ["training.json"]

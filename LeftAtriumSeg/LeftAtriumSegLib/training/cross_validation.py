@@ -12,6 +12,7 @@ import torch
 
 from ..datasets import Case, case_groups
 from ..inference import predict
+from ..io import atomic_output
 from ..model_file import ModelConfig, save_model
 from ..onnx_network import load_onnx_networks
 from .data import PreparedCases
@@ -109,4 +110,5 @@ def _write_probability_maps(model_path: Path, cases: Sequence[Case], config: Mod
     networks, _ = load_onnx_networks(model_path, "cpu")
     for case in cases:
         probability_map = predict(sitk.ReadImage(str(case.image_path)), networks, config).probability_map
-        sitk.WriteImage(probability_map, str(folder / f"{case.case_id}.nii.gz"), useCompression=True)
+        with atomic_output(folder / f"{case.case_id}.nii.gz", overwrite=True) as temporary:
+            sitk.WriteImage(probability_map, str(temporary), useCompression=True)

@@ -12,6 +12,7 @@ import torch
 
 from ..datasets import Case, DataFolders
 from ..errors import LeftAtriumSegError
+from ..io import atomic_output
 from ..model_file import ModelConfig, parameter_count
 from .settings import TrainingSettings
 
@@ -108,7 +109,8 @@ def resumed_record(record_path: Path, record: dict) -> dict:
 
 
 def write_record(record_path: Path, record: dict) -> None:
-    """Write a record as indented JSON.
+    """Write a record as indented JSON, atomically: a run killed meanwhile leaves the last whole
+    record, which ``--resume`` reads.
 
     Parameters
     ----------
@@ -117,4 +119,5 @@ def write_record(record_path: Path, record: dict) -> None:
     record : dict
         JSON-ready, as ``new_record`` and ``train_model`` build it.
     """
-    record_path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    with atomic_output(record_path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
