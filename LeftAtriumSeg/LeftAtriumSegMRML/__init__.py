@@ -166,6 +166,8 @@ def show_table(table_node, application_logic) -> None:
 def mask_from_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
     """Boolean ``(Z, Y, X)`` mask of a segment resampled onto ``volume_node``'s grid."""
     scene = segmentation_node.GetScene()
+    colour_nodes_before = {scene.GetNthNodeByClass(i, "vtkMRMLColorNode").GetID()
+                           for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorNode"))}
     labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     try:
         segment_ids = vtk.vtkStringArray()
@@ -177,8 +179,15 @@ def mask_from_segment(segmentation_node, segment_id: str, volume_node) -> np.nda
         voxels = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
         return voxels.reshape(image_data.GetDimensions()[::-1]) > 0
     finally:
+        # The export gives the label map a display node and a new "_ColorTable" node of its own
+        # (vtkSlicerSegmentationsModuleLogic.cxx v5.10.0 L1236-1245), which would pile up in the
+        # scene with every measurement: both go with it, as in slicer.util.arrayFromSegmentBinaryLabelmap
+        # (util.py v5.10.0 L2190), but never a colour node that was there before (the default labels).
         display_node = labelmap_node.GetDisplayNode()
         if display_node is not None:
+            colour_node = display_node.GetColorNode()
+            if colour_node is not None and colour_node.GetID() not in colour_nodes_before:
+                scene.RemoveNode(colour_node)
             scene.RemoveNode(display_node)
         scene.RemoveNode(labelmap_node)
 

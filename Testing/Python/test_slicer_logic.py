@@ -353,3 +353,20 @@ def test_a_segmentation_and_a_table_go_with_their_display_nodes(scene, phantom):
         mrml.remove_with_its_nodes(node)
     for node_class in ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode", "vtkMRMLTableNode"):
         assert scene.GetNumberOfNodesByClass(node_class) == 0, node_class
+
+
+def test_measuring_leaves_no_node_behind(scene, phantom):
+    """The table re-measures after every burst of edits: each export of the segment must take its
+    label map, display node and the colour table Slicer's export adds with it away again."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segment_id = mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    mrml.measure_left_atrium(segmentation_node, volume_node, table_node)  # makes the display and hierarchy nodes once
+    before = scene.GetNumberOfNodes()
+    for _ in range(3):
+        mrml.mask_from_segment(segmentation_node, segment_id, volume_node)
+        mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    added = [scene.GetNthNode(i).GetClassName() for i in range(before, scene.GetNumberOfNodes())]
+    assert added == [], added
