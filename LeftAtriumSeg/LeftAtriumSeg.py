@@ -169,11 +169,13 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            # The selector offers scalar volumes only, not label maps (a subclass) or hidden nodes.
+            # The selector lists plain scalar volumes only (showChildNodeTypes false in the .ui): not
+            # label maps, vector or diffusion volumes (subclasses), nor hidden nodes. Given a node it
+            # does not list, it shows none (qMRMLNodeComboBox.cxx v5.10.0 L914-926).
             scene = slicer.mrmlScene
             volumes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
-            firstVolumeNode = next((node for node in volumes if not node.IsA("vtkMRMLLabelMapVolumeNode")
+            firstVolumeNode = next((node for node in volumes if node.GetClassName() == "vtkMRMLScalarVolumeNode"
                                     and not node.GetHideFromEditors()), None)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
