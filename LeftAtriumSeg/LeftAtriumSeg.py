@@ -114,6 +114,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
+        # The volume the selected outputs were made from: when another input is chosen they are let
+        # go, so that the next Apply (or Update) does not overwrite their corrections with another scan.
+        self._resultInput = None
         self._measureTimer = None
         # pip_install processes events after each line of pip's output (util.py logProcessOutput): a second
         # press of Apply while the packages install must not start another install or run.
@@ -160,6 +163,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.abandon()
             self._finishRun(_("Cancelled: the scene was closed."))
         self._observeSegmentation(None)
+        self._resultInput = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -191,6 +195,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if self._resultInput is not None and p.inputVolume is not self._resultInput:
+            self._resultInput = None  # first: the assignments below call this method again
+            # None is a node field's "none selected" (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
+            p.outputSegmentation, p.measurementTable = None, None
         # Another segmentation chosen: the table follows its edits, not the earlier one's.
         if self._observedSegmentation is not None:
             chosen = self._parameterNode.outputSegmentation
@@ -257,6 +266,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         # The logic made the output nodes where none was selected: show them in the selectors.
         p.outputSegmentation, p.measurementTable = outcome.segmentation, outcome.table
+        self._resultInput = p.inputVolume
         self._finishRun(_statusLine(outcome.row))
         self._observeSegmentation(outcome.segmentation)
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
