@@ -159,7 +159,7 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
         if row["case"] in lines:
             raise LeftAtriumSegError(f"{path}: case {row['case']} has two rows, lines {lines[row['case']]} and {line}")
         lines[row["case"]] = line
-        if not (row["height_cm"] or "").strip() or not (row["weight_kg"] or "").strip():
+        if not row["height_cm"].strip() or not row["weight_kg"].strip():
             continue
         try:
             height_weight = float(row["height_cm"]), float(row["weight_kg"])
@@ -186,11 +186,9 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
-                # A row shorter than the header (DictReader fills it with None) is a damaged table.
-                if None in row.values():
-                    raise LeftAtriumSegError(f"{path}: line {reader.line_num} has fewer fields than the header "
-                                             "(edited by hand?); restore it or move the table away")
-                rows.append(row)
+                # A row shorter than its header (hand-made, or edited by hand) reads as blank fields,
+                # as csv.DictWriter writes missing ones, not as None.
+                rows.append({column: "" if value is None else value for column, value in row.items()})
             columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
@@ -249,7 +247,7 @@ def _update_table(table_path: Path, row: dict) -> None:
     else:
         rows[row["case"]] = row
     # Sorted by case: the cases of one run, made several at once, arrive in any order.
-    ordered = [rows[case] for case in sorted(rows, key=str)]  # key: a hand-edited row may lack its case
+    ordered = [rows[case] for case in sorted(rows)]
     write_table(ordered, table_path, _table_columns(ordered))
 
 

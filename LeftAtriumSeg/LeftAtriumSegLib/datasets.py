@@ -163,7 +163,7 @@ def _resolved(path: str | Path) -> Path:
     """``path`` absolute, its links followed; a link loop is the user's error, named."""
     try:
         return Path(path).resolve()
-    except (RuntimeError, OSError) as error:  # RuntimeError: Python 3.11's resolve() for a loop
+    except (RuntimeError, OSError, ValueError) as error:  # RuntimeError: Python 3.11's for a loop; ValueError: a NUL
         raise LeftAtriumSegError(f"{path}: cannot follow the path ({error})") from None
 
 

@@ -157,7 +157,7 @@ def test_report_says_what_made_the_masks(tmp_path):
 
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
-    clinical.write_text("case,height_cm,weight_kg\nunknown,,70\nknown,172,70.5\n")
+    clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\n")
     assert read_clinical(str(clinical)) == {"known": (172.0, 70.5)}
 
     clinical.write_text("case,height_cm,weight_kg\nknown,172,70\nin_metres,1.72,70\n")
