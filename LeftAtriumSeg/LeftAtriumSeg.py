@@ -266,7 +266,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         # The logic made the output nodes where none was selected: show them in the selectors.
         p.outputSegmentation, p.measurementTable = outcome.segmentation, outcome.table
-        self._resultInput = p.inputVolume
+        self._resultInput = outcome.inputVolume
         self._finishRun(_statusLine(outcome.row))
         self._observeSegmentation(outcome.segmentation)
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
@@ -344,10 +344,12 @@ def _statusLine(row: dict) -> str:
 
 @dataclass
 class SegmentationOutcome:
-    """How a run ended: an error message, a cancel, or the result's nodes and its table row."""
+    """How a run ended: an error message, a cancel, or the result's nodes (and the volume they were
+    made from) and its table row."""
 
     error: str = ""
     cancelled: bool = False
+    inputVolume: Optional[vtkMRMLScalarVolumeNode] = None
     segmentation: Optional[vtkMRMLSegmentationNode] = None
     table: Optional[vtkMRMLTableNode] = None
     row: Optional[dict] = None
@@ -544,7 +546,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             for node in made:
                 remove_with_its_nodes(node)
             raise
-        return SegmentationOutcome(segmentation=segmentation, table=table, row=row)
+        return SegmentationOutcome(inputVolume=inputVolume, segmentation=segmentation, table=table, row=row)
 
     @staticmethod
     def newMeasurementTable(inputVolume):
