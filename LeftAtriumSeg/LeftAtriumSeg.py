@@ -600,7 +600,8 @@ def _workerError(cliNode) -> str:
 
 
 class LeftAtriumSegTest(ScriptedLoadableModuleTest):
-    """Runs Apply's route (the logic's ``process``, the worker, the import) on the bundled sample."""
+    """Runs Apply's route (the logic's ``process`` in the background, the worker, the import) on the
+    bundled sample, and a cancelled run."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -608,18 +609,15 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         # Reload and Test calls runTest itself, not through unittest, where a skip is a skip
         # (ScriptedLoadableModule.py onReloadAndTest).
-        self.setUp()
         try:
-            self.test_SegmentSample()
+            for test in (self.test_SegmentSample, self.test_CancelLeavesTheSceneAsItWas):
+                self.setUp()
+                test()
         except unittest.SkipTest as reason:
             logging.warning(f"LeftAtriumSeg self-test skipped: {reason}")
 
-    def test_SegmentSample(self):
-        import numpy as np
-        from LeftAtriumSegMRML import mask_from_segment
-
+    def _logicReady(self):
         from LeftAtriumSegLib.dependencies import describe, unmet_requirements
-        from LeftAtriumSegLib.metrics import dice
 
         logic = LeftAtriumSegLogic()
         try:
@@ -627,12 +625,35 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         except Exception as error:  # an offline build machine, say
             self.skipTest(f"the worker's packages are missing and could not be installed ({error}): "
                           f"{describe(unmet_requirements())}")
+        return logic
+
+    def _process(self, logic, volumeNode, cancel: bool = False, **options):
+        """Run ``process`` as Apply does, in the background, delivering events until it reports."""
+        import time
+
+        outcomes = []
+        logic.process(volumeNode, waitForCompletion=False, onFinished=outcomes.append, **options)
+        if cancel:
+            logic.cancel()
+        deadline = time.monotonic() + 300
+        while not outcomes and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertTrue(outcomes, "the run did not report within 300 s")
+        slicer.app.processEvents()  # the worker's nodes are removed once its events are delivered
+        return outcomes[0]
+
+    def test_SegmentSample(self):
+        import numpy as np
+        from LeftAtriumSegMRML import mask_from_segment
+
+        from LeftAtriumSegLib.metrics import dice
+
+        logic = self._logicReady()
         self.delayDisplay("Segmenting the sample case")
         volumeNode = slicer.util.loadVolume(str(SAMPLE_IMAGE))
         labelNode = slicer.util.loadLabelVolume(str(SAMPLE_LABEL))
-        outcomes = []
-        logic.process(volumeNode, heightCm=180.0, weightKg=80.0, waitForCompletion=True, onFinished=outcomes.append)
-        [outcome] = outcomes
+        outcome = self._process(logic, volumeNode, heightCm=180.0, weightKg=80.0)
         self.assertEqual(outcome.error, "")
         row = outcome.row
 
@@ -644,8 +665,19 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(row["LA volume index [mL/m2]"], row["Volume [mL]"] / 2.0, places=6)
         self.assertEqual(row["Quality check"], "ok")
         self.assertEqual(outcome.table.GetCellText(0, 0), "Left atrium")
-        slicer.app.processEvents()  # the worker's nodes are removed once its events are delivered
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLCommandLineModuleNode"), 0)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode"), 1)  # the reference
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode"), 2)  # its and the MRI's
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesTheSceneAsItWas(self):
+        logic = self._logicReady()
+        self.delayDisplay("Cancelling a run on the sample case")
+        volumeNode = slicer.util.loadVolume(str(SAMPLE_IMAGE))
+        outcome = self._process(logic, volumeNode, cancel=True)
+        self.assertTrue(outcome.cancelled)
+        self.assertFalse(logic.isRunning)
+        for nodeClass in ("vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLCommandLineModuleNode",
+                          "vtkMRMLLabelMapVolumeNode"):
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass(nodeClass), 0, nodeClass)
         self.delayDisplay("Test passed")
