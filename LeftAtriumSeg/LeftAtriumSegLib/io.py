@@ -471,6 +471,15 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
+def _read_whole_file(path: Path, what: str) -> sitk.Image:
+    """ITK's reading of a file checked to be there and whole; its failure named."""
+    _check_file_is_there_and_whole(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputImageError(f"{path}: cannot read {what} (corrupt or unsupported format: {_itk_reason(error)})") from None
+
+
 def read_mask(path: str | Path) -> sitk.Image:
     """Read a 3D mask: zero outside and one value inside (NIfTI, a one-layer ``.seg.nrrd``, ...).
 
@@ -487,11 +496,7 @@ def read_mask(path: str | Path) -> sitk.Image:
         several structures, which would count as one huge atrium).
     """
     path = Path(path)
-    _check_file_is_there_and_whole(path)
-    try:
-        mask = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputImageError(f"{path}: cannot read mask (corrupt or unsupported format: {_itk_reason(error)})") from None
+    mask = _read_whole_file(path, "mask")
     # A .seg.nrrd with overlapping segments has layers: SimpleITK reads them as 4D or as components.
     if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(f"{path}: is a segmentation with several layers (overlapping segments), "
@@ -516,11 +521,7 @@ def read_probability_map(path: str | Path) -> sitk.Image:
         values, or values outside 0-1 (an image or logits given by mistake).
     """
     path = Path(path)
-    _check_file_is_there_and_whole(path)
-    try:
-        probability_map = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputImageError(f"{path}: cannot read probability map (corrupt or unsupported format: {_itk_reason(error)})") from None
+    probability_map = _read_whole_file(path, "probability map")
     _check_header(probability_map.GetSize(), probability_map.GetNumberOfComponentsPerPixel(), path)
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         _check_nifti_voxels_finite(path)
