@@ -202,7 +202,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.outputSegmentation, p.measurementTable = None, None
         # Another segmentation chosen: the table follows its edits, not the earlier one's.
         if self._observedSegmentation is not None:
-            chosen = self._parameterNode.outputSegmentation
+            chosen = p.outputSegmentation
             if chosen is None or chosen.GetSegmentation() is not self._observedSegmentation:
                 self._observeSegmentation(chosen)
         self._updateButtons()

@@ -141,9 +141,9 @@ def read_decathlon_cases(folder: str | Path, task02_headers: bool = False,
         The folder has no ``dataset.json``, or one that does not list ``training`` cases.
     """
     folder = Path(folder)
-    if not (folder / "dataset.json").is_file():
-        raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
     listing_path = folder / "dataset.json"
+    if not listing_path.is_file():
+        raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
     try:
         listing = json.loads(listing_path.read_text(encoding="utf-8"))
         entries = [(folder / entry["image"], folder / entry["label"]) for entry in listing["training"]]
