@@ -364,6 +364,16 @@ def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys)
         assert f"--respaced a {spacing}: the spacing must be x,y,z in mm" in capsys.readouterr().err
 
 
+def test_gamma_probability_is_a_share_and_others_are_refused(capsys):
+    train = ["train", "--data", "a", "--output-dir", "out"]
+    assert build_parser().parse_args([*train, "--gamma-probability", "0.3"]).gamma_probability == 0.3
+    assert build_parser().parse_args(train).gamma_probability is None  # TrainingSettings' default
+    for share in ("1.5", "-0.1", "x", "nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*train, "--gamma-probability", share])
+        assert f"--gamma-probability: takes a share between 0 and 1, not '{share}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("listing, message", [
     ("{}", "needs a 'training' list of entries with 'image' and 'label'"),
     ('{"training": [{"image": "imagesTr/a.nii.gz"}]}', "needs a 'training' list of entries with 'image' and 'label'"),

@@ -18,7 +18,7 @@ from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
     TrainingSettings, make_folds, prepare_case, sample_batch, train_model, train_network, training_presentations,
 )
-from LeftAtriumSegLib.training.augmentation import _random_flips
+from LeftAtriumSegLib.training.augmentation import _random_flips, random_gamma
 from LeftAtriumSegLib.training.record import write_record
 
 
@@ -89,6 +89,40 @@ def test_random_flips_give_all_sixteen_variants_and_keep_label_on_centre_slice()
         assert np.array_equal(image[1], label)
         seen.add(image.tobytes())
     assert len(seen) == 16  # 2 stack orders x 2 x 2 flips x 2 transposes
+
+
+def test_gamma_bends_the_intensity_curve_and_keeps_each_crops_mean_and_spread():
+    ramp = torch.linspace(-2, 3, 5 * 8 * 8).reshape(1, 5, 8, 8).repeat(200, 1, 1, 1)
+    settings = TrainingSettings(gamma_probability=0.5)
+    curved = random_gamma(ramp, settings, np.random.default_rng(0))
+    changed = [i for i in range(200) if not torch.equal(curved[i], ramp[i])]
+    assert 70 <= len(changed) <= 130  # about half of the crops
+    for i in changed:
+        crop = curved[i].double()
+        assert abs(crop.mean() - ramp[i].double().mean()) < 1e-4
+        assert abs(crop.std(unbiased=False) - ramp[i].double().std(unbiased=False)) < 1e-4
+        assert torch.all(crop.flatten().diff() > 0)  # the order of intensities stays
+    # A straight ramp comes out bent, one way or the other: its middle leaves the line (but for
+    # gammas close to 1).
+    bent = sum(abs(curved[i].flatten()[160] - curved[i].mean()) > 0.01 for i in changed)
+    assert bent >= 0.8 * len(changed)
+    bent_up = sum(curved[i].flatten()[160] > ramp[i].flatten()[160] for i in changed)
+    assert 0 < bent_up < len(changed)  # gammas under 1 and over 1 both drawn
+
+
+def test_training_without_gamma_draws_the_same_batches_as_before_it_existed(tmp_path):
+    # Off, the sampler must not consume random numbers for it: the shipped model's command then
+    # gives the shipped weights. Drawn after everything else, on, it changes only the intensities.
+    _write_dataset(tmp_path, 1)
+    case = prepare_case(read_decathlon_cases(tmp_path)[0], TINY_CONFIG)
+    slicings = [[case.in_view("axial")]]
+    off, on = TrainingSettings(batch_size=8, crop_size=16), TrainingSettings(batch_size=8, crop_size=16, gamma_probability=1.0)
+    rng_off, rng_on = np.random.default_rng(3), np.random.default_rng(3)
+    images_off, labels_off = sample_batch(slicings, TINY_CONFIG, off, rng_off)
+    images_on, labels_on = sample_batch(slicings, TINY_CONFIG, on, rng_on)
+    assert torch.equal(labels_off, labels_on) and not torch.equal(images_off, images_on)
+    rng_off.random(3 * 8)  # what gamma drew
+    assert rng_off.random() == rng_on.random()
 
 
 def test_random_orientation_crops_keep_image_and_label_aligned(tmp_path):

@@ -1,5 +1,6 @@
 """Batches of random augmented crops: slice stacks around a centre slice, rotated, scaled,
-optionally turned to another axis order and flipped, and intensity-jittered.
+optionally turned to another axis order and flipped, optionally put through a gamma curve, and
+intensity-jittered.
 
 Every random number comes from the one ``numpy.random.Generator`` passed in, in a fixed order,
 so a seed gives the same batches.
@@ -79,7 +80,52 @@ def sample_batch(
     shape = (settings.batch_size, 1, 1, 1)
     gain = torch.from_numpy(rng.uniform(1 - settings.max_gain_change, 1 + settings.max_gain_change, shape).astype(np.float32))
     offset = torch.from_numpy(rng.uniform(-settings.max_offset, settings.max_offset, shape).astype(np.float32))
+    # Drawn after the jitter and only where enabled, so that runs without gamma draw what they drew before.
+    if settings.gamma_probability > 0:
+        image_batch = random_gamma(image_batch, settings, rng)
     return image_batch * gain + offset, label_batch
+
+
+def random_gamma(images: torch.Tensor, settings: TrainingSettings, rng: np.random.Generator) -> torch.Tensor:
+    """Each crop of ``images`` put through a gamma curve, with chance ``settings.gamma_probability``.
+
+    As nnU-Net's gamma augmentation: the crop's intensities are mapped to 0-1 by its minimum and
+    maximum, raised to the power gamma and mapped back, then given back the crop's mean and
+    standard deviation, so only the curve's shape changes. Gamma is drawn from
+    ``[min_gamma, 1]`` or ``[1, max_gamma]``, each half the time.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        float32 ``(N, slices, H, W)``, z-scored.
+    settings : TrainingSettings
+        ``gamma_probability``, ``min_gamma``, ``max_gamma``.
+    rng : numpy.random.Generator
+        Advanced by three draws of ``N`` numbers.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and type; crops not drawn are unchanged.
+    """
+    count = images.shape[0]
+    chosen = rng.random(count) < settings.gamma_probability
+    below_one = rng.random(count) < 0.5
+    position = rng.random(count)
+    gammas = np.where(below_one, settings.min_gamma + position * (1 - settings.min_gamma),
+                      1 + position * (settings.max_gamma - 1))
+    result = images.clone()
+    for index in np.flatnonzero(chosen):
+        crop = images[index].double()
+        low, spread = crop.min(), crop.max() - crop.min()
+        if not spread > 0:
+            continue
+        curved = ((crop - low) / spread) ** float(gammas[index]) * spread + low
+        deviation = curved.std(unbiased=False)
+        if deviation > 0:
+            curved = (curved - curved.mean()) / deviation * crop.std(unbiased=False) + crop.mean()
+        result[index] = curved.float()
+    return result
 
 
 def _random_affine(batch_size: int, rng: np.random.Generator, settings: TrainingSettings, zoom: float) -> torch.Tensor:

@@ -32,6 +32,10 @@ class TrainingSettings:
         Isotropic scaling of each crop, uniform in 1 +- this.
     max_gain_change, max_offset : float
         Intensity jitter: x U(1 - gain, 1 + gain), then + U(-offset, offset) in z-score units.
+    gamma_probability : float
+        Share of crops whose intensities go through a gamma curve (``augmentation.random_gamma``).
+    min_gamma, max_gamma : float
+        The gamma's range; half of the gammas drawn lie under 1, half over.
     random_orientation : bool
         Present each crop in one of the 48 axis orders and flips of the model frame.
     bfloat16 : bool
@@ -58,6 +62,12 @@ class TrainingSettings:
     # wide offset.
     max_gain_change: float = 0.2
     max_offset: float = 0.6
+    # Gain and offset are linear; a sequence or a scanner also bends the intensity curve (gamma
+    # 1.6 over a scan cost bSSFP 0.07 Dice, docs/model-development.md, "Presentations a scan may
+    # come in"). The range and share are nnU-Net's. Off (0) for 1.8.
+    gamma_probability: float = 0.0
+    min_gamma: float = 0.7
+    max_gamma: float = 1.5
     # A header may orient the anatomy any way (Task02_Heart's call sagittal slices axial), and a
     # network that saw one order misses the others. Off: at 2,400 iterations it cut
     # cross-validated Dice from 0.920 to 0.776 (docs/model-development.md, "Training variants").
