@@ -114,9 +114,10 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
-        # The volume the selected outputs were made from: when another input is chosen they are let
-        # go, so that the next Apply (or Update) does not overwrite their corrections with another scan.
-        self._resultInput = None
+        # The IDs of the last run's input and of the outputs it filled: when another input is chosen,
+        # those outputs are let go, so that the next Apply (or Update) does not overwrite their
+        # corrections with another scan. IDs, not nodes: a deleted volume's data is not held on to.
+        self._resultIDs = None
         self._measureTimer = None
         # pip_install processes events after each line of pip's output (util.py logProcessOutput): a second
         # press of Apply while the packages install must not start another install or run.
@@ -163,7 +164,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.abandon()
             self._finishRun(_("Cancelled: the scene was closed."))
         self._observeSegmentation(None)
-        self._resultInput = None
+        self._resultIDs = None  # the new scene numbers its nodes afresh (vtkMRMLScene.cxx v5.10.0 L365)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -196,10 +197,15 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        if self._resultInput is not None and p.inputVolume is not self._resultInput:
-            self._resultInput = None  # first: the assignments below call this method again
-            # None is a node field's "none selected" (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
-            p.outputSegmentation, p.measurementTable = None, None
+        if self._resultIDs is not None and _nodeID(p.inputVolume) != self._resultIDs[0]:
+            _, segmentationID, tableID = self._resultIDs
+            self._resultIDs = None  # first: the assignments below call this method again
+            # Only the outputs the run filled: one the user picked since stays picked. None is a node
+            # field's "none selected" (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
+            if _nodeID(p.outputSegmentation) == segmentationID:
+                p.outputSegmentation = None
+            if _nodeID(p.measurementTable) == tableID:
+                p.measurementTable = None
         # Another segmentation chosen: the table follows its edits, not the earlier one's.
         if self._observedSegmentation is not None:
             chosen = p.outputSegmentation
@@ -266,7 +272,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         # The logic made the output nodes where none was selected: show them in the selectors.
         p.outputSegmentation, p.measurementTable = outcome.segmentation, outcome.table
-        self._resultInput = outcome.inputVolume
+        self._resultIDs = (_nodeID(outcome.inputVolume), _nodeID(outcome.segmentation), _nodeID(outcome.table))
         self._finishRun(_statusLine(outcome.row))
         self._observeSegmentation(outcome.segmentation)
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
@@ -325,6 +331,10 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editorWidget.parameterSetNode.SetAndObserveSegmentationNode(p.outputSegmentation)
             editorWidget.parameterSetNode.SetAndObserveSourceVolumeNode(p.inputVolume)
             self._observeSegmentation(p.outputSegmentation)
+
+
+def _nodeID(node) -> Optional[str]:
+    return node.GetID() if node is not None else None
 
 
 def _statusLine(row: dict) -> str:
@@ -621,10 +631,12 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
 
         logic = LeftAtriumSegLogic()
         try:
-            logic.ensureDependencies()  # in testing mode it installs without asking
+            installed = logic.ensureDependencies()  # in testing mode it installs without asking
         except Exception as error:  # an offline build machine, say
             self.skipTest(f"the worker's packages are missing and could not be installed ({error}): "
                           f"{describe(unmet_requirements())}")
+        if not installed:  # Reload and Test asks, and the user declined
+            self.skipTest(f"the worker's packages were not installed: {describe(unmet_requirements())}")
         return logic
 
     def _process(self, logic, volumeNode, cancel: bool = False, **options):
@@ -639,7 +651,10 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         while not outcomes and time.monotonic() < deadline:
             slicer.app.processEvents()
             time.sleep(0.02)
-        self.assertTrue(outcomes, "the run did not report within 300 s")
+        if not outcomes:
+            # Stopped and drained before the next test's setUp clears the scene under it.
+            logic.abandon()
+            self.fail("the run did not report within 300 s")
         slicer.app.processEvents()  # the worker's nodes are removed once its events are delivered
         return outcomes[0]
 
