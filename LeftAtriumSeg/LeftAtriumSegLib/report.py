@@ -15,7 +15,9 @@ from __future__ import annotations
 import html
 import math
 import sys
+import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +291,7 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
 PLOTLY_JS = "plotly.min.js"
 PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
-tr.review{background:#fff3d6} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}"""
+tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}"""
 
 
 def _page(title: str, body: str) -> str:
@@ -304,6 +306,12 @@ def _figure_html(figure: go.Figure) -> str:
 def case_page_name(case: str) -> str:
     """File name of a case's page, ``CASE.html``."""
     return f"{case}.html"
+
+
+def _link(file_name: str) -> str:
+    """A file beside the page as an attribute value: a name with ``#`` or ``%`` is a path, not a
+    fragment or an escape."""
+    return html.escape(urllib.parse.quote(file_name))
 
 
 def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = False) -> Path:
@@ -326,8 +334,8 @@ def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = Fals
     body = (f'<p><a href="report.html">all cases</a></p><h1>{html.escape(report.case)}</h1>'
             f"<p>{html.escape('; '.join(facts))}.</p>"
             "<p>Orange contours: prediction; blue: reference.</p><div class=\"row\">"
-            f'<img alt="{html.escape(report.case)} montage" src="{report.montage_png.name}">'
-            f'<img alt="{html.escape(report.case)} slices" src="{report.slices_gif.name}">'
+            f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
+            f'<img alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
             + _figure_html(mesh) + "</div>")
     path = output_dir / case_page_name(report.case)
     with atomic_output(path, overwrite) as temporary:
@@ -335,8 +343,9 @@ def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = Fals
     return path
 
 
-def _agreement_section(cases: list[CaseReport]) -> str:
-    """Predicted against reference volumes and their Bland-Altman agreement, where every case has a reference."""
+def _agreement_section(cases: list[CaseReport], reported: int) -> str:
+    """Predicted against reference volumes and their Bland-Altman agreement, over ``cases`` (those
+    with a reference) of the ``reported`` ones."""
     predicted = np.array([c.volume_ml for c in cases])
     reference = np.array([c.reference_ml for c in cases])
     names = [c.case for c in cases]
@@ -359,7 +368,8 @@ def _agreement_section(cases: list[CaseReport]) -> str:
                 f"mean absolute error {agreement['mae_ml']:.1f} mL ({agreement['mae_pct']:.1f}%).</p>")
     bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
                         yaxis_title="predicted - reference (mL)", width=520, height=460)
-    return ('<h2>Agreement with reference</h2>' + text + '<div class="row">' + _figure_html(scatter)
+    scope = "" if len(cases) == reported else f"<p>Over the {len(cases)} of {reported} cases that have a reference.</p>"
+    return ('<h2>Agreement with reference</h2>' + scope + text + '<div class="row">' + _figure_html(scatter)
             + _figure_html(bland) + "</div>")
 
 
@@ -370,13 +380,14 @@ def _records(row: dict, mask: Path) -> bool:
             and file_sha256(mask) == row["output_sha256"])
 
 
-def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "") -> None:
+def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "",
+                      left_out: Sequence[tuple[str, str]] = ()) -> None:
     """Write the summary page: every case in one table, and the volume plots.
 
-    Flagged cases come first, with their reasons; each case is linked to its page
-    (``write_case_page``); where every case has a reference, the agreement with it follows. It
-    embeds no picture, so it opens at once for thousands of cases; plotly.js is written beside it
-    once.
+    Cases left out come first, then flagged cases, with their reasons, then those no table
+    records; each reported case is linked to its page (``write_case_page``); where cases have a
+    reference, the agreement with it follows. It embeds no picture, so it opens at once for
+    thousands of cases; plotly.js is written beside it once.
 
     Parameters
     ----------
@@ -387,35 +398,41 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
         Replace an existing page (plotly.js beside it is always replaced).
     made_by : str, optional
         What made the masks (model, model file, cleanup), a sentence for the page's head.
+    left_out : sequence of (str, str), optional
+        Cases with no pictures and why: ``segment`` or the report failed on them.
     """
     with atomic_output(path.parent / PLOTLY_JS, overwrite=True) as temporary:
         temporary.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
-    cases = sorted(cases, key=lambda c: (c.qc != "review", c.case))
-    has_reference = bool(cases) and all(c.reference_ml is not None for c in cases)
+    cases = sorted(cases, key=lambda c: ({"review": 0, "": 1}.get(c.qc, 2), c.case))
+    referenced = [c for c in cases if c.reference_ml is not None]
     has_lavi = any(c.volume_index is not None for c in cases)
     header = '<tr><th class="text">case</th><th class="text">quality check</th><th>LA volume (mL)</th>'
     header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
-    header += "<th>reference (mL)</th><th>Dice</th>" if has_reference else ""
-    body = []
+    header += "<th>reference (mL)</th><th>Dice</th>" if referenced else ""
+    empty_cells = "<td></td>" * (1 + 3 * has_lavi + 2 * bool(referenced))
+    body = [f'<tr class="failed"><td class="text">{html.escape(case)}</td><td class="text">{html.escape(reason)}</td>'
+            f"{empty_cells}</tr>" for case, reason in sorted(left_out)]
     for c in cases:
         flag = html.escape(c.qc or "not recorded") + (f": {html.escape(c.qc_reasons)}" if c.qc_reasons else "")
-        row = (f'<tr class="{html.escape(c.qc)}"><td class="text"><a href="{html.escape(case_page_name(c.case))}">'
+        row = (f'<tr class="{html.escape(c.qc)}"><td class="text"><a href="{_link(case_page_name(c.case))}">'
                f'{html.escape(c.case)}</a></td><td class="text">{flag}</td><td>{c.volume_ml:.1f}</td>')
         if has_lavi:
             index = c.volume_index
             row += (f"<td>{index.bsa_m2:.2f}</td><td>{index.ml_per_m2:.1f}</td><td>{index.grade}</td>"
                     if index is not None else "<td></td><td></td><td></td>")
-        if has_reference:
-            row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>"
+        if referenced:
+            row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>" if c.reference_ml is not None else "<td></td><td></td>"
         body.append(row + "</tr>")
     volumes = go.Figure(go.Histogram(x=[c.volume_ml for c in cases], marker_color=f"rgb{PREDICTION_RGB}"))
     volumes.update_layout(title="Left-atrial volumes", xaxis_title="volume (mL)", yaxis_title="cases", width=520, height=400)
     flagged = sum(c.qc == "review" for c in cases)
     sections = '<div class="row">' + _figure_html(volumes) + "</div>"
-    if has_reference:
-        sections += _agreement_section(cases)
+    if referenced:
+        sections += _agreement_section(referenced, len(cases))
+    failed = (f"{len(left_out)} without pictures because segmentation or the report failed on them (listed first), "
+              if left_out else "")
     page = _page("LeftAtriumSeg report", f"""<h1>LeftAtriumSeg report</h1>
-<p>{len(cases)} case(s), {flagged} flagged for review (listed first: look at them before using their volumes).
+<p>{len(cases) + len(left_out)} case(s): {failed}{flagged} flagged for review (listed {"next" if left_out else "first"}: look at them before using their volumes).
 Each case's name opens its page: slices with contours, a slice animation and a rotatable surface.
 Volumes are voxel count times voxel volume.</p>
 {f"<p>Masks made by: {html.escape(made_by)}.</p>" if made_by else ""}
@@ -435,7 +452,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                  output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
 
-    A case whose files cannot be used gets one ``error:`` line on standard error and is left out.
+    A case whose files cannot be used gets one ``error:`` line on standard error and is listed
+    without pictures, as is an image without a mask whose table row says ``segment`` failed on it.
 
     Parameters
     ----------
@@ -470,12 +488,15 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     refuse_existing_output(report_path, overwrite)
     masks = files_by_case(predictions)
     references = files_by_case(labels) if labels else {}
-    cases = [case for case in find_cases(images) if case.case in masks]
+    found = find_cases(images)
+    cases = [case for case in found if case.case in masks]
     if not cases:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
+    left_out = [(case.case, f"segment failed: {table_rows[case.case].get('error') or 'no reason recorded'}")
+                for case in found if case.case not in masks and table_rows.get(case.case, {}).get("status") == "failed"]
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
@@ -500,9 +521,11 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             reports.append(report)
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
-            print(f"error: {error_line(error, case.path, masks[case.case], references.get(case.case))}", file=sys.stderr)
+            line = error_line(error, case.path, masks[case.case], references.get(case.case))
+            print(f"error: {line}", file=sys.stderr)
+            left_out.append((case.case, f"report failed: {line}"))
     if reports:
-        write_html_report(report_path, reports, overwrite, _makers_of(results, reports))
+        write_html_report(report_path, reports, overwrite, _makers_of(results, reports), left_out)
         if not quiet:
             print(f"report of {len(reports)} case(s): {report_path}")
     return reports, failures

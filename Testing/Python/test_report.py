@@ -129,6 +129,30 @@ def test_summary_lists_flagged_cases_first_and_stays_small_for_a_large_cohort(tm
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
+def test_summary_lists_failures_first_links_any_case_name_and_scores_the_cases_with_a_reference(tmp_path):
+    from urllib.parse import unquote
+
+    from LeftAtriumSegLib.report import CaseReport, write_html_report
+
+    def case(name, volume_ml, reference_ml, qc):
+        return CaseReport(name, volume_ml, tmp_path / "m.png", tmp_path / "s.gif", tmp_path / "x.stl",
+                          tmp_path / "x.png", volume_ml, np.zeros((0, 3)), np.zeros((0, 3), int),
+                          reference_ml=reference_ml, dice=None if reference_ml is None else 0.9, qc=qc)
+
+    cases = [case("a#1", 60.0, 50.0, "ok"), case("b%41", 80.0, 90.0, "ok"), case("c", 70.0, None, ""),
+             case("d", 65.0, None, "review")]
+    write_html_report(tmp_path / "report.html", cases, left_out=[("e", "segment failed: image has constant intensity")])
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    order = re.findall(r'<tr class="(\w*)"><td class="text">(?:<a href="([^"]+)">)?([^<]+)<', page)
+    assert [(flag, name) for flag, _, name in order] == [("failed", "e"), ("review", "d"), ("", "c"), ("ok", "a#1"),
+                                                         ("ok", "b%41")]
+    # Each link, read as a browser reads it, names the case's page file.
+    assert [unquote(link) for _, link, _ in order[1:]] == ["d.html", "c.html", "a#1.html", "b%41.html"]
+    assert "segment failed: image has constant intensity" in page and "5 case(s): 1 without pictures" in page
+    # Bland-Altman over the two cases with a reference: bias (-10 + 10) / 2 = 0.
+    assert "Over the 2 of 4 cases that have a reference." in page and "bias +0.0 mL" in page
+
+
 def test_report_says_what_made_the_masks(tmp_path):
     predictions = tmp_path / "predictions"
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(predictions), "--format", "nii.gz",
@@ -195,3 +219,19 @@ def test_a_mask_that_cannot_be_read_fails_its_case_alone(tmp_path, capsys):
     [error] = capsys.readouterr().err.strip().splitlines()
     assert error.startswith("error: ") and str(predictions / "b.nii.gz") in error
     assert (tmp_path / "report" / "a.html").is_file() and not (tmp_path / "report" / "b.html").exists()
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<tr class="failed"><td class="text">b</td><td class="text">report failed: ' in page
+
+
+def test_a_case_segment_failed_on_is_listed_in_the_summary(tmp_path):
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir(), predictions.mkdir()
+    for case in ("a", "b"):
+        (images / f"{case}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (predictions / "a.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (predictions / "volumes.csv").write_text("case,status,error,output\nb,failed,out of memory,\n")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<tr class="failed"><td class="text">b</td><td class="text">segment failed: out of memory</td>' in page
+    assert "2 case(s): 1 without pictures" in page
