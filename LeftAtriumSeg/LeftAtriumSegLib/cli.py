@@ -72,16 +72,6 @@ def _parse_folds(text: str) -> int:
     return folds
 
 
-def _parse_share(text: str) -> float:
-    try:
-        share = float(text)
-    except ValueError:
-        share = -1.0
-    if not 0 <= share <= 1:
-        raise argparse.ArgumentTypeError(f"takes a share between 0 and 1, not {text!r}")
-    return share
-
-
 def available_cores() -> int:
     """CPU cores this process may run on (a SLURM job's allocation, not the whole node's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -287,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings.max_gain_change)")
     train.add_argument("--max-offset", type=float,
                        help="intensity offset jitter in z-score units (default: TrainingSettings.max_offset)")
-    train.add_argument("--gamma-probability", type=_parse_share,
+    train.add_argument("--gamma-probability", type=float,
                        help="share of crops put through a random gamma curve, 0.7-1.5 "
                             "(default: TrainingSettings.gamma_probability, 0: off)")
     train.add_argument("--random-orientation", action=argparse.BooleanOptionalAction, default=None,

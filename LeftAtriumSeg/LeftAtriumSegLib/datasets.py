@@ -257,7 +257,15 @@ class DataFolders:
         Raises
         ------
         LeftAtriumSegError
-            A folder has no ``dataset.json``.
+            A folder has no ``dataset.json``, or two cases share an ID: training, folds and the
+            held-out probability maps know a case by its ID.
         """
-        return [case for folder in self.folders
-                for case in read_decathlon_cases(folder, self.has_task02_headers(folder), self.scan_spacing(folder))]
+        cases = [case for folder in self.folders
+                 for case in read_decathlon_cases(folder, self.has_task02_headers(folder), self.scan_spacing(folder))]
+        first: dict[str, Case] = {}
+        for case in cases:
+            earlier = first.setdefault(case.case_id, case)
+            if earlier is not case:
+                raise LeftAtriumSegError(f"case {case.case_id} is listed twice: {earlier.image_path} and "
+                                         f"{case.image_path} (case IDs, the images' names, must differ)")
+        return cases

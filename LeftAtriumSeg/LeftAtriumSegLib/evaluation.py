@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .errors import LeftAtriumSegError, error_line
 from .io import files_by_case, read_mask, read_probability_map, same_grid
-from .metrics import segmentation_metrics
+from .metrics import mean_of_defined, segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "abs_volume_error_ml")
@@ -151,8 +151,7 @@ def summarise(rows: list[dict]) -> dict:
 
     NaN distances are left out of their mean.
     """
-    return {"case": "mean", **{key: float(np.nanmean([row[key] for row in rows]))
-                                for key in rows[0] if key != "case"}}
+    return {"case": "mean", **{key: mean_of_defined([row[key] for row in rows]) for key in rows[0] if key != "case"}}
 
 
 def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple]]:
@@ -215,7 +214,7 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
     for name, settings in tqdm(list(variants), desc="cleanup variants", unit="variant", disable=not show_progress):
         rows = [segmentation_metrics(clean_mask(probability, spacing, settings), label, spacing)
                 for _, probability, label, spacing in cases]
-        results.append({"variant": name, **{key: float(np.nanmean([r[key] for r in rows])) for key in METRIC_COLUMNS},
+        results.append({"variant": name, **{key: mean_of_defined([r[key] for r in rows]) for key in METRIC_COLUMNS},
                         "min_dice": float(min(r["dice"] for r in rows)), **asdict(settings)})
     return results
 

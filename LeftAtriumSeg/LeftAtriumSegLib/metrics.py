@@ -49,6 +49,17 @@ def surface_distances_mm(a: np.ndarray, b: np.ndarray, spacing_mm: tuple[float, 
     return np.concatenate([to_b[surface_a], to_a[surface_b]])
 
 
+def mean_of_defined(values) -> float:
+    """Mean of the values that are not NaN; NaN, without numpy's warning, where none is.
+
+    Distances are NaN where a mask is empty, and a run whose every mask is empty has no mean
+    distance: that is a finding, not a fault.
+    """
+    defined = np.asarray(values, dtype=float)
+    defined = defined[~np.isnan(defined)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
 def segmentation_metrics(
     prediction: np.ndarray, reference: np.ndarray, spacing_mm: tuple[float, float, float]
 ) -> dict[str, float]:

@@ -12,11 +12,9 @@ import datetime
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .evaluation import labelled_probability_maps
 from .io import atomic_output
-from .metrics import segmentation_metrics
+from .metrics import mean_of_defined, segmentation_metrics
 from .model_file import model_file_sha256
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -62,7 +60,7 @@ def _metrics_lines(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['fold']} | {r['dice']:.3f} | {r['hd95_mm']:.2f} | {r['assd_mm']:.2f} "
               f"| {r['reference_ml']:.1f} | {r['predicted_ml']:.1f} | {r['abs_volume_error_ml']:.2f} |" for r in rows]
-    mean = {key: float(np.nanmean([r[key] for r in rows]))
+    mean = {key: mean_of_defined([r[key] for r in rows])
             for key in ("dice", "hd95_mm", "assd_mm", "reference_ml", "predicted_ml", "abs_volume_error_ml")}
     lines.append(f"| **mean** | | **{mean['dice']:.3f}** | **{mean['hd95_mm']:.2f}** | **{mean['assd_mm']:.2f}** "
                  f"| {mean['reference_ml']:.1f} | {mean['predicted_ml']:.1f} | **{mean['abs_volume_error_ml']:.2f}** |")

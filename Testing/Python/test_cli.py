@@ -364,14 +364,17 @@ def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys)
         assert f"--respaced a {spacing}: the spacing must be x,y,z in mm" in capsys.readouterr().err
 
 
-def test_gamma_probability_is_a_share_and_others_are_refused(capsys):
-    train = ["train", "--data", "a", "--output-dir", "out"]
-    assert build_parser().parse_args([*train, "--gamma-probability", "0.3"]).gamma_probability == 0.3
-    assert build_parser().parse_args(train).gamma_probability is None  # TrainingSettings' default
-    for share in ("1.5", "-0.1", "x", "nan"):
-        with pytest.raises(SystemExit):
-            build_parser().parse_args([*train, "--gamma-probability", share])
-        assert f"--gamma-probability: takes a share between 0 and 1, not '{share}'" in capsys.readouterr().err
+@pytest.mark.parametrize("option, value, message", [
+    ("--gamma-probability", "1.5", "gamma_probability must be a share between 0 and 1, not 1.5"),
+    ("--gamma-probability", "nan", "gamma_probability must be a share between 0 and 1, not nan"),
+    ("--iterations", "0", "iterations must be at least 1, not 0"),
+    ("--max-gain-change", "1.2", "max_gain_change must be at least 0 and under 1, not 1.2"),
+    ("--max-offset", "-0.1", "max_offset must be at least 0, not -0.1"),
+])
+def test_training_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys, option, value, message):
+    assert main(["train", "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), option, value]) == 2
+    assert capsys.readouterr().err.strip() == f"error: training setting {message}"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("listing, message", [

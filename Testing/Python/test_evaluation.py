@@ -76,3 +76,14 @@ def test_ablation_refuses_a_map_off_its_label_grid(tmp_path):
     probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32), map_spacing_mm=(2.0, 1.0, 1.0))
     with pytest.raises(ValueError, match=r"a\.nii\.gz: not on the grid of its label"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])
+
+
+def test_a_mean_over_undefined_distances_is_nan_without_a_numpy_warning(recwarn):
+    from LeftAtriumSegLib.evaluation import summarise
+
+    # Every mask empty: HD95 is undefined for each case, and for the mean.
+    mean = summarise([{"case": "a", "dice": 0.0, "hd95_mm": float("nan")},
+                      {"case": "b", "dice": 0.5, "hd95_mm": float("nan")}])
+    assert mean["dice"] == 0.25 and np.isnan(mean["hd95_mm"])
+    assert summarise([{"case": "a", "hd95_mm": float("nan")}, {"case": "b", "hd95_mm": 3.0}])["hd95_mm"] == 3.0
+    assert not recwarn.list

@@ -54,6 +54,23 @@ def test_folds_keep_identical_images_together(tmp_path):
     assert set().union(*names) == {f"case_{i:03d}" for i in range(9)}
 
 
+def test_more_folds_than_distinct_images_are_refused_before_training(tmp_path):
+    _write_dataset(tmp_path / "data", 3, duplicate_of=0)  # two distinct images among three cases
+    with pytest.raises(LeftAtriumSegError, match="--folds 3: there are only 2 distinct images to hold out"):
+        make_folds(read_decathlon_cases(tmp_path / "data"), 3)
+    with pytest.raises(LeftAtriumSegError, match="--folds 4: there are only 3 cases"):
+        train_model([tmp_path / "data"], tmp_path / "run", TINY_CONFIG, TrainingSettings(iterations=1), folds=4)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_case_id_in_two_data_folders_is_refused(tmp_path):
+    _write_dataset(tmp_path / "a", 2)
+    _write_dataset(tmp_path / "b", 1)  # case_000 again: its maps and folds would be confused
+    with pytest.raises(LeftAtriumSegError, match=r"case case_000 is listed twice: .*a/imagesTr/case_000.nii.gz and "
+                                                 r".*b/imagesTr/case_000.nii.gz"):
+        DataFolders([tmp_path / "a", tmp_path / "b"]).read_cases()
+
+
 def test_tiny_training_run_lowers_the_loss(tmp_path):
     _write_dataset(tmp_path, 3)
     config = ModelConfig(slices=3, features=(8, 16, 32), frame=ModelFrame(spacing_mm=(1.25, 1.25, 1.25)))

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from ..datasets import Case, case_groups
+from ..errors import LeftAtriumSegError
 from ..inference import predict
 from ..io import atomic_output
 from ..model_file import ModelConfig, save_model
@@ -39,8 +40,16 @@ def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Ca
     list of list of Case
         ``folds`` validation sets, each sorted by case ID; together every case once, their
         sizes as even as the groups allow.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        More folds than groups of identical images.
     """
     groups = case_groups(cases)
+    if folds > len(groups):
+        raise LeftAtriumSegError(f"--folds {folds}: there are only {len(groups)} distinct images to hold out "
+                                 f"({len(cases)} cases); a fold with none would validate nothing")
     random.Random(seed).shuffle(groups)
     groups.sort(key=len, reverse=True)  # place big groups first so fold sizes stay even
     split: list[list[Case]] = [[] for _ in range(folds)]

@@ -96,6 +96,8 @@ def train_model(
     """
     data = data if isinstance(data, DataFolders) else DataFolders(data)
     cases = data.read_cases()
+    if folds > len(cases):  # before any work; make_folds counts distinct images once they are read
+        raise LeftAtriumSegError(f"--folds {folds}: there are only {len(cases)} cases to hold out")
     output_dir = Path(output_dir)
     record_path = output_dir / RECORD_NAME
     record = new_record(data, cases, folds, config, settings, command, device)

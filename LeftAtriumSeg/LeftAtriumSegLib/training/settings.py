@@ -82,3 +82,19 @@ class TrainingSettings:
     fractional_labels: bool = False
     seed: int = 0
     checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        # Checked before any work: a zero count or a gain that flips intensities would otherwise
+        # fail, or train on nonsense, an hour in.
+        limits = {"iterations": (self.iterations >= 1, "at least 1"),
+                  "batch_size": (self.batch_size >= 1, "at least 1"),
+                  "crop_size": (self.crop_size >= 1, "at least 1"),
+                  "checkpoint_every": (self.checkpoint_every >= 1, "at least 1"),
+                  "max_gain_change": (0 <= self.max_gain_change < 1, "at least 0 and under 1"),
+                  "max_offset": (self.max_offset >= 0, "at least 0"),
+                  "gamma_probability": (0 <= self.gamma_probability <= 1, "a share between 0 and 1"),
+                  "min_gamma": (0 < self.min_gamma <= 1, "over 0 and at most 1"),
+                  "max_gamma": (self.max_gamma >= 1, "at least 1")}
+        for name, (valid, rule) in limits.items():
+            if not valid:
+                raise ValueError(f"training setting {name} must be {rule}, not {getattr(self, name)!r}")
