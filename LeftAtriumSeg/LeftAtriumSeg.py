@@ -319,6 +319,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p and p.outputSegmentation and p.inputVolume:
             if not p.measurementTable:
                 p.measurementTable = self.logic.newMeasurementTable(p.inputVolume)
+                if self._resultIDs is not None and self._resultIDs[1] == _nodeID(p.outputSegmentation):
+                    # The run's table, made again: let it go with the run's segmentation.
+                    self._resultIDs = (*self._resultIDs[:2], _nodeID(p.measurementTable))
             row = self.logic.updateMeasurements(p.outputSegmentation, p.inputVolume, p.measurementTable,
                                                 p.heightCm, p.weightKg)
             self._setStatus(_statusLine(row))

@@ -61,6 +61,11 @@ def test_more_folds_than_distinct_images_are_refused_before_training(tmp_path):
     with pytest.raises(LeftAtriumSegError, match="--folds 4: there are only 3 cases"):
         train_model([tmp_path / "data"], tmp_path / "run", TINY_CONFIG, TrainingSettings(iterations=1), folds=4)
     assert not (tmp_path / "run").exists()
+    # Found once the images are read: the folder stays empty, and the same command with --folds 2 may go on in it.
+    with pytest.raises(LeftAtriumSegError, match="--folds 3: there are only 2 distinct images"):
+        train_model([tmp_path / "data"], tmp_path / "run", TINY_CONFIG, TrainingSettings(iterations=1), folds=3,
+                    show_progress=False)
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 def test_one_case_id_in_two_data_folders_is_refused(tmp_path):
@@ -331,6 +336,36 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     assert summary["command"] == "first" and summary["resumed_by"] == ["again"]
     # The training time is the checkpoints' record of the first sitting, not this sitting's few milliseconds.
     assert "total_seconds" not in summary and summary["training_seconds"] == first["training_seconds"]
+
+
+def _without_gamma(settings_json: str) -> str:
+    """Settings as an earlier package stored them, before the gamma settings existed."""
+    return json.dumps({name: value for name, value in json.loads(settings_json).items() if "gamma" not in name})
+
+
+def test_a_run_recorded_before_the_gamma_settings_existed_resumes(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    config = TINY_CONFIG
+    prepared = [prepare_case(case, config) for case in read_decathlon_cases(tmp_path / "data")]
+    settings = TrainingSettings(iterations=6, batch_size=4, crop_size=16, warmup_iterations=1, checkpoint_every=3)
+    uninterrupted = train_network(prepared, config, settings, "coronal", tmp_path / "a.safetensors", show_progress=False)
+    checkpoint = tmp_path / "b.safetensors"
+    with pytest.raises(_Interrupted):
+        train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False,
+                      on_iteration=_interrupt_after(4))
+    rewrite_safetensors(checkpoint, lambda metadata, tensors: metadata.update(settings=_without_gamma(metadata["settings"])))
+    resumed = train_network(prepared, config, settings, "coronal", checkpoint, show_progress=False, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values(),
+                                                 strict=True))
+
+    run = tmp_path / "run"
+    train_model([tmp_path / "data"], run, config, settings, show_progress=False)
+    record = json.loads((run / "training.json").read_text())
+    (run / "training.json").write_text(json.dumps({**record, "settings": json.loads(_without_gamma(json.dumps(record["settings"])))}))
+    for path in run.glob("checkpoint_*.safetensors"):
+        rewrite_safetensors(path, lambda metadata, tensors: metadata.update(settings=_without_gamma(metadata["settings"])))
+    summary = train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    assert summary["settings"] == record["settings"]
 
 
 def test_task02_cases_are_trained_on_also_turned_to_their_anatomy(tmp_path):

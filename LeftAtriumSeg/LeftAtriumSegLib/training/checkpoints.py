@@ -19,7 +19,7 @@ from ..errors import LeftAtriumSegError
 from ..io import atomic_output
 from ..model_file import SAFETENSORS_READ_ERRORS, ModelConfig
 from ..network import UNet2D
-from .settings import TrainingSettings
+from .settings import TrainingSettings, as_recorded_now
 
 CHECKPOINT_FORMAT = "leftatriumseg-checkpoint-1"
 
@@ -141,7 +141,7 @@ def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
     metadata = _checkpoint_metadata(path)
     try:
         same_training = (ModelConfig.from_json(metadata["config"]) == config
-                         and json.loads(metadata["settings"]) == json.loads(json.dumps(settings.__dict__)))
+                         and as_recorded_now(json.loads(metadata["settings"])) == json.loads(json.dumps(settings.__dict__)))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise _damaged_checkpoint(path, error) from None
     if not same_training:

@@ -60,7 +60,7 @@ def make_folds(cases: Sequence[Case], folds: int, seed: int = 0) -> list[list[Ca
 
 def cross_validate(
     data: PreparedCases,
-    folds: int,
+    validation_sets: Sequence[Sequence[Case]],
     config: ModelConfig,
     settings: TrainingSettings,
     output_dir: Path,
@@ -80,8 +80,8 @@ def cross_validate(
     ----------
     data : PreparedCases
         The run's cases, prepared.
-    folds : int
-        How many folds (``make_folds`` with ``settings.seed``), >= 2.
+    validation_sets : sequence of sequence of Case
+        Each fold's held-out cases (``make_folds``).
     config, settings, show_progress, device, resume, loss
         As for ``loop.train_networks``.
     output_dir : pathlib.Path
@@ -100,13 +100,13 @@ def cross_validate(
     """
     probability_dir = output_dir / "probabilities"
     probability_dir.mkdir(exist_ok=True)
-    for index, validation in enumerate(make_folds(data.cases, folds, settings.seed)):
+    for index, validation in enumerate(validation_sets):
         fold_dir = output_dir / f"fold_{index}"
         fold_dir.mkdir(exist_ok=True)
         training = data.training_list(held_out=validation)
         networks, seconds = train_networks(
             training, config, settings, fold_dir,
-            description=f"fold {index + 1}/{folds} ", show_progress=show_progress, device=device, resume=resume, loss=loss,
+            description=f"fold {index + 1}/{len(validation_sets)} ", show_progress=show_progress, device=device, resume=resume, loss=loss,
         )
         save_model(fold_dir / "model.safetensors", networks, config)
         quantize_model_file(fold_dir / "model.safetensors", training, settings.seed)

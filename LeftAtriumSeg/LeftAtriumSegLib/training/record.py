@@ -14,7 +14,7 @@ from ..datasets import Case, DataFolders
 from ..errors import LeftAtriumSegError
 from ..io import atomic_output
 from ..model_file import ModelConfig, parameter_count
-from .settings import TrainingSettings
+from .settings import TrainingSettings, as_recorded_now
 
 RECORD_NAME = "training.json"
 # What a resumed run must share with the run it goes on with.
@@ -96,9 +96,11 @@ def resumed_record(record_path: Path, record: dict) -> dict:
     if not isinstance(earlier, dict):
         raise LeftAtriumSegError(f"{record_path}: not a readable training record (a JSON {type(earlier).__name__}, "
                                  "not an object)")
-    # A record without these keys named no such folders.
+    # A record without these keys named no such folders, and trained without the settings added since.
     earlier.setdefault("task02_header_folders", [])
     earlier.setdefault("respaced_folders", {})
+    if isinstance(earlier.get("settings"), dict):
+        earlier["settings"] = as_recorded_now(earlier["settings"])
     for key in SAME_TRAINING_KEYS:
         if earlier.get(key) != json.loads(json.dumps(record[key])):
             raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "

@@ -13,7 +13,7 @@ from ..datasets import DataFolders
 from ..errors import LeftAtriumSegError
 from ..io import create_output_folder
 from ..model_file import ModelConfig, save_model
-from .cross_validation import cross_validate
+from .cross_validation import cross_validate, make_folds
 from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
@@ -107,6 +107,9 @@ def train_model(
         _claim_output_folder(output_dir, overwrite)
     start = time.perf_counter()
     prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
+    # Split once the images are known to read, before anything is written: too many folds for the
+    # distinct images leaves the folder as empty as a bad image does.
+    validation_sets = make_folds(cases, folds, settings.seed) if folds else []
     record["preparation_seconds"] = round(time.perf_counter() - start, 1)
     write_record(record_path, record)
     if folds == 0:
@@ -117,7 +120,7 @@ def train_model(
         quantize_model_file(output_dir / "model.safetensors", training, settings.seed)
     else:
         record["folds"] = []
-        for fold in cross_validate(prepared, folds, config, settings, output_dir,
+        for fold in cross_validate(prepared, validation_sets, config, settings, output_dir,
                                    show_progress=show_progress, device=device, resume=resume, loss=loss):
             record["folds"].append(fold)
             write_record(record_path, record)

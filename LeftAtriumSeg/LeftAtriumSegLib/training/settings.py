@@ -64,7 +64,8 @@ class TrainingSettings:
     max_offset: float = 0.6
     # Gain and offset are linear; a sequence or a scanner also bends the intensity curve (gamma
     # 1.6 over a scan cost bSSFP 0.07 Dice, docs/model-development.md, "Presentations a scan may
-    # come in"). The range and share are nnU-Net's. Off (0) for 1.8.
+    # come in"). The range is nnU-Net's GammaTransform's, which it applies to 30 % of samples
+    # (its second, inverted-image gamma is not done here). Off (0) for 1.8.
     gamma_probability: float = 0.0
     min_gamma: float = 0.7
     max_gamma: float = 1.5
@@ -98,3 +99,14 @@ class TrainingSettings:
         for name, (valid, rule) in limits.items():
             if not valid:
                 raise ValueError(f"training setting {name} must be {rule}, not {getattr(self, name)!r}")
+
+
+# Settings added since runs were first recorded, with the value those runs trained with: a record
+# or checkpoint that lacks one still describes the same training, and can be resumed.
+ADDED_SETTINGS = {"gamma_probability": 0.0, "min_gamma": 0.7, "max_gamma": 1.5}
+
+
+def as_recorded_now(stored: dict) -> dict:
+    """Settings as a record or checkpoint stored them, completed with ``ADDED_SETTINGS``: comparable
+    with ``TrainingSettings.__dict__``."""
+    return {**ADDED_SETTINGS, **stored}
