@@ -4,8 +4,8 @@ Per case: a montage of axial slices through the atrium with contours, an animate
 scrolling through the slices, a surface mesh (STL, physical LPS coordinates in mm) and a
 rendering of it, and a page that shows them with a rotatable 3D view. Per batch: ``report.html``,
 a summary that opens at once for thousands of cases: the table with the quality flag (failed
-cases first, then flagged ones, with their reasons), the volume plots and the agreement with reference volumes; it
-links to the case pages and embeds no picture. plotly.js is written once beside the pages.
+cases first, then flagged ones, with their reasons), the volume plots and the agreement with
+reference volumes; it links to the case pages and embeds no picture. plotly.js is written once beside the pages.
 Contours and meshes use colours that colour-blind readers tell apart (Okabe and Ito's orange and
 blue). Images are shown in LPS order: patient's left on the viewer's right, anterior at the top.
 """

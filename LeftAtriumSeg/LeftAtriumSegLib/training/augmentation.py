@@ -89,9 +89,9 @@ def sample_batch(
 def random_gamma(images: torch.Tensor, settings: TrainingSettings, rng: np.random.Generator) -> torch.Tensor:
     """Each crop of ``images`` put through a gamma curve, with chance ``settings.gamma_probability``.
 
-    As nnU-Net's (non-inverted) gamma augmentation: the crop's intensities are mapped to 0-1 by its minimum and
-    maximum, raised to the power gamma and mapped back, then given back the crop's mean and
-    standard deviation, so only the curve's shape changes. Gamma is drawn from
+    As nnU-Net's (non-inverted) gamma augmentation: the crop's intensities are mapped to 0-1 by
+    its minimum and maximum, raised to the power gamma and mapped back, then given back the
+    crop's mean and standard deviation, so only the curve's shape changes. Gamma is drawn from
     ``[min_gamma, 1]`` or ``[1, max_gamma]``, each half the time.
 
     Parameters
