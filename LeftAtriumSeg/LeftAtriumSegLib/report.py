@@ -1,7 +1,7 @@
 """Pictures and a report of segmentations, for batch work and for sharing outside Slicer.
 
 Per case: a montage of axial slices through the atrium with contours, an animated GIF
-scrolling through the slices, a surface mesh (STL, physical LPS coordinates in mm) and a
+scrolling through the slices around it, a surface mesh (STL, physical LPS coordinates in mm) and a
 rendering of it, and a page that shows them with a rotatable 3D view. Per batch: ``report.html``,
 a summary that opens at once for thousands of cases: the table with the quality flag (failed
 cases first, then flagged ones, with their reasons), the volume plots and the agreement with
@@ -18,13 +18,12 @@ import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
-import imageio.v3 as iio  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
@@ -32,6 +31,7 @@ import plotly.offline  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import trimesh  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
+from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -46,9 +46,17 @@ from .metrics import bland_altman, dice  # noqa: E402
 # kind of colour blindness, where red and green do not.
 PREDICTION_RGB = (230, 159, 0)
 REFERENCE_RGB = (0, 114, 178)
+# Slice pictures are indices into one palette: 254 greys, then the two contours' colours. A GIF
+# written in it needs no colour quantization, the slow half of writing one.
+GREYS = 254
+PALETTE = np.array([(round(g * 255 / (GREYS - 1)),) * 3 for g in range(GREYS)] + [PREDICTION_RGB, REFERENCE_RGB],
+                   dtype=np.uint8)
+# Around the atrium, the montage and the slice animation show this much of the scan: enough to
+# see where the mask stops and whether atrium goes on beyond it.
+CONTEXT_MM = 25.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseReport:
     """Pictures and measurements of one case, as ``report_case`` makes them.
 
@@ -61,10 +69,6 @@ class CaseReport:
         The case's montage, slice animation, surface mesh and its rendering.
     mesh_volume_ml : float
         Volume enclosed by the surface mesh in mL.
-    vertices_mm : ndarray, shape (V, 3)
-        Mesh vertices in physical LPS coordinates, mm.
-    faces : ndarray of int, shape (F, 3)
-        Vertex indices of the mesh's triangles.
     reference_ml, dice : float or None
         Volume of the reference mask in mL and the mask's Dice against it; None without one.
     height_cm, weight_kg : float or None
@@ -80,8 +84,6 @@ class CaseReport:
     surface_stl: Path
     surface_png: Path
     mesh_volume_ml: float
-    vertices_mm: np.ndarray = field(repr=False)
-    faces: np.ndarray = field(repr=False)
     reference_ml: float | None = None
     dice: float | None = None
     height_cm: float | None = None
@@ -97,9 +99,10 @@ class CaseReport:
         return None
 
 
-def to_display(image: sitk.Image) -> np.ndarray:
-    """``(Z, Y, X)`` array of ``image`` reoriented to LPS."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+def to_display(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``(Z, Y, X)`` array of ``image`` reoriented to LPS, and its (Z, Y, X) spacing in mm."""
+    oriented = sitk.DICOMOrient(image, "LPS")
+    return sitk.GetArrayFromImage(oriented), oriented.GetSpacing()[::-1]
 
 
 def _window(slices: np.ndarray) -> np.ndarray:
@@ -119,6 +122,22 @@ def atrium_slices(mask: np.ndarray, reference: np.ndarray | None, count: int = 1
     return holding[np.round(np.linspace(0, len(holding) - 1, count)).astype(int)].tolist()
 
 
+def atrium_box(present: np.ndarray, spacing_mm: Sequence[float], context_mm: float = CONTEXT_MM) -> tuple[slice, ...]:
+    """The ``(Z, Y, X)`` box around the voxels of ``present`` with ``context_mm`` on every side,
+    within the array; the whole array where ``present`` is empty.
+
+    ``spacing_mm`` is the voxel spacing in the same (Z, Y, X) order, in mm.
+    """
+    if not present.any():
+        return tuple(slice(0, n) for n in present.shape)
+    box = []
+    for axis, spacing in enumerate(spacing_mm):
+        holding = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
+        margin = math.ceil(context_mm / spacing)
+        box.append(slice(max(int(holding[0]) - margin, 0), min(int(holding[-1]) + margin + 1, present.shape[axis])))
+    return tuple(box)
+
+
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """In-plane boundary pixels of a ``(..., Y, X)`` mask."""
     structure = np.zeros((3,) * mask.ndim, bool)
@@ -128,7 +147,7 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """Grey slices with prediction (orange) and reference (blue) contours.
+    """Grey slices with prediction (orange) and reference (blue) contours, as indices into ``PALETTE``.
 
     Parameters
     ----------
@@ -139,22 +158,21 @@ def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
 
     Returns
     -------
-    ndarray of uint8, shape (Z, Y, X, 3)
-        RGB frames; contours are the masks' in-plane boundaries.
+    ndarray of uint8, shape (Z, Y, X)
+        ``PALETTE[frames]`` are the RGB frames; contours are the masks' in-plane boundaries.
     """
-    grey = (_window(image.astype(np.float32)) * 255).astype(np.uint8)
-    frames = np.repeat(grey[..., None], 3, axis=-1)
+    frames = np.round(_window(image.astype(np.float32)) * (GREYS - 1)).astype(np.uint8)
     if reference is not None:
-        frames[_boundary(reference)] = REFERENCE_RGB
-    frames[_boundary(mask)] = PREDICTION_RGB
+        frames[_boundary(reference)] = GREYS + 1
+    frames[_boundary(mask)] = GREYS
     return frames
 
 
 def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
-                  title: str, overwrite: bool = False) -> list[int]:
+                  spacing_mm: Sequence[float], title: str, overwrite: bool = False) -> list[int]:
     """PNG montage of the slices through the atrium, with contours.
 
-    Up to 12 slices (``atrium_slices``), zoomed on the atrium's in-plane box with 40 pixels around it.
+    Up to 12 slices (``atrium_slices``), zoomed on the atrium's in-plane box (``atrium_box``).
 
     Parameters
     ----------
@@ -162,6 +180,8 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
         Intensities in display orientation (``to_display``).
     mask, reference : ndarray of bool, shape (Z, Y, X)
         Prediction and reference on ``image``'s grid; ``reference`` may be None.
+    spacing_mm : sequence of 3 float
+        ``image``'s (Z, Y, X) voxel spacing in mm.
 
     Returns
     -------
@@ -169,17 +189,13 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
         The slice indices shown.
     """
     indices = atrium_slices(mask, reference)
-    # Zoom on the atrium: its in-plane box over all slices, with context around it.
-    present = mask if reference is None else mask | reference
-    if present.any():
-        box = tuple(slice(max(int(a.min()) - margin, 0), int(a.max()) + margin + 1)
-                    for a, margin in zip(np.nonzero(present.any(axis=0)), (40, 40)))
-        image, mask = image[:, box[0], box[1]], mask[:, box[0], box[1]]
-        reference = None if reference is None else reference[:, box[0], box[1]]
+    _, rows, columns = atrium_box(mask if reference is None else mask | reference, spacing_mm)
+    image, mask = image[:, rows, columns], mask[:, rows, columns]
+    reference = None if reference is None else reference[:, rows, columns]
     columns = 4
     rows = max(1, math.ceil(len(indices) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.6), squeeze=False)
-    frames = overlay_frames(image[indices], mask[indices], None if reference is None else reference[indices])
+    frames = PALETTE[overlay_frames(image[indices], mask[indices], None if reference is None else reference[indices])]
     for axis in axes.ravel():
         axis.axis("off")
     for axis, index, frame in zip(axes.ravel(), indices, frames):
@@ -195,16 +211,21 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
 
 
 def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
-                    overwrite: bool = False, frame_ms: int = 80) -> int:
-    """Animated GIF of every axial slice with contours; returns the number of frames.
+                    spacing_mm: Sequence[float], overwrite: bool = False, frame_ms: int = 80) -> tuple[slice, ...]:
+    """Animated GIF of the axial slices through the atrium's box (``atrium_box``), with contours,
+    one pixel a voxel (the case page enlarges it); returns the box shown.
 
-    ``image``, ``mask`` and ``reference`` as in ``write_montage``; ``frame_ms`` is each frame's
-    duration in ms.
+    ``image``, ``mask``, ``reference`` and ``spacing_mm`` as in ``write_montage``; ``frame_ms`` is
+    each frame's duration in ms.
     """
-    frames = overlay_frames(image, mask, reference)
+    box = atrium_box(mask if reference is None else mask | reference, spacing_mm)
+    frames = overlay_frames(image[box], mask[box], None if reference is None else reference[box])
+    pictures = [Image.fromarray(frame) for frame in frames]
+    for picture in pictures:
+        picture.putpalette(PALETTE.tobytes())
     with atomic_output(path, overwrite) as temporary:
-        iio.imwrite(temporary, frames, extension=".gif", duration=frame_ms, loop=0)
-    return len(frames)
+        pictures[0].save(temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    return box
 
 
 def surface_mesh(mask: np.ndarray, image: sitk.Image) -> trimesh.Trimesh:
@@ -249,8 +270,10 @@ def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: 
 
 
 def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.ndarray | None, output_dir: Path,
-                overwrite: bool = False, height_cm: float | None = None, weight_kg: float | None = None) -> CaseReport:
-    """Every picture of one case: montage, slice animation, surface mesh and its rendering.
+                overwrite: bool = False, height_cm: float | None = None, weight_kg: float | None = None,
+                qc: str = "", qc_reasons: str = "") -> CaseReport:
+    """Every picture of one case (montage, slice animation, surface mesh and its rendering) and its
+    page (``write_case_page``).
 
     Parameters
     ----------
@@ -264,6 +287,8 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
         Replace existing files.
     height_cm, weight_kg : float, optional
         Height in cm and weight in kg, for the volume index.
+    qc, qc_reasons : str, optional
+        The quality flag ``segment`` gave the mask, and its reasons.
     """
     volume_ml = measure_volume(mask, image.GetSpacing()).volume_ml
     reference_ml = None if reference is None else measure_volume(reference, image.GetSpacing()).volume_ml
@@ -271,27 +296,32 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     def display(array: np.ndarray) -> np.ndarray:
         as_image = sitk.GetImageFromArray(array.astype(np.uint8))
         as_image.CopyInformation(image)
-        return to_display(as_image) > 0
+        return to_display(as_image)[0] > 0
 
-    shown_image = to_display(image)
+    shown_image, spacing_mm = to_display(image)
     shown_mask = display(mask)
     shown_reference = None if reference is None else display(reference)
     paths = {kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
-    write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, f"{case}: {volume_ml:.1f} mL", overwrite)
-    write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, overwrite)
+    write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm,
+                  f"{case}: {volume_ml:.1f} mL", overwrite)
+    write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm, overwrite)
     mesh = surface_mesh(mask, image)
     write_surface(paths["surface.stl"], paths["surface.png"], mesh, f"{case}: {volume_ml:.1f} mL", overwrite)
-    return CaseReport(
+    report = CaseReport(
         case, volume_ml, paths["montage.png"], paths["slices.gif"], paths["surface.stl"], paths["surface.png"],
-        float(mesh.volume) / 1000.0, np.asarray(mesh.vertices), np.asarray(mesh.faces), reference_ml,
-        None if reference is None else dice(mask, reference), height_cm, weight_kg,
+        float(mesh.volume) / 1000.0, reference_ml, None if reference is None else dice(mask, reference),
+        height_cm, weight_kg, qc, qc_reasons,
     )
+    # The mesh goes with this call: a cohort's summary keeps only the measurements.
+    write_case_page(output_dir, report, mesh, overwrite)
+    return report
 
 
 PLOTLY_JS = "plotly.min.js"
 PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
-tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}"""
+tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}
+img.slices{width:400px;image-rendering:pixelated}"""
 
 
 def _page(title: str, body: str) -> str:
@@ -314,15 +344,18 @@ def _link(file_name: str) -> str:
     return html.escape(urllib.parse.quote(file_name))
 
 
-def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = False) -> Path:
+def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh, overwrite: bool = False) -> Path:
     """Write ``CASE.html`` into ``output_dir`` and return its path.
 
-    The page shows the case's volumes, quality flag, montage, slice GIF and a rotatable surface.
+    The page shows the case's volumes, quality flag, montage, slice GIF and ``mesh``, the mask's
+    surface (``surface_mesh``), rotatable.
     """
-    mesh = go.Figure(go.Mesh3d(x=report.vertices_mm[:, 0], y=report.vertices_mm[:, 1], z=report.vertices_mm[:, 2],
-                               i=report.faces[:, 0], j=report.faces[:, 1], k=report.faces[:, 2],
-                               color=f"rgb{PREDICTION_RGB}", flatshading=False))
-    mesh.update_layout(title=f"{report.case}: surface (drag to rotate)", width=520, height=460,
+    # float32 places a vertex to within 0.01 micrometre and halves the page's largest part.
+    vertices, faces = np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces)
+    surface = go.Figure(go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2],
+                                  i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
+                                  color=f"rgb{PREDICTION_RGB}", flatshading=False))
+    surface.update_layout(title=f"{report.case}: surface (drag to rotate)", width=520, height=460,
                        scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)", "zaxis_title": "S (mm)"})
     facts = [f"left atrium {report.volume_ml:.1f} mL"]
     if report.reference_ml is not None:
@@ -335,8 +368,8 @@ def write_case_page(output_dir: Path, report: CaseReport, overwrite: bool = Fals
             f"<p>{html.escape('; '.join(facts))}.</p>"
             "<p>Orange contours: prediction; blue: reference.</p><div class=\"row\">"
             f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
-            f'<img alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
-            + _figure_html(mesh) + "</div>")
+            f'<img class="slices" alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
+            + _figure_html(surface) + "</div>")
     path = output_dir / case_page_name(report.case)
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(_page(f"LeftAtriumSeg: {report.case}", body), encoding="utf-8")
@@ -514,11 +547,9 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                     raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
                 arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
             height_weight = clinical.get(case.case, (None, None))
-            report = report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight)
             recorded = results.get(case.case, {})
-            report.qc, report.qc_reasons = recorded.get("qc", ""), recorded.get("qc_reasons", "")
-            write_case_page(output_dir, report, overwrite)
-            reports.append(report)
+            reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight,
+                                       recorded.get("qc", ""), recorded.get("qc_reasons", "")))
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
             line = error_line(error, case.path, masks[case.case], references.get(case.case))

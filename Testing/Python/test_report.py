@@ -16,7 +16,15 @@ from LeftAtriumSegLib.batch import read_clinical
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
 from LeftAtriumSegLib.models import model_path
-from LeftAtriumSegLib.report import atrium_slices, report_case, surface_mesh, write_montage
+from LeftAtriumSegLib.report import (
+    PALETTE,
+    PREDICTION_RGB,
+    atrium_slices,
+    report_case,
+    surface_mesh,
+    write_montage,
+    write_slice_gif,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -62,7 +70,7 @@ def test_montage_shows_only_and_evenly_the_slices_that_hold_the_atrium(tmp_path)
     assert len(indices) == 12 and indices[0] == 17 and indices[-1] == 42
     assert all(mask[i].any() for i in indices)
     image = np.random.default_rng(0).normal(100, 10, mask.shape)
-    shown = write_montage(tmp_path / "m.png", image, mask, None, "phantom")
+    shown = write_montage(tmp_path / "m.png", image, mask, None, (1.0, 1.0, 1.0), "phantom")
     assert shown == indices
     pixels = np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int)
     assert _orange(pixels).sum() > 12 * 40  # a contour drawn in every panel
@@ -74,10 +82,27 @@ def test_case_pictures_are_written_and_never_overwritten_unasked(tmp_path, sampl
         assert path.stat().st_size > 1000
     assert report.dice == 1.0
     assert report.mesh_volume_ml == pytest.approx(report.volume_ml, rel=0.05)
-    frames = Image.open(report.slices_gif).n_frames
-    assert frames == sample_image.GetSize()[2]
+    assert (tmp_path / "sample.html").stat().st_size > 1000
     with pytest.raises(FileExistsError):
         report_case("sample", sample_image, sample_label, None, tmp_path)
+
+
+def test_slice_animation_shows_the_atrium_and_25_mm_around_it_in_exact_colours(tmp_path):
+    mask = np.zeros((80, 100, 120), bool)
+    mask[20:30, 30:50, 40:60] = True
+    image = np.random.default_rng(0).normal(100, 10, mask.shape)
+    # 25 mm is 13 slices of 2 mm, 25 rows of 1 mm and 50 columns of 0.5 mm, the last cut by the array.
+    box = write_slice_gif(tmp_path / "s.gif", image, mask, None, (2.0, 1.0, 0.5))
+    assert box == (slice(7, 43), slice(5, 75), slice(0, 110))
+    gif = Image.open(tmp_path / "s.gif")
+    assert gif.n_frames == 36 and gif.size == (110, 70)
+    gif.seek(25 - 7)
+    frame = np.asarray(gif.convert("RGB"))
+    # The contour, one pixel wide around the 20 x 20 square, is the prediction's orange exactly:
+    # no colour was quantized away.
+    assert np.all(frame[30 - 5, 40:60] == PREDICTION_RGB) and np.all(frame[49 - 5, 40:60] == PREDICTION_RGB)
+    assert np.count_nonzero(np.all(frame == PREDICTION_RGB, axis=-1)) == 4 * 19
+    assert {tuple(c) for c in frame.reshape(-1, 3)} <= {tuple(c) for c in PALETTE}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is installed by .ci/run (apt package chromium)")
@@ -115,8 +140,7 @@ def test_summary_lists_flagged_cases_first_and_stays_small_for_a_large_cohort(tm
     def case(index):
         flagged = index % 20 == 7
         return CaseReport(f"case_{index:04d}", 60.0 + index % 40, tmp_path / "m.png", tmp_path / "s.gif",
-                          tmp_path / "x.stl", tmp_path / "x.png", 60.0, np.zeros((0, 3)), np.zeros((0, 3), int),
-                          reference_ml=62.0 + index % 40, dice=0.9, qc="review" if flagged else "ok",
+                          tmp_path / "x.stl", tmp_path / "x.png", 60.0, reference_ml=62.0 + index % 40, dice=0.9, qc="review" if flagged else "ok",
                           qc_reasons="the three views' networks disagree" if flagged else "")
 
     write_html_report(tmp_path / "report.html", [case(index) for index in range(1000)])
@@ -136,8 +160,7 @@ def test_summary_lists_failures_first_links_any_case_name_and_scores_the_cases_w
 
     def case(name, volume_ml, reference_ml, qc):
         return CaseReport(name, volume_ml, tmp_path / "m.png", tmp_path / "s.gif", tmp_path / "x.stl",
-                          tmp_path / "x.png", volume_ml, np.zeros((0, 3)), np.zeros((0, 3), int),
-                          reference_ml=reference_ml, dice=None if reference_ml is None else 0.9, qc=qc)
+                          tmp_path / "x.png", volume_ml, reference_ml=reference_ml, dice=None if reference_ml is None else 0.9, qc=qc)
 
     cases = [case("a#1", 60.0, 50.0, "ok"), case("b%41", 80.0, 90.0, "ok"), case("c", 70.0, None, ""),
              case("d", 65.0, None, "review")]
