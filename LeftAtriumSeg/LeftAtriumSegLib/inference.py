@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,6 +131,21 @@ def _localise(network: SliceNetwork, localiser: np.ndarray, slices: int, stride:
             *([int(h.min()), int(h.max())] for h in hits[1:])]
 
 
+def voxels_on_faces(mask: np.ndarray, faces: Iterable[tuple[int, int]]) -> int:
+    """Voxels of ``mask`` on the given faces of its array, each face ``(axis, 0)`` for the axis's
+    first index or ``(axis, 1)`` for its last; a voxel on an edge or corner of two is counted once."""
+    count, rest = 0, mask
+    for axis, side in sorted(set(faces)):
+        if rest.shape[axis] == 0:
+            break  # every voxel lies on faces already counted
+        index: list = [slice(None)] * mask.ndim
+        index[axis] = -side  # 0 or -1: the face, a view
+        count += int(np.count_nonzero(rest[tuple(index)]))
+        index[axis] = slice(1, None) if side == 0 else slice(None, -1)
+        rest = rest[tuple(index)]  # what later faces may still count
+    return count
+
+
 def _contact(mask: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> dict[tuple[int, int], int]:
     """Voxels of a ``mask`` of the box on each of the box's faces that lie inside the volume:
     ``{(axis, 0 for the low face or 1 for the high one): voxels}``."""
@@ -207,7 +222,7 @@ def predict_frame(
     segmented = max(np.count_nonzero(mask), 1)
     uncertain = np.count_nonzero((mean >= 0.2) & (mean < 0.5)) / segmented
     faint = np.count_nonzero(mask & (mean < 0.8)) / segmented
-    return FramePrediction(mean.astype(np.float32, copy=False), box, normalised.shape, agreement, sum(faces.values()),
+    return FramePrediction(mean.astype(np.float32, copy=False), box, normalised.shape, agreement, voxels_on_faces(mask, faces),
                            float(uncertain), float(faint))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .inference import ProgressCallback, SliceNetwork, predict
+from .inference import ProgressCallback, SliceNetwork, predict, voxels_on_faces
 from .measurements import VolumeMeasurement, measure_volume
 from .model_file import ModelConfig, model_file_sha256
 from .models import model_path
@@ -19,9 +19,9 @@ from .quality import QualityCheck, QualitySignals, check_quality
 
 
 def edge_contact(mask: np.ndarray) -> int:
-    """Voxels of a ``(Z, Y, X)`` mask on the outer faces of its array: atrium the scan's field of
-    view may have cut off."""
-    return sum(int(np.count_nonzero(np.take(mask, end, axis=axis))) for axis in range(3) for end in (0, -1))
+    """Voxels of a ``(Z, Y, X)`` mask on the outer faces of its array, each counted once: atrium the
+    scan's field of view may have cut off."""
+    return voxels_on_faces(mask, [(axis, side) for axis in range(3) for side in (0, 1)])
 
 
 @dataclass(frozen=True)

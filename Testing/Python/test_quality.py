@@ -6,8 +6,9 @@ import pytest
 from conftest import ellipsoid_phantom
 from test_inference import CentreSliceLogits
 
+from LeftAtriumSegLib.inference import voxels_on_faces
 from LeftAtriumSegLib.model_file import ModelConfig
-from LeftAtriumSegLib.pipeline import Segmenter
+from LeftAtriumSegLib.pipeline import Segmenter, edge_contact
 from LeftAtriumSegLib.postprocessing import CleanupSettings
 from LeftAtriumSegLib.preprocessing import VIEW_AXES
 from LeftAtriumSegLib.quality import (
@@ -20,6 +21,17 @@ from LeftAtriumSegLib.quality import (
     QualitySignals,
     check_quality,
 )
+
+
+def test_contact_counts_each_voxel_on_the_faces_once():
+    assert edge_contact(np.ones((3, 3, 3), bool)) == 26  # all but the centre
+    assert edge_contact(np.ones((1, 1, 1), bool)) == 1
+    assert edge_contact(np.ones((2, 5, 5), bool)) == 50
+    corner = np.zeros((4, 4, 4), bool)
+    corner[0, 0, 0] = True
+    assert edge_contact(corner) == 1
+    assert voxels_on_faces(np.ones((4, 4, 4), bool), [(0, 1), (2, 0)]) == 16 + 16 - 4
+    assert voxels_on_faces(np.ones((4, 4, 4), bool), []) == 0
 
 
 def test_signals_within_their_thresholds_pass():
