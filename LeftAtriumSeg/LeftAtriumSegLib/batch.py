@@ -219,14 +219,17 @@ def result_tables(output_dir: Path) -> list[Path]:
             if path.is_file()]
 
 
-def read_results(output_dir: Path) -> dict[str, dict]:
-    """The last row of each case in an output folder's tables (``volumes.csv`` over the shards')."""
-    results: dict[str, dict] = {}
-    for path in reversed(result_tables(output_dir)):
+def read_results(output_dir: Path) -> dict[str, list[dict]]:
+    """Every row of each case in an output folder's tables, ``volumes.csv``'s first (a table is
+    the latest word on its cases once ``merge`` has gathered the shards' into it)."""
+    results: dict[str, list[dict]] = {}
+    for path in result_tables(output_dir):
         try:
-            results.update({row["case"]: row for row in read_table(path, ("case",))})
+            rows = read_table(path, ("case",))
         except LeftAtriumSegError:
             continue  # a table edited out of shape credits nothing
+        for row in rows:
+            results.setdefault(row["case"], []).append(row)
     return results
 
 

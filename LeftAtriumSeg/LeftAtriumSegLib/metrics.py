@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -110,8 +112,9 @@ def bland_altman(predicted_ml, reference_ml) -> dict[str, float]:
     dict
         ``bias_ml`` (mean of predicted - reference) and the 95% limits of agreement ``lower_ml``,
         ``upper_ml`` (bias -/+ 1.96 standard deviations of the differences); the same in % of
-        each reference volume (``bias_pct``, ``lower_pct``, ``upper_pct``); and the mean absolute
-        error, ``mae_ml`` and ``mae_pct``.
+        each reference volume (``bias_pct``, ``lower_pct``, ``upper_pct``), over the cases whose
+        reference is not empty (NaN where fewer than two are); and the mean absolute error,
+        ``mae_ml`` and ``mae_pct``.
 
     Raises
     ------
@@ -122,7 +125,12 @@ def bland_altman(predicted_ml, reference_ml) -> dict[str, float]:
     if predicted.shape != reference.shape or predicted.size < 2:
         raise ValueError("Bland-Altman agreement needs the volumes of two or more cases, in pairs")
     agreement = {}
-    for unit, differences in (("ml", predicted - reference), ("pct", 100 * (predicted - reference) / reference)):
+    measured = reference > 0  # an empty reference has no volume to be a share of
+    for unit, differences in (("ml", predicted - reference),
+                              ("pct", 100 * (predicted[measured] - reference[measured]) / reference[measured])):
+        if differences.size < 2:
+            agreement.update(dict.fromkeys((f"bias_{unit}", f"lower_{unit}", f"upper_{unit}", f"mae_{unit}"), math.nan))
+            continue
         bias, spread = float(differences.mean()), float(1.96 * differences.std(ddof=1))
         agreement.update({f"bias_{unit}": bias, f"lower_{unit}": bias - spread, f"upper_{unit}": bias + spread,
                           f"mae_{unit}": float(np.abs(differences).mean())})

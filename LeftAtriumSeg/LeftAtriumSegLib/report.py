@@ -65,10 +65,12 @@ class CaseReport:
     case : str
     volume_ml : float
         Volume of the mask in mL (voxel count times voxel volume).
-    montage_png, slices_gif, surface_stl, surface_png : Path
-        The case's montage, slice animation, surface mesh and its rendering.
+    montage_png, slices_gif : Path
+        The case's montage and slice animation.
+    surface_stl, surface_png : Path or None
+        The mask's surface mesh and its rendering; None for an empty mask, which has no surface.
     mesh_volume_ml : float
-        Volume enclosed by the surface mesh in mL.
+        Volume enclosed by the surface mesh in mL (0 for an empty mask).
     reference_ml, dice : float or None
         Volume of the reference mask in mL and the mask's Dice against it; None without one.
     height_cm, weight_kg : float or None
@@ -81,8 +83,8 @@ class CaseReport:
     volume_ml: float
     montage_png: Path
     slices_gif: Path
-    surface_stl: Path
-    surface_png: Path
+    surface_stl: Path | None
+    surface_png: Path | None
     mesh_volume_ml: float
     reference_ml: float | None = None
     dice: float | None = None
@@ -111,12 +113,13 @@ def _window(slices: np.ndarray) -> np.ndarray:
 
 
 def atrium_slices(mask: np.ndarray, reference: np.ndarray | None, count: int = 12) -> list[int]:
-    """Up to ``count`` evenly spaced axial slice indices that hold prediction or reference.
+    """Up to ``count`` evenly spaced axial slice indices that hold prediction or reference; where
+    neither holds any voxel, of the whole scan, which shows where the atrium was missed.
 
     ``mask`` and ``reference`` (or None) are boolean ``(Z, Y, X)`` arrays.
     """
     present = mask.any(axis=(1, 2)) if reference is None else (mask | reference).any(axis=(1, 2))
-    holding = np.flatnonzero(present)
+    holding = np.flatnonzero(present) if present.any() else np.arange(len(present))
     if len(holding) <= count:
         return holding.tolist()
     return holding[np.round(np.linspace(0, len(holding) - 1, count)).astype(int)].tolist()
@@ -199,7 +202,7 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
     for axis in axes.ravel():
         axis.axis("off")
     for axis, index, frame in zip(axes.ravel(), indices, frames):
-        axis.imshow(frame)
+        axis.imshow(frame, aspect=spacing_mm[1] / spacing_mm[2])  # a pixel as tall and wide as its voxel
         axis.set_title(f"slice {index}", fontsize=10)
     legend = "orange: prediction" + ("   blue: reference" if reference is not None else "")
     figure.suptitle(f"{title}\n{legend}", fontsize=11)
@@ -213,13 +216,21 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
 def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
                     spacing_mm: Sequence[float], overwrite: bool = False, frame_ms: int = 80) -> tuple[slice, ...]:
     """Animated GIF of the axial slices through the atrium's box (``atrium_box``), with contours,
-    one pixel a voxel (the case page enlarges it); returns the box shown.
+    one pixel a voxel where the slices' voxels are square (the case page enlarges it); returns the
+    box shown.
 
     ``image``, ``mask``, ``reference`` and ``spacing_mm`` as in ``write_montage``; ``frame_ms`` is
     each frame's duration in ms.
     """
     box = atrium_box(mask if reference is None else mask | reference, spacing_mm)
     frames = overlay_frames(image[box], mask[box], None if reference is None else reference[box])
+    # Square pixels of the finer in-plane spacing, each taking its voxel's index: a scan acquired
+    # in another plane has oblong voxels in the axial plane.
+    finest = min(spacing_mm[1:])
+    for axis, spacing in ((1, spacing_mm[1]), (2, spacing_mm[2])):
+        size = round(frames.shape[axis] * spacing / finest)
+        frames = np.take(frames, np.minimum(((np.arange(size) + 0.5) * finest / spacing).astype(int),
+                                            frames.shape[axis] - 1), axis=axis)
     pictures = [Image.fromarray(frame) for frame in frames]
     for picture in pictures:
         picture.putpalette(PALETTE.tobytes())
@@ -305,12 +316,15 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm,
                   f"{case}: {volume_ml:.1f} mL", overwrite)
     write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm, overwrite)
-    mesh = surface_mesh(mask, image)
-    write_surface(paths["surface.stl"], paths["surface.png"], mesh, f"{case}: {volume_ml:.1f} mL", overwrite)
+    mesh = surface_mesh(mask, image) if mask.any() else None  # an empty mask has no surface
+    surface_stl = surface_png = None
+    if mesh is not None:
+        surface_stl, surface_png = paths["surface.stl"], paths["surface.png"]
+        write_surface(surface_stl, surface_png, mesh, f"{case}: {volume_ml:.1f} mL", overwrite)
     report = CaseReport(
-        case, volume_ml, paths["montage.png"], paths["slices.gif"], paths["surface.stl"], paths["surface.png"],
-        float(mesh.volume) / 1000.0, reference_ml, None if reference is None else dice(mask, reference),
-        height_cm, weight_kg, qc, qc_reasons,
+        case, volume_ml, paths["montage.png"], paths["slices.gif"], surface_stl, surface_png,
+        0.0 if mesh is None else float(mesh.volume) / 1000.0, reference_ml,
+        None if reference is None else dice(mask, reference), height_cm, weight_kg, qc, qc_reasons,
     )
     # The mesh goes with this call: a cohort's summary keeps only the measurements.
     write_case_page(output_dir, report, mesh, overwrite)
@@ -344,19 +358,26 @@ def _link(file_name: str) -> str:
     return html.escape(urllib.parse.quote(file_name))
 
 
-def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh, overwrite: bool = False) -> Path:
-    """Write ``CASE.html`` into ``output_dir`` and return its path.
-
-    The page shows the case's volumes, quality flag, montage, slice GIF and ``mesh``, the mask's
-    surface (``surface_mesh``), rotatable.
-    """
+def _surface_html(case: str, mesh: trimesh.Trimesh | None) -> str:
+    if mesh is None:
+        return "<p>No surface: the mask is empty.</p>"
     # float32 places a vertex to within 0.01 micrometre and halves the page's largest part.
     vertices, faces = np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces)
     surface = go.Figure(go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2],
                                   i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
                                   color=f"rgb{PREDICTION_RGB}", flatshading=False))
-    surface.update_layout(title=f"{report.case}: surface (drag to rotate)", width=520, height=460,
-                       scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)", "zaxis_title": "S (mm)"})
+    surface.update_layout(title=f"{case}: surface (drag to rotate)", width=520, height=460,
+                          scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)",
+                                 "zaxis_title": "S (mm)"})
+    return _figure_html(surface)
+
+
+def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh | None, overwrite: bool = False) -> Path:
+    """Write ``CASE.html`` into ``output_dir`` and return its path.
+
+    The page shows the case's volumes, quality flag, montage, slice GIF and ``mesh``, the mask's
+    surface (``surface_mesh``; None for an empty mask), rotatable.
+    """
     facts = [f"left atrium {report.volume_ml:.1f} mL"]
     if report.reference_ml is not None:
         facts.append(f"reference {report.reference_ml:.1f} mL, Dice {report.dice:.3f}")
@@ -369,7 +390,7 @@ def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh,
             "<p>Orange contours: prediction; blue: reference.</p><div class=\"row\">"
             f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
             f'<img class="slices" alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
-            + _figure_html(surface) + "</div>")
+            + _surface_html(report.case, mesh) + "</div>")
     path = output_dir / case_page_name(report.case)
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(_page(f"LeftAtriumSeg: {report.case}", body), encoding="utf-8")
@@ -395,10 +416,12 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
         for level, label in ((agreement["bias_ml"], f"bias {agreement['bias_ml']:+.1f} mL"),
                              (agreement["upper_ml"], "+1.96 SD"), (agreement["lower_ml"], "-1.96 SD")):
             bland.add_hline(y=level, line_dash="dot", annotation_text=label)
+        shares = (f"; in % of the reference volume {agreement['bias_pct']:+.1f}% ({agreement['lower_pct']:+.1f}% to "
+                  f"{agreement['upper_pct']:+.1f}%)" if math.isfinite(agreement["bias_pct"]) else "")
+        share = f" ({agreement['mae_pct']:.1f}%)" if math.isfinite(agreement["mae_pct"]) else ""
         text = (f"<p>Bland-Altman: bias {agreement['bias_ml']:+.1f} mL, 95% limits of agreement "
-                f"{agreement['lower_ml']:+.1f} to {agreement['upper_ml']:+.1f} mL; in % of the reference volume "
-                f"{agreement['bias_pct']:+.1f}% ({agreement['lower_pct']:+.1f}% to {agreement['upper_pct']:+.1f}%); "
-                f"mean absolute error {agreement['mae_ml']:.1f} mL ({agreement['mae_pct']:.1f}%).</p>")
+                f"{agreement['lower_ml']:+.1f} to {agreement['upper_ml']:+.1f} mL{shares}; "
+                f"mean absolute error {agreement['mae_ml']:.1f} mL{share}.</p>")
     bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
                         yaxis_title="predicted - reference (mL)", width=520, height=460)
     scope = "" if len(cases) == reported else f"<p>Over the {len(cases)} of {reported} cases that have a reference.</p>"
@@ -406,11 +429,12 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
             + _figure_html(bland) + "</div>")
 
 
-def _records(row: dict, mask: Path) -> bool:
-    """Whether a table's row records this very mask file: a mask replaced or edited since, or copied
-    in, is reported as not recorded."""
-    return (bool(row.get("output_sha256")) and Path(row.get("output") or "").name == mask.name
-            and file_sha256(mask) == row["output_sha256"])
+def _record_of(rows: list[dict], mask: Path) -> dict | None:
+    """The row among a case's rows in every table that records this very mask file; None for a
+    mask replaced or edited since, or copied in."""
+    naming = [row for row in rows if row.get("output_sha256") and Path(row.get("output") or "").name == mask.name]
+    mask_sha256 = file_sha256(mask) if naming else ""
+    return next((row for row in naming if row["output_sha256"] == mask_sha256), None)
 
 
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "",
@@ -528,13 +552,14 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     create_output_folder(output_dir)
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
-    left_out = [(case.case, f"segment failed: {table_rows[case.case].get('error') or 'no reason recorded'}")
-                for case in found if case.case not in masks and table_rows.get(case.case, {}).get("status") == "failed"]
+    latest = {case: rows[0] for case, rows in table_rows.items()}
+    left_out = [(case.case, f"segment failed: {latest[case.case].get('error') or 'no reason recorded'}")
+                for case in found if case.case not in masks and latest.get(case.case, {}).get("status") == "failed"]
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
-            row = table_rows.get(case.case)
-            if row and _records(row, masks[case.case]):
+            row = _record_of(table_rows.get(case.case, []), masks[case.case])
+            if row is not None:
                 results[case.case] = row
             image = read_case(case)
             arrays = []

@@ -68,3 +68,7 @@ def test_bland_altman_agreement_of_known_differences():
     assert agreement["mae_ml"] == pytest.approx(2.5)
     with pytest.raises(ValueError, match="two or more cases"):
         bland_altman([1.0], [1.0])
+    # An empty reference counts in mL and has no share to count in %.
+    agreement = bland_altman([*predicted, 3.0], [*reference, 0.0])
+    assert agreement["bias_ml"] == pytest.approx((2 - 4 + 4 + 0 + 3) / 5) and agreement["bias_pct"] == pytest.approx(1.25)
+    assert np.isnan(bland_altman([52.0, 3.0], [50.0, 0.0])["bias_pct"])

@@ -91,18 +91,29 @@ def test_slice_animation_shows_the_atrium_and_25_mm_around_it_in_exact_colours(t
     mask = np.zeros((80, 100, 120), bool)
     mask[20:30, 30:50, 40:60] = True
     image = np.random.default_rng(0).normal(100, 10, mask.shape)
-    # 25 mm is 13 slices of 2 mm, 25 rows of 1 mm and 50 columns of 0.5 mm, the last cut by the array.
-    box = write_slice_gif(tmp_path / "s.gif", image, mask, None, (2.0, 1.0, 0.5))
-    assert box == (slice(7, 43), slice(5, 75), slice(0, 110))
+    # 25 mm is 13 slices of 2 mm and 50 rows or columns of 0.5 mm; the array ends first below.
+    box = write_slice_gif(tmp_path / "s.gif", image, mask, None, (2.0, 0.5, 0.5))
+    assert box == (slice(7, 43), slice(0, 100), slice(0, 110))
     gif = Image.open(tmp_path / "s.gif")
-    assert gif.n_frames == 36 and gif.size == (110, 70)
+    assert gif.n_frames == 36 and gif.size == (110, 100)
     gif.seek(25 - 7)
     frame = np.asarray(gif.convert("RGB"))
     # The contour, one pixel wide around the 20 x 20 square, is the prediction's orange exactly:
     # no colour was quantized away.
-    assert np.all(frame[30 - 5, 40:60] == PREDICTION_RGB) and np.all(frame[49 - 5, 40:60] == PREDICTION_RGB)
+    assert np.all(frame[30, 40:60] == PREDICTION_RGB) and np.all(frame[49, 40:60] == PREDICTION_RGB)
     assert np.count_nonzero(np.all(frame == PREDICTION_RGB, axis=-1)) == 4 * 19
     assert {tuple(c) for c in frame.reshape(-1, 3)} <= {tuple(c) for c in PALETTE}
+
+
+def test_slice_animation_shows_oblong_voxels_in_their_true_shape(tmp_path):
+    mask = np.zeros((40, 100, 120), bool)
+    mask[20:30, 30:50, 40:60] = True  # 20 mm tall, 10 mm wide
+    image = np.random.default_rng(0).normal(100, 10, mask.shape)
+    write_slice_gif(tmp_path / "s.gif", image, mask, None, (2.0, 1.0, 0.5))
+    gif = Image.open(tmp_path / "s.gif")
+    gif.seek(25 - 7)
+    rows, columns = np.nonzero(np.all(np.asarray(gif.convert("RGB")) == PREDICTION_RGB, axis=-1))
+    assert (rows.max() - rows.min() + 1, columns.max() - columns.min() + 1) == (40, 20)  # pixels of 0.5 mm
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is installed by .ci/run (apt package chromium)")
@@ -258,3 +269,35 @@ def test_a_case_segment_failed_on_is_listed_in_the_summary(tmp_path):
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert '<tr class="failed"><td class="text">b</td><td class="text">segment failed: out of memory</td>' in page
     assert "2 case(s): 1 without pictures" in page
+
+
+def test_an_empty_mask_is_reported_with_its_scan_and_no_surface(tmp_path):
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir(), predictions.mkdir()
+    (images / "empty.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    sitk.WriteImage(label * 0, str(predictions / "empty.nii.gz"))  # segment writes such a mask, flagged
+    output = tmp_path / "report"
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]) == 0
+    assert not (output / "empty_surface.stl").exists() and not (output / "empty_surface.png").exists()
+    assert "No surface: the mask is empty." in (output / "empty.html").read_text(encoding="utf-8")
+    # No atrium to zoom on: the montage and the animation show the whole scan.
+    assert Image.open(output / "empty_slices.gif").n_frames == label.GetSize()[2]
+    assert "<td>0.0</td>" in (output / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_row_that_records_a_mask_is_found_in_any_table(tmp_path):
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir(), predictions.mkdir()
+    (images / "a.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (predictions / "a.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    sha256 = hashlib.sha256(SAMPLE_LABEL.read_bytes()).hexdigest()
+    # An older whole run's row, and the row of the sharded run that made the mask in place, not merged yet.
+    (predictions / "volumes.csv").write_text(f"case,status,output,output_sha256,qc,qc_reasons\na,ok,a.nii.gz,{'0' * 64},ok,\n")
+    (predictions / "volumes.shard-1-of-2.csv").write_text(
+        f"case,status,output,output_sha256,qc,qc_reasons\na,ok,a.nii.gz,{sha256},review,the networks disagree\n")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<tr class="review"><td class="text"><a href="a.html">a</a></td><td class="text">review: the networks disagree' in page
