@@ -345,28 +345,43 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
 
     done = failures = 0
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
+
+    def finish(row: dict, warnings: list[str]) -> None:
+        nonlocal done, failures, quiet
+        bar.update()
+        for warning in warnings:
+            bar.write(warning, file=sys.stderr)
+        if row["status"] == "failed":
+            failures += 1
+        else:
+            done += 1
+            if not quiet:
+                try:
+                    bar.write(_case_line(row))
+                except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
+                    quiet = True
+        try:
+            record_row(table, row)
+        except OSError as error:
+            raise LeftAtriumSegError(error_line(error, table)) from None
+
     pool = ThreadPoolExecutor(max(workers, 1))
+    futures = [pool.submit(segment_one, case) for case in cases]
+    finished = 0
     try:
-        for row, warnings in pool.map(segment_one, cases):
-            bar.update()
-            for warning in warnings:
-                bar.write(warning, file=sys.stderr)
-            if row["status"] == "failed":
-                failures += 1
-            else:
-                done += 1
-                if not quiet:
-                    try:
-                        bar.write(_case_line(row))
-                    except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
-                        quiet = True
-            try:
-                record_row(table, row)
-            except OSError as error:
-                raise LeftAtriumSegError(error_line(error, table)) from None
-    finally:
-        # Interrupted or stopped by the table: the cases under way finish, none starts.
+        for future in futures:
+            finish(*future.result())
+            finished += 1
+    except KeyboardInterrupt:
+        # The cases under way finish and none starts; those that finish are said and recorded as
+        # the others were.
         pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures[finished:]:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                finish(*future.result())
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
         bar.close()
     if not quiet:
         print(f"{done} of {len(cases)} cases done; volumes in {table}")

@@ -369,23 +369,27 @@ def test_merge_keeps_a_row_whose_mask_is_newer_than_its_shards(tmp_path, capsys)
 
 
 def test_terminated_runs_leave_no_partial_output(tmp_path):
-    """SLURM sends SIGTERM at a job's time limit: it ends a run as Ctrl-C does, temporary files removed."""
+    """SLURM sends SIGTERM at a job's time limit: it ends a run as Ctrl-C does, temporary files
+    removed, and every case it finished said on standard output."""
     import signal
     import time
 
     images, output = _cohort(tmp_path / "images", *(f"case{i}" for i in range(6))), tmp_path / "out"
     run = subprocess.Popen([sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(images), "--output-dir",
-                            str(output), "--format", "nii.gz", "--quiet", "--threads", "1"],
-                           stderr=subprocess.PIPE, text=True)
+                            str(output), "--format", "nii.gz", "--threads", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (output / "case0.nii.gz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=60) == 130 and run.stderr.read().strip().endswith("interrupted")
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and stderr.strip().endswith("interrupted")
     made = sorted(p.name for p in output.iterdir())
     assert made[-1] == "volumes.csv" and all(name.endswith(".nii.gz") for name in made[:-1])
     rows = _rows(output)
     assert {f"{case}.nii.gz" for case, row in rows.items() if row["status"] == "ok"} == set(made[:-1])
+    said = [line.split(":")[0] for line in stdout.splitlines() if ": left atrium " in line]
+    assert said == sorted(case for case, row in rows.items() if row["status"] == "ok") and said
 
 
 def test_segmentations_in_an_input_folder_are_not_taken_for_scans(tmp_path):
