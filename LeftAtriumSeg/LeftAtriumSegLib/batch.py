@@ -396,6 +396,14 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     warnings = []
     try:
         row["input_sha256"] = case_sha256(case)
+        for other_format, (suffix, _) in OUTPUT_WRITERS.items():
+            other = settings.output_dir / f"{case.case}{suffix}"
+            if other_format != settings.output_format and other.exists() and not other.samefile(case.path):
+                # Two masks of one case would leave evaluate and report no way to tell which is meant
+                # (the scan itself may lie there under that name: segmented into its own folder).
+                raise LeftAtriumSegError(f"{other}: this case's mask is already there as {other_format}; use "
+                                         f"--format {other_format}, or move that mask away to segment it as "
+                                         f"{settings.output_format}")
         if output_path.exists() and not settings.overwrite:
             made_by = _kept_output_record(output_path, row["input_sha256"], case)
             mask_image = read_mask(output_path)
@@ -426,7 +434,8 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                                                        commit=commit)
     except (*CASE_ERRORS, MemoryError) as error:
         message = (f"{case.path}: out of memory (fewer scans at once: a lower --threads)" if isinstance(error, MemoryError)
-                   else error_line(error, case.path, output_path))
+                   else error_line(error, case.path, *(settings.output_dir / f"{case.case}{suffix}"
+                                                       for suffix, _ in OUTPUT_WRITERS.values())))
         return {**row, "output": "", "status": "failed", "error": message, "output_sha256": ""}, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")

@@ -446,3 +446,19 @@ def test_merge_reads_a_short_row_as_blanks_and_names_a_shard_table_misnamed(tmp_
     assert main(["merge", str(output)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: {misnamed}: not a shard table's name")
     assert not (output / "volumes.csv").exists()
+
+
+def test_a_case_segmented_in_the_other_format_is_not_given_a_second_mask(tmp_path, capsys):
+    output = tmp_path / "out"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 0  # nii.gz
+    capsys.readouterr()
+    for again in ([], ["--overwrite"]):
+        assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(output), "--quiet", *again]) == 1
+        assert capsys.readouterr().err.strip() == (
+            f"error: {output / 'la_022_crop.nii.gz'}: this case's mask is already there as nii.gz; use --format nii.gz, "
+            "or move that mask away to segment it as seg.nrrd")
+    assert sorted(p.name for p in output.iterdir()) == ["la_022_crop.nii.gz", "volumes.csv"]
+    row = _rows(output)["la_022_crop"]  # still the record of the mask in place
+    assert row["output_sha256"] == file_sha256(output / "la_022_crop.nii.gz") and "a later run failed" in row["error"]
+    assert main(["evaluate", "--predictions", str(output), "--labels", str(SAMPLE_LABEL.parent),
+                 "--output", str(tmp_path / "scores.csv")]) in (0, 1)
