@@ -204,11 +204,15 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputImageError(f"{path}: cannot read manifest ({error})") from None
-    if not rows or "image" not in rows[0]:
+    if "image" not in columns:
         raise InputImageError(f"{path}: manifest needs a header row with an 'image' column")
+    if not rows:
+        raise InputImageError(f"{path}: manifest lists no image (a header row and nothing under it)")
     cases = []
     for line, row in enumerate(rows, start=2):
         if not (row["image"] or "").strip():
@@ -714,8 +718,11 @@ def refuse_existing_output(path: Path, overwrite: bool = False) -> None:
     Raises
     ------
     FileExistsError
-        For an existing ``path`` without ``overwrite``.
+        For an existing ``path`` without ``overwrite``, and for a folder under its name, which
+        ``overwrite`` does not replace.
     """
+    if path.is_dir():
+        raise FileExistsError(f"{path}: is a folder; the output is a file (give a file's name)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output exists (use --overwrite to replace it)")
 
@@ -748,8 +755,13 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
         For a failure while writing (a full disk, say), with ``path`` in its message.
     """
     refuse_existing_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-" + path.name, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=_partial_prefix(), suffix="-" + path.name, dir=path.parent)
+    except OSError as error:  # a file where a folder should be, no permission: named, before anything is written
+        above = next((folder for folder in path.parents if folder.exists()), path.parent)
+        reason = f"{above} is a file, not a folder" if not above.is_dir() else error.strerror or str(error)
+        raise OSError(f"{path}: cannot be written ({reason})") from None
     os.close(handle)
     try:
         try:

@@ -537,7 +537,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     Raises
     ------
     LeftAtriumSegError
-        For no image with a prediction.
+        For an image or folder that does not exist, or no image with a prediction or a recorded
+        failure.
     FileExistsError
         For an existing ``report.html`` without ``overwrite``, before any work.
     """
@@ -545,16 +546,19 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     refuse_existing_output(report_path, overwrite)
     masks = files_by_case(predictions)
     references = files_by_case(labels) if labels else {}
+    for entry in map(Path, images):
+        if not entry.exists():
+            raise LeftAtriumSegError(f"{entry}: not found")
     found = find_cases(images)
     cases = [case for case in found if case.case in masks]
-    if not cases:
-        raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
-    create_output_folder(output_dir)
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
     latest = {case: rows[0] for case, rows in table_rows.items()}
     left_out = [(case.case, f"segment failed: {latest[case.case].get('error') or 'no reason recorded'}")
                 for case in found if case.case not in masks and latest.get(case.case, {}).get("status") == "failed"]
+    if not cases and not left_out:
+        raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
+    create_output_folder(output_dir)
     reports, failures = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
@@ -580,8 +584,9 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             line = error_line(error, case.path, masks[case.case], references.get(case.case))
             print(f"error: {line}", file=sys.stderr)
             left_out.append((case.case, f"report failed: {line}"))
-    if reports:
+    if reports or left_out:
         write_html_report(report_path, reports, overwrite, _makers_of(results, reports), left_out)
         if not quiet:
-            print(f"report of {len(reports)} case(s): {report_path}")
+            pictured = f" ({len(left_out)} without pictures: segment or the report failed on them)" if left_out else ""
+            print(f"report of {len(reports) + len(left_out)} case(s){pictured}: {report_path}")
     return reports, failures

@@ -394,3 +394,44 @@ def test_train_names_a_damaged_data_folder_in_one_line(tmp_path, capsys, listing
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith(f"error: {data}") and message in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("contents, message", [
+    ("image\n", "manifest lists no image (a header row and nothing under it)"),
+    ("scan\nimage.nii.gz\n", "manifest needs a header row with an 'image' column"),
+])
+def test_a_manifest_without_images_says_which_part_is_missing(tmp_path, capsys, contents, message):
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(contents)
+    assert main(["segment", "--manifest", str(manifest), "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {manifest}: {message}"
+
+
+def test_an_output_file_where_a_folder_is_or_under_a_file_is_named_in_one_line(tmp_path, capsys):
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    for folder in (predictions, labels):
+        folder.mkdir()
+        (folder / "la_022_crop.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes").write_text("the user's notes")
+    for output, message in ((tmp_path / "folder", "is a folder; the output is a file (give a file's name)"),
+                            (tmp_path / "notes" / "scores.csv", f"cannot be written ({tmp_path / 'notes'} is a file, not a folder)")):
+        assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--output", str(output),
+                     "--overwrite", "--quiet"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {output}: {message}"
+    assert (tmp_path / "notes").read_text() == "the user's notes" and not any((tmp_path / "folder").iterdir())
+
+
+def test_report_names_missing_images_and_lists_a_cohort_that_failed_whole(tmp_path, capsys):
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    assert main(["report", "--images", str(tmp_path / "scans"), "--predictions", str(predictions), "--output-dir",
+                 str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'scans'}: not found"
+    (predictions / "volumes.csv").write_text("case,status,error,output\nla_022_crop,failed,out of memory,\n")
+    assert main(["report", "--images", str(SAMPLE_IMAGE), "--predictions", str(predictions), "--output-dir",
+                 str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"report of 1 case(s) (1 without pictures: segment or the report failed on them): {tmp_path / 'report' / 'report.html'}")
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<td class="text">la_022_crop</td><td class="text">segment failed: out of memory</td>' in page
