@@ -245,7 +245,7 @@ def _update_table(table_path: Path, row: dict) -> None:
     unchanged: that mask keeps its record, which notes the failure in its ``error``."""
     rows = {earlier["case"]: earlier for earlier in read_table(table_path, ("case",))}
     earlier = rows.get(row["case"])
-    if row["status"] == "failed" and earlier and earlier.get("status") != "failed" and mask_in_place(earlier):
+    if row["status"] == "failed" and earlier and earlier.get("status") != "failed" and mask_in_place(earlier, table_path.parent):
         rows[row["case"]] = {**earlier, "error": f"a later run failed, this mask kept: {row['error']}"}
     else:
         rows[row["case"]] = row
@@ -254,9 +254,11 @@ def _update_table(table_path: Path, row: dict) -> None:
     write_table(ordered, table_path, _table_columns(ordered))
 
 
-def mask_in_place(row: dict) -> bool:
-    """Whether a row's mask is where it says and unchanged since (its ``output_sha256``)."""
-    output = Path(row.get("output") or "")
+def mask_in_place(row: dict, folder: Path) -> bool:
+    """Whether a row's mask is in the output ``folder`` of its table and unchanged since (its
+    ``output_sha256``). The mask is looked for by its name there: the recorded path may be relative
+    to where that run was started, or name the folder this one was copied from."""
+    output = folder / Path(row.get("output") or "").name
     return bool(row.get("output_sha256")) and output.is_file() and file_sha256(output) == row["output_sha256"]
 
 
@@ -483,7 +485,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         # A row whose mask is in place and unchanged wins over one whose is not: a case segmented
         # again after the shards ran keeps its new record.
         newer = [row for case, (_, shard_row) in by_case.items() if (row := earlier.get(case)) is not None
-                 and mask_in_place(row) and not mask_in_place(shard_row)]
+                 and mask_in_place(row, output_dir) and not mask_in_place(shard_row, output_dir)]
         chosen = {**{case: row for case, (_, row) in by_case.items()}, **{row["case"]: row for row in newer}}
         rows = sorted([*unsharded, *chosen.values()], key=lambda row: row["case"])
         write_table(rows, table_path, _table_columns(rows))

@@ -462,3 +462,18 @@ def test_a_case_segmented_in_the_other_format_is_not_given_a_second_mask(tmp_pat
     assert row["output_sha256"] == file_sha256(output / "la_022_crop.nii.gz") and "a later run failed" in row["error"]
     assert main(["evaluate", "--predictions", str(output), "--labels", str(SAMPLE_LABEL.parent),
                  "--output", str(tmp_path / "scores.csv")]) in (0, 1)
+
+
+def test_a_copied_folder_judges_its_own_masks(tmp_path, capsys):
+    import shutil
+
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    assert _segment(SAMPLE_IMAGE, "--output-dir", first) == 0
+    shutil.copytree(first, copy)  # its table names the masks of the folder it was copied from
+    with open(copy / "la_022_crop.nii.gz", "ab") as mask:
+        mask.write(b"\n")
+    capsys.readouterr()
+    assert _segment(SAMPLE_IMAGE, "--output-dir", copy) == 1
+    assert "has changed since the run that made it" in capsys.readouterr().err
+    assert _rows(copy)["la_022_crop"]["status"] == "failed"  # not kept as done on the strength of the original
+    assert _rows(first)["la_022_crop"]["status"] == "ok"
