@@ -141,6 +141,13 @@ def check_outputs_apart_from_inputs(cases: list[CaseInput], settings: BatchSetti
                                      "choose another --output-dir or --format")
 
 
+def _number(text: str, column: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{column} {text.strip()!r} is not a number") from None
+
+
 def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
 
@@ -156,17 +163,18 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
         raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
     clinical, lines = {}, {}
     for line, row in enumerate(rows, start=2):
-        if row["case"] in lines:
-            raise LeftAtriumSegError(f"{path}: case {row['case']} has two rows, lines {lines[row['case']]} and {line}")
-        lines[row["case"]] = line
+        case = row["case"].strip()  # "la_003 ," as a hand-made CSV has it names la_003
+        if case in lines:
+            raise LeftAtriumSegError(f"{path}: case {case} has two rows, lines {lines[case]} and {line}")
+        lines[case] = line
         if not row["height_cm"].strip() or not row["weight_kg"].strip():
             continue
         try:
-            height_weight = float(row["height_cm"]), float(row["weight_kg"])
+            height_weight = tuple(_number(row[column], column) for column in ("height_cm", "weight_kg"))
             body_surface_area_m2(*height_weight)
         except ValueError as error:
-            raise LeftAtriumSegError(f"{path}: line {line} (case {row['case']}): {error}") from None
-        clinical[row["case"]] = height_weight
+            raise LeftAtriumSegError(f"{path}: line {line} (case {case}): {error}") from None
+        clinical[case] = height_weight
     return clinical
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from LeftAtriumSegLib.batch import read_clinical
 from LeftAtriumSegLib.cli import main
+from LeftAtriumSegLib.errors import LeftAtriumSegError
 from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
 from LeftAtriumSegLib.models import model_path
 from LeftAtriumSegLib.report import (
@@ -215,8 +216,11 @@ def test_report_says_what_made_the_masks(tmp_path):
 
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
-    clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\n")
-    assert read_clinical(str(clinical)) == {"known": (172.0, 70.5)}
+    clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\nspaced ,180, 80\n")
+    assert read_clinical(str(clinical)) == {"known": (172.0, 70.5), "spaced": (180.0, 80.0)}
+    clinical.write_text("case,height_cm,weight_kg\nknown,172,seventy\n")
+    with pytest.raises(LeftAtriumSegError, match="line 2 \\(case known\\): weight_kg 'seventy' is not a number$"):
+        read_clinical(str(clinical))
 
     clinical.write_text("case,height_cm,weight_kg\nknown,172,70\nin_metres,1.72,70\n")
     (tmp_path / "predictions").mkdir()
