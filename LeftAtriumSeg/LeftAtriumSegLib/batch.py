@@ -91,8 +91,9 @@ class BatchSettings:
         name = f"volumes.shard-{self.shard[0]}-of-{self.shard[1]}.csv" if self.shard else "volumes.csv"
         return self.output_dir / name
 
-    def output_path(self, case: CaseInput) -> Path:
-        return self.output_dir / f"{case.case}{OUTPUT_WRITERS[self.output_format][0]}"
+    def output_path(self, case: CaseInput, output_format: str | None = None) -> Path:
+        """Where the case's mask goes, in this run's format or in ``output_format``."""
+        return self.output_dir / f"{case.case}{OUTPUT_WRITERS[output_format or self.output_format][0]}"
 
 
 def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: str | None = None,
@@ -402,12 +403,12 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                   height_weight: tuple[float, float] | None) -> tuple[dict, list[str]]:
     """One case of ``segment_batch``: its row, and the ``error:`` and ``warning:`` lines to show."""
     output_path = settings.output_path(case)
+    masks_of_case = {output_format: settings.output_path(case, output_format) for output_format in OUTPUT_WRITERS}
     row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
     warnings = []
     try:
         row["input_sha256"] = case_sha256(case)
-        for other_format, (suffix, _) in OUTPUT_WRITERS.items():
-            other = settings.output_dir / f"{case.case}{suffix}"
+        for other_format, other in masks_of_case.items():
             if other_format != settings.output_format and other.exists() and not other.samefile(case.path):
                 # Two masks of one case would leave evaluate and report no way to tell which is meant
                 # (the scan itself may lie there under that name: segmented into its own folder).
@@ -444,8 +445,7 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                                                        commit=commit)
     except (*CASE_ERRORS, MemoryError) as error:
         message = (f"{case.path}: out of memory (fewer scans at once: a lower --threads)" if isinstance(error, MemoryError)
-                   else error_line(error, case.path, *(settings.output_dir / f"{case.case}{suffix}"
-                                                       for suffix, _ in OUTPUT_WRITERS.values())))
+                   else error_line(error, case.path, *masks_of_case.values()))
         return {**row, "output": "", "status": "failed", "error": message, "output_sha256": ""}, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")

@@ -36,9 +36,9 @@ from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .batch import mask_maker, read_results  # noqa: E402
+from .batch import mask_in_place, mask_maker, read_results  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
-from .io import atomic_output, create_output_folder, file_sha256, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
+from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
 from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
 
@@ -432,9 +432,8 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
 def _record_of(rows: list[dict], mask: Path) -> dict | None:
     """The row among a case's rows in every table that records this very mask file; None for a
     mask replaced or edited since, or copied in."""
-    naming = [row for row in rows if row.get("output_sha256") and Path(row.get("output") or "").name == mask.name]
-    mask_sha256 = file_sha256(mask) if naming else ""
-    return next((row for row in naming if row["output_sha256"] == mask_sha256), None)
+    return next((row for row in rows if Path(row.get("output") or "").name == mask.name
+                 and mask_in_place(row, mask.parent)), None)
 
 
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "",
