@@ -11,6 +11,7 @@ import csv
 import errno
 import gzip
 import hashlib
+import io
 import math
 import os
 import re
@@ -958,6 +959,9 @@ def _extent_ijk(mask: np.ndarray) -> list[int]:
     return [0, -1, 0, -1, 0, -1] if bounds is None else [index for pair in bounds[::-1] for index in pair]
 
 
+_NRRD_TIME_STAMP = re.compile(rb"^# on [^\n]*\(GMT\)\.\n", re.MULTILINE)
+
+
 def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, overwrite: bool = False,
                        commit: Commit | None = None) -> None:
     """Write a mask as a Slicer ``.seg.nrrd`` with one "Left atrium" segment.
@@ -991,8 +995,15 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
     segment = dict(LEFT_ATRIUM_SEGMENT, labelValue=1, layer=0, extent=_extent_ijk(mask), status="completed")
     segmentation = {"voxels": mask.astype(bool).view(np.uint8).transpose(2, 1, 0), "ijkToLPS": ijk_to_lps(reference),
                     "segments": [segment]}
+    written = io.BytesIO()
+    slicerio.write_segmentation(written, segmentation)
+    content = written.getvalue()
+    header_end = content.index(b"\n\n")
+    # pynrrd stamps the time of writing into a header comment: without it, the same mask gives the
+    # same file, and the same SHA-256 in the results table, on every run.
+    header = _NRRD_TIME_STAMP.sub(b"", content[:header_end], count=1)
     with atomic_output(path, overwrite) as temporary:
-        slicerio.write_segmentation(str(temporary), segmentation)
+        temporary.write_bytes(header + content[header_end:])
         _verify_written(temporary, path, mask, reference)
         if commit is not None:
             commit(temporary)

@@ -17,7 +17,7 @@ from LeftAtriumSegLib import batch
 from LeftAtriumSegLib.batch import record_row
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.errors import LeftAtriumSegError
-from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_mask
+from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_mask, write_segmentation
 from LeftAtriumSegLib.models import model_path
 
 
@@ -270,6 +270,25 @@ def test_each_row_records_the_digests_of_its_image_and_mask(tmp_path):
     row = _rows(tmp_path / "out")["la_022_crop"]
     assert row["input_sha256"] == file_sha256(SAMPLE_IMAGE)
     assert row["output_sha256"] == file_sha256(tmp_path / "out" / "la_022_crop.nii.gz")
+
+
+def test_a_segmentation_written_at_another_time_is_the_same_file(tmp_path, monkeypatch):
+    import datetime  # noqa: PLC0415
+
+    import nrrd.writer  # noqa: PLC0415
+
+    class Later(datetime.datetime):
+        @classmethod
+        def utcnow(cls):
+            return datetime.datetime(2031, 1, 2, 3, 4, 5)
+
+    reference = sitk.ReadImage(str(SAMPLE_LABEL))
+    mask = sitk.GetArrayFromImage(reference) > 0
+    write_segmentation(mask, reference, tmp_path / "now.seg.nrrd")
+    monkeypatch.setattr(nrrd.writer, "datetime", Later)  # the clock pynrrd reads
+    write_segmentation(mask, reference, tmp_path / "later.seg.nrrd")
+    assert (tmp_path / "now.seg.nrrd").read_bytes() == (tmp_path / "later.seg.nrrd").read_bytes()
+    assert (sitk.GetArrayFromImage(read_mask(tmp_path / "later.seg.nrrd")) > 0).sum() == mask.sum()
 
 
 def test_a_nifti_with_a_corrupted_byte_is_refused_not_read_as_other_voxels(tmp_path):
