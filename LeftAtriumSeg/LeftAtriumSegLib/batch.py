@@ -16,8 +16,12 @@ from __future__ import annotations
 import csv
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -320,6 +324,30 @@ def _case_line(row: dict) -> str:
             f"-> {row['output']}")
 
 
+@contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """While a batch runs, SIGINT (Ctrl-C) and SIGTERM (SLURM's time limit) set an event, on which
+    it starts no other case, instead of raising wherever they land.
+
+    Raised mid-way, an interrupt can cut short the recording of a case; and a second one (Ctrl-C
+    twice, or ``timeout``, which signals the process and then its group) that interrupts Python
+    3.11's ``Thread.join`` makes it take a running thread for stopped: the interpreter then exits
+    under the case in progress, which aborts the process and leaves the case unrecorded. Off the
+    main thread, where no handler can be set, and for a signal the caller ignores, nothing changes.
+    """
+    requested = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                handlers[number] = signal.signal(number, lambda number, frame: requested.set())
+    try:
+        yield requested
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
                   clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False,
                   workers: int = 1) -> tuple[int, int]:
@@ -330,6 +358,9 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     segmented at once, each on its own thread (the networks' sessions are shared: ONNX Runtime's
     ``Run`` may be called from several threads at once); the lines come in the cases' order.
     Returns (cases done, cases failed).
+
+    On SIGINT or SIGTERM the cases under way finish and are said and recorded, no other starts, and
+    then ``KeyboardInterrupt`` is raised.
 
     Raises
     ------
@@ -350,9 +381,6 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             write_table([], table, VOLUME_COLUMNS)
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
                 "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
-
-    def segment_one(case: CaseInput) -> tuple[dict, list[str]]:
-        return _segment_case(case, segmenter, settings, this_run, clinical.get(case.case))
 
     done = failures = 0
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
@@ -376,24 +404,26 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         except OSError as error:
             raise LeftAtriumSegError(error_line(error, table)) from None
 
-    pool = ThreadPoolExecutor(max(workers, 1))
-    futures = [pool.submit(segment_one, case) for case in cases]
-    finished = 0
-    try:
-        for future in futures:
-            finish(*future.result())
-            finished += 1
-    except KeyboardInterrupt:
-        # The cases under way finish and none starts; those that finish are said and recorded as
-        # the others were.
-        pool.shutdown(wait=True, cancel_futures=True)
-        for future in futures[finished:]:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                finish(*future.result())
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
-        bar.close()
+    with _stop_requests() as stop_requested:
+
+        def segment_one(case: CaseInput) -> tuple[dict, list[str]] | None:
+            if stop_requested.is_set():
+                return None  # the run was asked to stop before this case began
+            return _segment_case(case, segmenter, settings, this_run, clinical.get(case.case))
+
+        pool = ThreadPoolExecutor(max(workers, 1))
+        try:
+            # Asked to stop, the run goes on to its end: the cases under way finish and are said
+            # and recorded as the others were; no other starts.
+            for future in [pool.submit(segment_one, case) for case in cases]:
+                outcome = future.result()
+                if outcome is not None:
+                    finish(*outcome)
+            if stop_requested.is_set():
+                raise KeyboardInterrupt
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
+            bar.close()
     if not quiet:
         print(f"{done} of {len(cases)} cases done; volumes in {table}")
     return done, failures
