@@ -398,7 +398,9 @@ def test_terminated_runs_leave_no_partial_output(tmp_path, signals):
     images, output = _cohort(tmp_path / "images", *(f"case{i}" for i in range(6))), tmp_path / "out"
     run = subprocess.Popen([sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(images), "--output-dir",
                             str(output), "--format", "nii.gz", "--threads", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")  # the progress bar's blocks
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",  # the progress bar's blocks
+                           # A shell's background job (CI's, say) ignores SIGINT, and so would the run.
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (output / "case0.nii.gz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
