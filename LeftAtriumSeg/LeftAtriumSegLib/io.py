@@ -64,16 +64,17 @@ LEFT_ATRIUM_TERMINOLOGY = (
 
 
 def case_name(path: str | Path) -> str:
-    """Case name of a file: its name without the image suffix.
+    """Case name of a file: its name without the image suffix and surrounding spaces.
 
     ``la_003.nii.gz`` -> ``la_003``; ``.seg.nrrd`` counts as one suffix, and a name without a
-    known suffix loses only its last extension.
+    known suffix loses only its last extension. A stray space (`` la_003.nii.gz``) would otherwise
+    give a name no output file can take, and the scan, its mask and its label would not pair up.
     """
     name = Path(path).name
     for suffix in (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+            return name[: -len(suffix)].strip()
+    return Path(name).stem.strip()
 
 
 def check_case_name(name: str, source: str | Path) -> str:
@@ -173,7 +174,7 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
     for entry in map(Path, inputs):
         if entry.is_dir():
             if dicom_series_ids(entry):
-                cases.append(CaseInput(entry.name, entry, series_uid))
+                cases.append(CaseInput(entry.name.strip(), entry, series_uid))
             else:
                 # A .seg.nrrd is a segmentation (segment's own output, where a folder is both), not a scan.
                 cases.extend(CaseInput(case_name(p), p) for p in sorted(entry.iterdir())

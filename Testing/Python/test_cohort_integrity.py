@@ -365,6 +365,16 @@ def test_a_table_edited_out_of_shape_stops_the_run_and_added_columns_are_kept(tm
                                                "restore it or move the table away")
 
 
+def test_a_scan_named_with_a_stray_space_is_segmented_under_its_name_without_it(tmp_path):
+    images = _cohort(tmp_path / "images", "good")
+    (images / " spaced .nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    assert _segment(images, "--output-dir", tmp_path / "out") == 0
+    rows = _rows(tmp_path / "out")
+    assert sorted(rows) == ["good", "spaced"] and rows["spaced"]["input"].endswith(" spaced .nii.gz")
+    assert (tmp_path / "out" / "spaced.nii.gz").is_file()
+    assert files_by_case(images).keys() == files_by_case(tmp_path / "out").keys()  # evaluate and report pair them
+
+
 def test_a_shard_without_cases_still_leaves_its_table_for_merge(tmp_path, capsys):
     output = tmp_path / "out"
     for shard in ("1/2", "2/2"):
