@@ -14,7 +14,7 @@ class ModelFileError(LeftAtriumSegError):
 
 
 def error_line(error: Exception, *paths) -> str:
-    """``PATH: problem``, naming one file once: the message as it is when it names one of
-    ``paths`` already, else with the first of them in front."""
-    message = str(error)
+    """``PATH: problem`` on one line, naming one file once: the message (ITK's run over several
+    lines) as it is when it names one of ``paths`` already, else with the first of them in front."""
+    message = " ".join(str(error).split())
     return message if any(str(path) in message for path in paths if path) else f"{paths[0]}: {message}"

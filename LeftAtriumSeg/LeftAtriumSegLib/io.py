@@ -243,7 +243,8 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
     ------
     InputImageError
         For an image that is not 3D or not scalar, a single slice, more than ``MAX_VOXELS``
-        voxels, a voxel spacing outside ``MIN_SPACING_MM``-``MAX_SPACING_MM`` mm, an extent
+        voxels, a voxel spacing outside ``MIN_SPACING_MM``-``MAX_SPACING_MM`` mm, axes not at
+        right angles (direction cosines not orthonormal), an extent
         under ``MIN_EXTENT_MM`` mm along an axis (too thin to hold a left atrium), NaN or
         infinite intensities, constant intensity, or fewer than ``MIN_DISTINCT_INTENSITIES``
         distinct intensities (a label map or a mask, not an MRI).
@@ -255,6 +256,20 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
             f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} mm is outside "
             f"{MIN_SPACING_MM}-{MAX_SPACING_MM} mm"
         )
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lengths = np.linalg.norm(direction, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an axis of length 0 fails the test below
+        cosines = np.abs(direction.T @ direction / np.outer(lengths, lengths) - np.eye(3))
+    if cosines.max() > 1e-4:
+        # The volume of a voxel would not be the product of its spacings, and NIfTI cannot store
+        # the grid (ITK's writer makes it orthogonal: the mask would land elsewhere).
+        i, j = sorted(np.unravel_index(cosines.argmax(), cosines.shape))
+        raise InputImageError(f"{path}: its voxel axes {i + 1} and {j + 1} meet at "
+                              f"{np.degrees(np.arccos(min(cosines[i, j], 1.0))):.1f} degrees, not 90 (a sheared grid, "
+                              "not a scan's)")
+    if np.abs(lengths - 1).max() > 1e-4:
+        raise InputImageError(f"{path}: its direction cosines are not unit vectors (lengths "
+                              f"{', '.join(f'{length:.4f}' for length in lengths)})")
     extent_mm = [n * s for n, s in zip(image.GetSize(), spacing)]
     if min(extent_mm) < MIN_EXTENT_MM:
         raise InputImageError(

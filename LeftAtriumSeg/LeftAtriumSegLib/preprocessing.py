@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputImageError
+from .io import MAX_VOXELS
+
 
 # Axis order that turns a model-frame array ``(Z, Y, X)`` into ``(slice, row, column)`` of a
 # view; in the LPS frame z runs inferior-superior, y anterior-posterior, x right-left. The names
@@ -124,6 +127,11 @@ def to_model_frame(
     -------
     SimpleITK.Image
         float32, or ``image``'s pixel type with nearest-neighbour interpolation.
+
+    Raises
+    ------
+    InputImageError
+        For a frame of more than ``io.MAX_VOXELS`` voxels.
     """
     oriented = sitk.DICOMOrient(image, frame.orientation)
     in_size = np.array(oriented.GetSize())
@@ -135,6 +143,11 @@ def to_model_frame(
     tilt = direction.T @ np.array(oriented.GetDirection()).reshape(3, 3)
     extent = np.abs(tilt) @ (in_size * in_spacing)
     out_size = np.maximum(np.round(extent / out_spacing), 1).astype(int)
+    if np.prod(out_size, dtype=float) > MAX_VOXELS:  # a header's wrong spacing, say: memory runs out first
+        raise InputImageError(
+            f"the scan spans {' x '.join(f'{e:.0f}' for e in extent)} mm: {np.prod(out_size, dtype=float):.1e} voxels "
+            f"on the model's {'/'.join(f'{s:g}' for s in out_spacing)} mm grid, over the {MAX_VOXELS:.0e} it can take "
+            "(a wrong voxel spacing?)")
     in_centre = np.array(oriented.TransformContinuousIndexToPhysicalPoint((in_size - 1) / 2.0))
     out_origin = in_centre - direction @ ((out_size - 1) / 2.0 * out_spacing)
     return sitk.Resample(

@@ -162,6 +162,31 @@ def test_a_metaimage_with_a_negative_spacing_is_refused(tmp_path):
     assert "ElementSpacing is (-1.25" in _rows(tmp_path / "out")["negative"]["error"]
 
 
+def test_a_sheared_grid_and_a_spacing_too_coarse_for_memory_fail_alone_in_one_line(tmp_path, capsys):
+    """A sheared grid's voxels are not spacing-product boxes (its volume came out 4 % high, qc ok);
+    20 mm voxels over 224 x 224 x 74 make a frame of 1.5e10 voxels (ITK's two-line allocation error)."""
+    import numpy as np  # noqa: PLC0415
+
+    images = _cohort(tmp_path / "images", "good")
+    scan = sitk.ReadImage(str(SAMPLE_IMAGE))
+    sheared = sitk.Image(scan)
+    direction = np.array(scan.GetDirection()).reshape(3, 3) @ [[1, 0.3, 0], [0, 1, 0], [0, 0, 1]]
+    sheared.SetDirection([float(v) for v in direction.ravel()])
+    sitk.WriteImage(sheared, str(images / "sheared.mha"))
+    coarse = sitk.Image(scan)
+    coarse.SetSpacing((20.0, 20.0, 20.0))
+    sitk.WriteImage(coarse, str(images / "coarse.nrrd"))
+    capsys.readouterr()
+    assert _segment(images, "--output-dir", tmp_path / "out") == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert f"error: {images / 'sheared.mha'}: its voxel axes 1 and 2 meet at 73.3 degrees, not 90" in errors[1]
+    assert errors[0].startswith(f"error: {images / 'coarse.nrrd'}: the scan spans 4480 x 4480 x 1480 mm")
+    assert len(errors) == 2
+    rows = _rows(tmp_path / "out")
+    assert [rows[case]["status"] for case in ("coarse", "good", "sheared")] == ["failed", "ok", "failed"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["good.nii.gz", "volumes.csv"]
+
+
 def test_threads_beyond_the_cores_are_capped_with_a_note(tmp_path, capsys):
     assert _segment(SAMPLE_IMAGE, "--output-dir", tmp_path / "out", "--threads", "999") == 0
     cores = len(os.sched_getaffinity(0))
