@@ -507,29 +507,31 @@ def read_mask(path: str | Path) -> sitk.Image:
     Returns
     -------
     SimpleITK.Image
-        The mask as stored; callers take every non-zero voxel as atrium.
+        uint8, 1 where the file holds its one non-zero value (negative ones too), 0 elsewhere, on
+        the file's grid.
 
     Raises
     ------
     InputImageError
-        For every failure, naming the file; among them a mask that is not 3D (a segmentation with
+        For every failure, naming the file; among them a mask that is not 3D (or a segmentation with
         several layers) or holds several non-zero values (an image given by mistake, or a map of
         several structures, which would count as one huge atrium).
     """
     path = Path(path)
     mask = _read_whole_file(path, "mask")
     # A .seg.nrrd with overlapping segments has layers: SimpleITK reads them as 4D or as components.
-    if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
+    if path.name.lower().endswith(SEGMENTATION_SUFFIX) and (mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1):
         raise InputImageError(f"{path}: is a segmentation with several layers (overlapping segments), "
                               "a 3D mask of the left atrium alone is needed")
-    # Callers take every non-zero voxel as atrium, which would turn an MRI given by mistake,
-    # or a map of several structures, into one huge "atrium".
+    _check_header(mask.GetSize(), mask.GetNumberOfComponentsPerPixel(), path)
+    # Every non-zero voxel is atrium, which would turn an MRI given by mistake, or a map of
+    # several structures, into one huge "atrium".
     values = sitk.GetArrayViewFromImage(mask)
     labelled = values[values != 0]
     if labelled.size and (labelled != labelled[0]).any():
         raise InputImageError(f"{path}: is not a mask: it holds {len(np.unique(labelled))} different non-zero "
                               "values (an image, or a map of several labels?); a mask of the left atrium alone is needed")
-    return mask
+    return mask != 0
 
 
 def read_probability_map(path: str | Path) -> sitk.Image:

@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 from LeftAtriumSegLib.errors import InputImageError
 from LeftAtriumSegLib.cli import main
-from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation
+from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation, evaluate_case
 
 
 def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
@@ -46,6 +46,28 @@ def test_ablation_refuses_an_image_given_as_a_label(tmp_path):
     _write(np.arange(512, dtype=np.int16).reshape(8, 8, 8), labels / "a.nii.gz")  # intensities, not a mask
     with pytest.raises(InputImageError, match=r"a\.nii\.gz: is not a mask: it holds 511 different non-zero values"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])
+
+
+def test_a_mask_whose_one_value_is_negative_counts_its_voxels(tmp_path):
+    """A {0, -1} mask (int16, as some tools store labels) is a mask: it scored Dice 0 against itself."""
+    box = np.zeros((10, 10, 10), np.int16)
+    box[2:8, 2:8, 2:6] = 1
+    _write(box, tmp_path / "prediction.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+    _write(-box, tmp_path / "label.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+    scores = evaluate_case(tmp_path / "prediction.nii.gz", tmp_path / "label.nii.gz")
+    assert scores["dice"] == 1.0 and scores["reference_ml"] == pytest.approx(6 * 6 * 4 * 2.0 / 1000)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.ones((10, 10), np.uint8), "image is 2D, a 3D volume is needed"),
+    (np.ones((2, 10, 10, 10), np.uint8), "image is 4D, a 3D volume is needed"),
+])
+def test_a_mask_that_is_not_3d_says_so(tmp_path, array, message):
+    _write(np.ones((10, 10, 10), np.uint8), tmp_path / "prediction.nii.gz")
+    image = sitk.GetImageFromArray(array, isVector=False)
+    sitk.WriteImage(image, str(tmp_path / "label.nii.gz"))
+    with pytest.raises(InputImageError, match=f"label.nii.gz: {message}"):
+        evaluate_case(tmp_path / "prediction.nii.gz", tmp_path / "label.nii.gz")
 
 
 def _one_case(tmp_path, probability_map: np.ndarray, map_spacing_mm=(1.0, 1.0, 1.0)):
