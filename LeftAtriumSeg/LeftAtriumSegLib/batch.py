@@ -261,7 +261,9 @@ def _update_table(table_path: Path, row: dict) -> None:
     if row["status"] == "failed" and earlier and earlier.get("status") != "failed" and mask_in_place(earlier, table_path.parent):
         rows[row["case"]] = {**earlier, "error": f"a later run failed, this mask kept: {row['error']}"}
     else:
-        rows[row["case"]] = row
+        # Columns a user added to the table (notes on the case, say) are theirs: the new row keeps them.
+        added = {column: value for column, value in (earlier or {}).items() if column not in VOLUME_COLUMNS}
+        rows[row["case"]] = {**added, **row}
     # Sorted by case: the cases of one run, made several at once, arrive in any order.
     ordered = [rows[case] for case in sorted(rows)]
     write_table(ordered, table_path, _table_columns(ordered))
@@ -476,7 +478,10 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     except (*CASE_ERRORS, MemoryError) as error:
         message = (f"{case.path}: out of memory (fewer scans at once: a lower --threads)" if isinstance(error, MemoryError)
                    else error_line(error, case.path, *masks_of_case.values()))
-        return {**row, "output": "", "status": "failed", "error": message, "output_sha256": ""}, [f"error: {message}"]
+        # No flag, volume or provenance of a mask this run did not leave (one that failed to be written, say).
+        failed = {"case": case.case, "input": str(case.path), "output": "", "status": "failed", "error": message,
+                  **this_run, "input_sha256": row.get("input_sha256", "")}
+        return failed, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")
     return row, warnings

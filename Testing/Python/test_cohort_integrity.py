@@ -54,6 +54,8 @@ def test_a_full_disk_leaves_no_truncated_mask_and_names_the_file(tmp_path):
     assert len(errors) == 2 and all(line.startswith(f"error: {output / name}.nii.gz: ") for line, name in zip(errors, "ab"))
     assert sorted(p.name for p in output.iterdir()) == ["volumes.csv"]
     assert {row["status"] for row in _rows(output).values()} == {"failed"}
+    # No flag or volume of a mask that is not there
+    assert {(row["qc"], row["volume_ml"], row["output_sha256"]) for row in _rows(output).values()} == {("", "", "")}
 
     assert _segment(images, "--output-dir", output) == 0  # room again: both are made
     assert {row["status"] for row in _rows(output).values()} == {"ok"}
@@ -382,6 +384,9 @@ def test_a_table_edited_out_of_shape_stops_the_run_and_added_columns_are_kept(tm
     table.write_text(f"{lines[0]},reader_note\n{lines[1]},checked by JS\n")
     assert _segment(tmp_path / "images" / "b.nii.gz", "--output-dir", output) == 0
     assert _rows(output)["a"]["reader_note"] == "checked by JS" and _rows(output)["b"]["status"] == "ok"
+    assert _segment(tmp_path / "images", "--output-dir", output) == 0  # a credited again, its row written anew
+    assert _segment(tmp_path / "images" / "a.nii.gz", "--output-dir", output, "--overwrite") == 0
+    assert _rows(output)["a"]["reader_note"] == "checked by JS" and _rows(output)["a"]["status"] == "ok"
 
     table.write_text(table.read_text().replace("status,", "state,", 1))
     capsys.readouterr()
