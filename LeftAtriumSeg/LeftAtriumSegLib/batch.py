@@ -50,7 +50,7 @@ from .io import (
     write_label_map,
     write_segmentation,
 )
-from .measurements import body_surface_area_m2, measure_atrium
+from .measurements import LAVI_DECIMALS, body_surface_area_m2, measure_atrium
 
 if TYPE_CHECKING:
     from .pipeline import Segmenter
@@ -315,7 +315,7 @@ def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | 
     columns = {"voxel_count": volume.voxel_count, "volume_mm3": f"{volume.volume_mm3:.1f}",
                "volume_ml": f"{volume.volume_ml:.2f}"}
     if index is not None:
-        columns.update({"bsa_m2": f"{index.bsa_m2:.3f}", "lavi_ml_per_m2": f"{index.ml_per_m2:.2f}",
+        columns.update({"bsa_m2": f"{index.bsa_m2:.3f}", "lavi_ml_per_m2": f"{index.ml_per_m2:.{LAVI_DECIMALS}f}",
                         "lavi_grade": index.grade})
     return columns
 

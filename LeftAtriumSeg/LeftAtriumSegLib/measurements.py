@@ -83,6 +83,11 @@ def body_surface_area_m2(height_cm: float, weight_kg: float) -> float:
     return math.sqrt(height_cm * weight_kg / 3600.0)
 
 
+# The LA volume index is given, and graded, to 0.1 mL/m2 in every output: graded unrounded, 28.996
+# was shown as 29.0 beside the grade of under 29.
+LAVI_DECIMALS = 1
+
+
 def grade_lavi(lavi_ml_per_m2: float, grades: tuple[tuple[float, str], ...] = ASE_2005_LAVI_GRADES) -> str:
     """Grade of an LA volume index: the first grade whose upper bound (exclusive) exceeds it.
 
@@ -106,9 +111,9 @@ class VolumeIndex:
     bsa_m2 : float
         Body surface area in m2 (Mosteller).
     ml_per_m2 : float
-        LA volume index in mL/m2.
+        LA volume index in mL/m2, to 0.1 mL/m2 (``LAVI_DECIMALS``).
     grade : str
-        Its grade (``grade_lavi``).
+        Its grade (``grade_lavi``) as given.
     """
 
     bsa_m2: float
@@ -135,7 +140,7 @@ def index_volume(volume_ml: float, height_cm: float, weight_kg: float,
         For a height or weight outside ``HEIGHT_RANGE_CM`` / ``WEIGHT_RANGE_KG``.
     """
     bsa_m2 = body_surface_area_m2(height_cm, weight_kg)
-    ml_per_m2 = volume_ml / bsa_m2
+    ml_per_m2 = round(volume_ml / bsa_m2, LAVI_DECIMALS)
     return VolumeIndex(bsa_m2, ml_per_m2, grade_lavi(ml_per_m2, grades))
 
 

@@ -89,8 +89,8 @@ def test_clinical_table_adds_the_volume_index_to_the_volumes_table(sample_run, t
     row = _read_volumes(output)["la_022_crop"]
     bsa_m2 = math.sqrt(172 * 70 / 3600)
     assert float(row["bsa_m2"]) == pytest.approx(bsa_m2, abs=5e-4)
-    assert float(row["lavi_ml_per_m2"]) == pytest.approx(float(row["volume_ml"]) / bsa_m2, abs=0.01)
-    assert row["lavi_grade"] == grade_lavi(float(row["volume_ml"]) / bsa_m2)
+    assert float(row["lavi_ml_per_m2"]) == pytest.approx(float(row["volume_ml"]) / bsa_m2, abs=0.05)
+    assert row["lavi_grade"] == grade_lavi(float(row["lavi_ml_per_m2"]))  # the grade of the number shown
     assert f"{float(row['volume_ml']):.1f} mL, {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']} (skipped" in capsys.readouterr().out
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import ellipsoid_phantom
 
-from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, measure_volume
+from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, index_volume, measure_volume
 
 
 def test_voxelised_ellipsoid_volume_matches_analytic_volume():
@@ -47,3 +47,9 @@ def test_implausible_height_or_weight_is_refused(height_cm, weight_kg, problem):
 )
 def test_lavi_grades_follow_ase_2005_thresholds(lavi, grade):
     assert grade_lavi(lavi) == grade
+
+
+def test_the_index_is_graded_as_it_is_shown():
+    """57.992 mL over 2.0 m2 is 28.996 mL/m2: shown as 29.0, so graded at 29, not under it."""
+    index = index_volume(57.992, 180, 80)  # BSA sqrt(180 x 80 / 3600) = 2.0 m2
+    assert (index.bsa_m2, index.ml_per_m2, index.grade) == (2.0, 29.0, "mildly enlarged")

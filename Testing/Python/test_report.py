@@ -133,7 +133,7 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(tmp_pat
     page = (output / "report.html").read_text(encoding="utf-8")
     predicted_ml = measure_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(predictions / "la_022_crop.nii.gz"))) > 0,
                                   label.GetSpacing()).volume_ml
-    lavi = predicted_ml / body_surface_area_m2(172, 70)
+    lavi = round(predicted_ml / body_surface_area_m2(172, 70), 1)
     assert f"<td>{predicted_ml:.1f}</td>" in page and f"<td>{lavi:.1f}</td><td>{grade_lavi(lavi)}</td>" in page
     assert "Bland-Altman" in page and '<script src="plotly.min.js">' in page and "data:image" not in page
 
