@@ -43,6 +43,7 @@ from .io import (
     locked,
     place_output,
     read_case,
+    read_csv,
     read_manifest,
     read_mask,
     refuse_existing_output,
@@ -163,11 +164,13 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
         return {}
     if not Path(path).is_file():
         raise LeftAtriumSegError(f"{path}: file not found")
-    rows = read_table(Path(path))
-    if not rows or not {"case", "height_cm", "weight_kg"} <= rows[0].keys():
+    table = read_csv(Path(path))
+    if not {"case", "height_cm", "weight_kg"} <= set(table.columns):
         raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
+    if not table.rows:
+        raise LeftAtriumSegError(f"{path}: lists no case (a header row and nothing under it)")
     clinical, lines = {}, {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(table.lines, table.rows):
         case = row["case"].strip()  # "la_003 ," as a hand-made CSV has it names la_003
         if case in lines:
             raise LeftAtriumSegError(f"{path}: case {case} has two rows, lines {lines[case]} and {line}")
@@ -194,22 +197,12 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """
     if not path.exists():
         return []
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                # A row shorter than its header (hand-made, or edited by hand) reads as blank fields,
-                # as csv.DictWriter writes missing ones, not as None.
-                rows.append({column: "" if value is None else value for column, value in row.items()})
-            columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise LeftAtriumSegError(f"{path}: cannot read as a CSV table ({error})") from None
-    missing = [column for column in required if column not in columns]
+    table = read_csv(path)
+    missing = [column for column in required if column not in table.columns]
     if missing:
         raise LeftAtriumSegError(f"{path}: has no {', '.join(missing)} column (edited by hand?); "
                                  "restore it or move the table away")
-    return rows
+    return table.rows
 
 
 def _table_columns(rows: list[dict]) -> tuple[str, ...]:

@@ -185,6 +185,53 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
     return cases
 
 
+@dataclass(frozen=True)
+class CsvTable:
+    """A CSV file as a person or a spreadsheet made it.
+
+    columns : the header row's names
+    rows : one dict per row, ``column -> cell``; a row shorter than the header reads as blank cells,
+        and cells beyond the header are left out
+    lines : the line of the file each row starts on, for messages
+    """
+
+    columns: tuple[str, ...]
+    rows: list[dict[str, str]]
+    lines: list[int]
+
+
+def read_csv(path: Path) -> CsvTable:
+    """Read a CSV file (UTF-8, a byte-order mark allowed as spreadsheets write one; blank lines
+    skipped); no columns and no rows for an empty file.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        Naming the file, for one that cannot be read as CSV, or a header that names a column twice
+        (which of the two would be meant?).
+    """
+    rows, lines, header, last_line = [], [], None, 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            for cells in reader:
+                first_line, last_line = last_line + 1, reader.line_num
+                if not cells:
+                    continue
+                if header is None:
+                    header = tuple(cells)
+                    continue
+                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+                lines.append(first_line)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise LeftAtriumSegError(f"{path}: cannot read as CSV ({error})") from None
+    named = [column for column in header or () if column]
+    twice = sorted({column for column in named if named.count(column) > 1})
+    if twice:
+        raise LeftAtriumSegError(f"{path}: the header names the column {twice[0]!r} twice; which is meant?")
+    return CsvTable(header or (), rows, lines)
+
+
 def read_manifest(path: str | Path) -> list[CaseInput]:
     """Cases from a CSV manifest.
 
@@ -199,25 +246,19 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
 
     Raises
     ------
-    InputImageError
-        For a file that cannot be read, no row or no ``image`` column, or a case name that cannot
-        name an output file (``check_case_name``).
+    LeftAtriumSegError
+        For a file that cannot be read (``read_csv``), no row or no ``image`` column, or a case
+        name that cannot name an output file (``check_case_name``).
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise InputImageError(f"{path}: cannot read manifest ({error})") from None
-    if "image" not in columns:
+    table = read_csv(path)
+    if "image" not in table.columns:
         raise InputImageError(f"{path}: manifest needs a header row with an 'image' column")
-    if not rows:
+    if not table.rows:
         raise InputImageError(f"{path}: manifest lists no image (a header row and nothing under it)")
     cases = []
-    for line, row in enumerate(rows, start=2):
-        if not (row["image"] or "").strip():
+    for line, row in zip(table.lines, table.rows):
+        if not row["image"].strip():
             raise InputImageError(f"{path}: line {line}: no image")
         if "\0" in row["image"]:
             raise InputImageError(f"{path}: line {line}: the image's name holds a NUL character")

@@ -359,11 +359,16 @@ def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
     assert float(_rows(tmp_path / "out")["patient"]["bsa_m2"]) == pytest.approx(1.81, abs=0.01)
 
 
-def test_a_clinical_table_with_two_rows_of_one_case_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("contents, message", [
+    ("case,height_cm,weight_kg\nla_022_crop,170,70\n\nla_022_crop,180,90\n", "case la_022_crop has two rows, lines 2 and 4"),
+    ("case,height_cm,weight_kg\n", "lists no case (a header row and nothing under it)"),
+    ("case,height_cm,weight_kg,height_cm\nla_022_crop,170,70,180\n", "the header names the column 'height_cm' twice; which is meant?"),
+])
+def test_a_clinical_table_that_cannot_be_read_one_way_is_refused(tmp_path, capsys, contents, message):
     clinical = tmp_path / "clinical.csv"
-    clinical.write_text("case,height_cm,weight_kg\nla_022_crop,170,70\nla_022_crop,180,90\n")
+    clinical.write_text(contents)
     assert _segment(SAMPLE_IMAGE, "--clinical", clinical, "--output-dir", tmp_path / "out") == 2
-    assert capsys.readouterr().err.strip() == f"error: {clinical}: case la_022_crop has two rows, lines 2 and 3"
+    assert capsys.readouterr().err.strip() == f"error: {clinical}: {message}"
 
 
 def test_a_case_name_too_long_for_a_file_name_is_refused_before_any_work(tmp_path, capsys):
