@@ -433,13 +433,15 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         succeeded: a failed or cancelled run leaves the scene as it was. Bad input fails here, at
         once, with a message naming the volume. Returns the worker's CLI node.
         """
-        from LeftAtriumSegMRML import image_from_volume_node, remove_with_its_nodes
+        from LeftAtriumSegMRML import check_takes_labelmaps, image_from_volume_node, remove_with_its_nodes
 
         from LeftAtriumSegLib.io import check_image
 
         if self.isRunning:
             raise RuntimeError(_("A segmentation is already running."))
         check_image(image_from_volume_node(inputVolume), inputVolume.GetName())
+        if outputSegmentation is not None:
+            check_takes_labelmaps(outputSegmentation)
         if heightCm and weightKg:  # the index needs both; one alone is left unused, as in the table
             from LeftAtriumSegLib.measurements import body_surface_area_m2
 

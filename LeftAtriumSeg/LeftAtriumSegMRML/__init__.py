@@ -83,15 +83,38 @@ def _oriented_labelmap(mask: np.ndarray, volume_node):
     return labelmap
 
 
+def check_takes_labelmaps(segmentation_node) -> None:
+    """Raise ValueError for a segmentation that keeps its segments as another representation than
+    label maps (surfaces made from models, say): a mask put into it would be lost, the segment left
+    empty and measured as 0 mL (vtkSegmentationModifier.cxx v5.10.0 L90, "Failed to get binary
+    labelmap representation"). A segmentation without segments is switched to label maps."""
+    segmentation = segmentation_node.GetSegmentation()
+    labelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if segmentation.GetSourceRepresentationName() == labelmap:
+        return
+    if segmentation.GetNumberOfSegments() == 0:
+        segmentation.SetSourceRepresentationName(labelmap)
+        return
+    raise ValueError(f"{segmentation_node.GetName()} keeps its segments as {segmentation.GetSourceRepresentationName()}, "
+                     "not as label maps; choose another segmentation, or none to have a new one made")
+
+
 def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) -> str:
     """Put a ``(Z, Y, X)`` mask on ``volume_node``'s grid into the "Left atrium" segment.
 
     The segment is created (name, colour, SNOMED terminology) if missing, replaced if
     present; other segments are left alone. Returns the segment ID.
+
+    Raises
+    ------
+    ValueError
+        For a mask off the volume's grid, or a segmentation that does not keep label maps
+        (``check_takes_labelmaps``).
     """
     image_data = volume_node.GetImageData()
     if mask.shape != image_data.GetDimensions()[::-1]:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
+    check_takes_labelmaps(segmentation_node)
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     segmentation = segmentation_node.GetSegmentation()
@@ -100,10 +123,10 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     segment = segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID)
     segment.SetTag(segment.GetTerminologyEntryTagName(), LEFT_ATRIUM_TERMINOLOGY)
     labelmap = _oriented_labelmap(mask, volume_node)
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        labelmap, segmentation_node, LEFT_ATRIUM_SEGMENT_ID,
-        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, labelmap.GetExtent(),
-    )
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            labelmap, segmentation_node, LEFT_ATRIUM_SEGMENT_ID,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, labelmap.GetExtent()):
+        raise RuntimeError(f"the left atrium could not be put into {segmentation_node.GetName()} (see the log)")
     return LEFT_ATRIUM_SEGMENT_ID
 
 

@@ -81,6 +81,23 @@ def test_segment_lands_on_the_volume_grid_with_name_colour_and_terminology(scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
 
 
+def test_a_segmentation_of_surfaces_is_refused_and_an_empty_one_takes_the_mask(scene, phantom):
+    """Put into a segmentation kept as surfaces, the mask was lost and the segment measured 0 mL."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    surfaces = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "heart model")
+    surfaces.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    surfaces.GetSegmentation().AddEmptySegment("ventricle")
+    with pytest.raises(ValueError, match="heart model keeps its segments as Closed surface, not as label maps"):
+        mrml.set_left_atrium_segment(mask, volume_node, surfaces)
+    assert surfaces.GetSegmentation().GetNumberOfSegments() == 1
+
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    empty.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    segment_id = mrml.set_left_atrium_segment(mask, volume_node, empty)
+    np.testing.assert_array_equal(mrml.mask_from_segment(empty, segment_id, volume_node), mask)
+
+
 def test_table_reports_the_analytic_volume_and_follows_an_edit(scene, phantom):
     image, mask, radii = phantom
     volume_node = add_volume_node(scene, image)
