@@ -114,6 +114,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
+        self._segmentationTags = []  # its observers' tags (_observeSegmentation)
         # The IDs of the last run's input and of the outputs it filled: when another input is chosen,
         # those outputs are let go, so that the next Apply (or Update) does not overwrite their
         # corrections with another scan. IDs, not nodes: a deleted volume's data is not held on to.
@@ -148,6 +149,12 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.logic:
             self.logic.cancel()
+        if self._parameterNode:  # a reloaded module's old panel stays, hidden (util.py reloadScriptedModule)
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._observeSegmentation(None)
+        if self._measureTimer:
+            self._measureTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -288,16 +295,19 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(message, 5000)
 
     def _observeSegmentation(self, segmentationNode) -> None:
-        """Re-measure whenever the segment is edited, so the table always matches the segmentation."""
+        """Re-measure whenever the segment is edited, so the table always matches the segmentation.
+
+        The tags are kept here, not by VTKObservationMixin: its removeObserver leaves the observed
+        object as a key of its table (util.py v5.10.0 L2914-2923, v5.8.1 L2825-2834), which would
+        keep every segmentation watched once, label maps and all, in memory.
+        """
         from LeftAtriumSegMRML import SEGMENT_EDIT_EVENTS
 
-        if self._observedSegmentation is not None:
-            for event in SEGMENT_EDIT_EVENTS:
-                self.removeObserver(self._observedSegmentation, event, self._onSegmentModified)
+        for tag in self._segmentationTags:
+            self._observedSegmentation.RemoveObserver(tag)
         self._observedSegmentation = segmentationNode.GetSegmentation() if segmentationNode is not None else None
-        if self._observedSegmentation is not None:
-            for event in SEGMENT_EDIT_EVENTS:
-                self.addObserver(self._observedSegmentation, event, self._onSegmentModified)
+        self._segmentationTags = [] if self._observedSegmentation is None else [
+            self._observedSegmentation.AddObserver(event, self._onSegmentModified) for event in SEGMENT_EDIT_EVENTS]
 
     def _onSegmentModified(self, caller, event) -> None:
         self._measureTimer.start()
