@@ -484,7 +484,8 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     """Combine the shard tables of an output folder into ``volumes.csv``.
 
     Rows of an unsharded run already in ``volumes.csv`` stay where no shard has the case. Returns
-    the merged rows and the problems to report (missing shards; masks not all made alike).
+    the merged rows and the problems to report (missing shards; masks not all made alike; masks
+    gone or changed since their rows).
 
     Raises
     ------
@@ -537,4 +538,10 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
                         + "; ".join(f"{count} by {maker}" for count, maker in counted))
     if missing:
         problems.append(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet")
+    # A mask deleted or changed after its run: the row's volume is not that of what lies there.
+    astray = [row["case"] for row in rows if row["status"] != "failed" and not mask_in_place(row, output_dir)]
+    if astray:
+        problems.append(f"error: {len(astray)} case(s) whose mask is gone or no longer the one its row measured: "
+                        f"{', '.join(astray[:10])}{', ...' if len(astray) > 10 else ''}; segment them again "
+                        "(--overwrite where a changed mask is to be replaced)")
     return rows, problems

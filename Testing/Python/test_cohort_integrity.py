@@ -238,6 +238,14 @@ def test_merge_keeps_an_unsharded_runs_rows_and_refuses_a_case_in_two_shards(tmp
     assert sorted(_rows(output)) == ["a", "b", "c"]
     assert "note: kept 1 row(s) of cases in" in capsys.readouterr().err
 
+    (output / "b.nii.gz").rename(tmp_path / "b_elsewhere.nii.gz")
+    (output / "c.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())  # another mask under c's name
+    assert main(["merge", str(output)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: 2 case(s) whose mask is gone or no longer the one its "
+                                                      "row measured: b, c; segment them again (--overwrite where a "
+                                                      "changed mask is to be replaced)")
+    (tmp_path / "b_elsewhere.nii.gz").rename(output / "b.nii.gz")
+
     with open(output / "volumes.shard-1-of-2.csv", "a") as handle:  # c again, from another run's table
         handle.write(open(output / "volumes.shard-2-of-2.csv").read().splitlines()[1] + "\n")
     assert main(["merge", str(output)]) == 2
@@ -508,7 +516,8 @@ def test_merge_reads_a_short_row_as_blanks_and_names_a_shard_table_misnamed(tmp_
     output.mkdir()
     shard = output / "volumes.shard-1-of-1.csv"
     shard.write_text("case,status,volume_ml\nb,ok,70\na,ok\n")  # a row cut short by hand
-    assert main(["merge", str(output)]) == 0
+    assert main(["merge", str(output)]) == 1  # no masks there either
+    assert "error: 2 case(s) whose mask is gone" in capsys.readouterr().err
     rows = _rows(output)
     assert list(rows) == ["a", "b"] and rows["a"]["volume_ml"] == "" and rows["b"]["volume_ml"] == "70"
     (output / "volumes.csv").unlink()
