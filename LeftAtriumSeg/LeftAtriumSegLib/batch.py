@@ -490,9 +490,11 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     Raises
     ------
     LeftAtriumSegError
-        For no shard tables, shard tables of runs with different shard counts, or one case in two
-        shard tables.
+        For a folder that is not there, no shard tables, shard tables of runs with different shard
+        counts, or one case in two shard tables.
     """
+    if not output_dir.is_dir():
+        raise LeftAtriumSegError(f"{output_dir}: {'not a folder' if output_dir.exists() else 'not found'}")
     shards = sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
     if not shards:
         raise LeftAtriumSegError(f"{output_dir}: no volumes.shard-K-of-N.csv files to merge")

@@ -97,12 +97,12 @@ def check_case_name(name: str, source: str | Path) -> str:
     Raises
     ------
     InputImageError
-        Naming ``source``, for an empty name, ``.`` or ``..``, a path separator or NUL, or
-        surrounding spaces.
+        Naming ``source``, for an empty name, ``.`` or ``..``, a path separator, a control character
+        (a line break would split the case's line of output), or surrounding spaces.
     """
-    if not name or name in (".", "..") or re.search(r"[/\\\x00]", name) or name != name.strip():
+    if not name or name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", name) or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
-                              "(no path separators, '..' or surrounding spaces)")
+                              "(no path separators, control characters, '..' or surrounding spaces)")
     if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
         raise InputImageError(f"{source}: case name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; "
                               f"output files need it under {MAX_CASE_NAME_BYTES + 1} (name the case in a --manifest)")
@@ -151,6 +151,12 @@ def dicom_series_ids(folder: Path) -> tuple[str, ...]:
             sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_on)
 
 
+def _hidden(path: Path) -> bool:
+    """A hidden file: macOS leaves ``._la_003.nii.gz`` (its metadata) beside every file copied onto
+    some drives; it is not a scan."""
+    return path.name.startswith(".")
+
+
 def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[CaseInput]:
     """Turn files and folders into cases.
 
@@ -178,7 +184,7 @@ def find_cases(inputs: list[str | Path], series_uid: str | None = None) -> list[
             else:
                 # A .seg.nrrd is a segmentation (segment's own output, where a folder is both), not a scan.
                 cases.extend(CaseInput(case_name(p), p) for p in sorted(entry.iterdir())
-                             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.is_dir()
+                             if p.name.lower().endswith(IMAGE_SUFFIXES) and not p.is_dir() and not _hidden(p)
                              and not p.name.lower().endswith(SEGMENTATION_SUFFIX))
         else:
             cases.append(CaseInput(case_name(entry), entry))
@@ -714,7 +720,8 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:
-    """Image and segmentation files of a folder by case name (file name without suffix).
+    """Image and segmentation files of a folder by case name (file name without suffix); hidden
+    files (``_hidden``) left out.
 
     Raises
     ------
@@ -726,7 +733,7 @@ def files_by_case(folder: Path) -> dict[str, Path]:
     suffixes = (SEGMENTATION_SUFFIX, *IMAGE_SUFFIXES)
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.lower().endswith(suffixes):
+        if path.name.lower().endswith(suffixes) and not _hidden(path):
             if case_name(path) in files:
                 raise LeftAtriumSegError(f"{folder}: two files of case {case_name(path)}: {files[case_name(path)].name} "
                                          f"and {path.name}; which is it?")

@@ -109,11 +109,11 @@ def test_two_inputs_of_one_case_name_are_refused_before_any_work(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", ".."])
+@pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", "..", "two\nlines", "tab\there"])
 def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path, capsys, case):
     _cohort(tmp_path, "image")
     manifest = tmp_path / "cohort.csv"
-    manifest.write_text(f"image,case\nimage.nii.gz,{case}\n")
+    manifest.write_text(f'image,case\nimage.nii.gz,"{case}"\n')
     assert main(["segment", "--manifest", str(manifest), "--output-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {manifest}: line 2: case name {case!r} cannot name a file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.seg.nrrd").exists()
@@ -250,6 +250,15 @@ def test_merge_keeps_an_unsharded_runs_rows_and_refuses_a_case_in_two_shards(tmp
         handle.write(open(output / "volumes.shard-2-of-2.csv").read().splitlines()[1] + "\n")
     assert main(["merge", str(output)]) == 2
     assert "case 'c' has rows in volumes.shard-1-of-2.csv and volumes.shard-2-of-2.csv" in capsys.readouterr().err
+
+
+def test_hidden_files_in_a_folder_are_not_cases(tmp_path):
+    """macOS copies leave ``._NAME`` metadata files beside the scans (and the masks)."""
+    images = _cohort(tmp_path / "images", "good")
+    (images / "._good.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    assert _segment(images, "--output-dir", tmp_path / "out") == 0
+    assert list(_rows(tmp_path / "out")) == ["good"]
+    assert list(files_by_case(images)) == ["good"]
 
 
 def test_unreadable_entries_of_an_input_folder_get_a_row_with_the_reason(tmp_path):
@@ -526,6 +535,9 @@ def test_merge_reads_a_short_row_as_blanks_and_names_a_shard_table_misnamed(tmp_
     assert main(["merge", str(output)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: {misnamed}: not a shard table's name")
     assert not (output / "volumes.csv").exists()
+    for path, problem in ((tmp_path / "nowhere", "not found"), (misnamed, "not a folder")):
+        assert main(["merge", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {path}: {problem}"
 
 
 def test_a_case_segmented_in_the_other_format_is_not_given_a_second_mask(tmp_path, capsys):
