@@ -106,7 +106,7 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
     """Score every prediction against the label of the same name.
 
     Prints one ``error:`` line on standard error for each case that cannot be scored and each
-    label without a prediction.
+    label without a prediction, and a ``note:`` naming predictions without a label (not scored).
 
     Parameters
     ----------
@@ -130,11 +130,15 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
         For a folder that does not exist, or no case in both.
     """
     cases = matched_cases(predictions, labels)
-    unpredicted = sorted(files_by_case(labels).keys() - files_by_case(predictions).keys())
+    predicted, labelled = files_by_case(predictions), files_by_case(labels)
     if not cases:
         raise LeftAtriumSegError(f"no case is in both {predictions} and {labels}")
-    for case in unpredicted:
-        print(f"error: {files_by_case(labels)[case]}: no prediction for case {case} in {predictions}", file=sys.stderr)
+    for case in sorted(labelled.keys() - predicted.keys()):
+        print(f"error: {labelled[case]}: no prediction for case {case} in {predictions}", file=sys.stderr)
+    unlabelled = sorted(predicted.keys() - labelled.keys())
+    if unlabelled:
+        print(f"note: {len(unlabelled)} prediction(s) without a label in {labels}, not scored: "
+              f"{', '.join(unlabelled[:10])}{', ...' if len(unlabelled) > 10 else ''}", file=sys.stderr)
     rows, failures = [], 0
     progress = tqdm(cases, desc="evaluating", unit="case", disable=not show_progress, dynamic_ncols=True)
     for case, prediction, label in progress:
@@ -143,7 +147,7 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
             progress.write(f"error: {error_line(error, prediction, label)}", file=sys.stderr)
-    return (rows + [summarise(rows)] if rows else []), failures, len(unpredicted)
+    return (rows + [summarise(rows)] if rows else []), failures, len(labelled.keys() - predicted.keys())
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -219,10 +219,12 @@ def test_evaluate_names_labels_without_a_prediction_and_says_so_in_its_status(tm
     labels.mkdir()
     for case in ("scored", "unpredicted"):
         (labels / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
-    (predictions / "scored.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    for case in ("scored", "unlabelled"):
+        (predictions / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
     assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels)]) == 1
     captured = capsys.readouterr()
     assert f"error: {labels / 'unpredicted.nii.gz'}: no prediction for case unpredicted in {predictions}" in captured.err
+    assert f"note: 1 prediction(s) without a label in {labels}, not scored: unlabelled" in captured.err
     assert "1 label(s) had no prediction: left out of the mean" in captured.out
 
 
