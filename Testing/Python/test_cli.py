@@ -401,7 +401,7 @@ def test_train_names_a_damaged_data_folder_in_one_line(tmp_path, capsys, listing
     ("scan\nimage.nii.gz\n", "manifest needs a header row with an 'image' column"),
     ("image,case,image\na.nii.gz,A1,b.nii.gz\n", "the header names the column 'image' twice; which is meant?"),
     ("image,case\n\n\na.nii.gz,A1\n\n,B\n", "line 6: no image"),  # the file's line, blank ones counted
-    ('image,case\na.nii.gz,"two\nlines"\nb.nii.gz,../x\n', "line 4: case name '../x' cannot name a file"),
+    ('image,case,note\na.nii.gz,A1,"two\nlines"\nb.nii.gz,../x,\n', "line 4: case name '../x' cannot name a file"),
 ])
 def test_a_manifest_without_images_says_which_part_is_missing(tmp_path, capsys, contents, message):
     manifest = tmp_path / "cohort.csv"
