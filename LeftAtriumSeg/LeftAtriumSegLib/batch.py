@@ -147,11 +147,16 @@ def check_outputs_apart_from_inputs(cases: list[CaseInput], settings: BatchSetti
                                      "choose another --output-dir or --format")
 
 
+# A decimal number as people type one: Python's float() would also read "1_70" and other scripts'
+# digits, a typo taken for a height.
+DECIMAL_NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
 def _number(text: str, column: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{column} {text.strip()!r} is not a number") from None
+    if not DECIMAL_NUMBER.fullmatch(text):
+        hint = " (a decimal comma? write a point)" if re.fullmatch(r"\s*[0-9]+,[0-9]+\s*", text) else ""
+        raise ValueError(f"{column} {text.strip()!r} is not a number{hint}")
+    return float(text)
 
 
 def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:

@@ -208,7 +208,10 @@ class CsvTable:
 
 def read_csv(path: Path) -> CsvTable:
     """Read a CSV file (UTF-8, a byte-order mark allowed as spreadsheets write one; blank lines
-    skipped); no columns and no rows for an empty file.
+    skipped; spaces around the header's names dropped); no columns and no rows for an empty file.
+
+    Cells are separated by commas, or by semicolons or tabs where the first line has no comma:
+    spreadsheets set to a language that writes decimal commas save CSV with semicolons.
 
     Raises
     ------
@@ -219,13 +222,16 @@ def read_csv(path: Path) -> CsvTable:
     rows, lines, header, last_line = [], [], None, 0
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+            first = handle.readline()
+            handle.seek(0)
+            delimiter = next((mark for mark in ",;\t" if mark in first), ",")
+            reader = csv.reader(handle, delimiter=delimiter)
             for cells in reader:
                 first_line, last_line = last_line + 1, reader.line_num
                 if not cells:
                     continue
                 if header is None:
-                    header = tuple(cells)
+                    header = tuple(cell.strip() for cell in cells)
                     continue
                 rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
                 lines.append(first_line)

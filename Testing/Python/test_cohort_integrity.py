@@ -377,6 +377,16 @@ def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
                  str(tmp_path / "out"), "--quiet"]) == 0
     assert float(_rows(tmp_path / "out")["patient"]["bsa_m2"]) == pytest.approx(1.81, abs=0.01)
 
+    # Saved in a language that writes decimal commas: semicolons between cells (and the header's
+    # names typed with spaces); the results table too, which the next run reads and writes back.
+    manifest.write_text("\ufeff image ;case\r\nimage.nii.gz;patient\r\n", encoding="utf-8")
+    clinical.write_text("case;height_cm;weight_kg\r\npatient;180;80\r\n", encoding="utf-8")
+    table = tmp_path / "out" / "volumes.csv"
+    table.write_text(table.read_text().replace(",", ";"))
+    assert main(["segment", "--manifest", str(manifest), "--clinical", str(clinical), "--output-dir",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    assert _rows(tmp_path / "out")["patient"]["bsa_m2"] == "2.000"  # sqrt(180 x 80 / 3600)
+
 
 @pytest.mark.parametrize("contents, message", [
     ("case,height_cm,weight_kg\nla_022_crop,170,70\n\nla_022_crop,180,90\n", "case la_022_crop has two rows, lines 2 and 4"),

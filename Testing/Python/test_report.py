@@ -218,9 +218,11 @@ def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tm
     clinical = tmp_path / "clinical.csv"
     clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\nspaced ,180, 80\n")
     assert read_clinical(str(clinical)) == {"known": (172.0, 70.5), "spaced": (180.0, 80.0)}
-    clinical.write_text("case,height_cm,weight_kg\nknown,172,seventy\n")
-    with pytest.raises(LeftAtriumSegError, match="line 2 \\(case known\\): weight_kg 'seventy' is not a number$"):
-        read_clinical(str(clinical))
+    for weight, message in (("seventy", "weight_kg 'seventy' is not a number"), ("7_0", "weight_kg '7_0' is not a number"),
+                            ("70,5", "weight_kg '70,5' is not a number \\(a decimal comma\\? write a point\\)")):
+        clinical.write_text(f'case,height_cm,weight_kg\nknown,172,"{weight}"\n')
+        with pytest.raises(LeftAtriumSegError, match=f"line 2 \\(case known\\): {message}$"):
+            read_clinical(str(clinical))
 
     clinical.write_text("case,height_cm,weight_kg\nknown,172,70\nin_metres,1.72,70\n")
     (tmp_path / "predictions").mkdir()
