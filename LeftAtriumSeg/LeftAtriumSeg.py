@@ -403,7 +403,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self) -> bool:
         """Install the worker's missing or outdated Python packages after asking; False if the user
-        declines. Raises RuntimeError when pip fails or leaves a package unmet."""
+        declines. Raises subprocess.CalledProcessError when pip fails (util.py v5.10.0 L3954,
+        logProcessOutput), RuntimeError when it leaves a package unmet."""
         from LeftAtriumSegLib.dependencies import describe, pip_arguments, unmet_requirements
 
         unmet = unmet_requirements()
