@@ -456,7 +456,11 @@ def _check_nifti_header(path: Path) -> None:
     except (OSError, EOFError, zlib.error) as error:
         raise InputImageError(f"{path}: cannot read image ({error.strerror if isinstance(error, OSError) and error.strerror else error})") from None
     dimensions = int(header["dim"][0])
-    pixdim = header["pixdim"][1 : 1 + min(max(dimensions, 1), 3)]
+    sizes = header["dim"][1 : 1 + dimensions]
+    if not 1 <= dimensions <= 7 or (sizes < 1).any():  # what niftilib refuses, printing its own line first
+        raise InputImageError(f"{path}: the header's dimensions {tuple(int(n) for n in header['dim'])} are not an "
+                              "image's (dim[0], the number of axes, must be 1-7, and each size at least 1)")
+    pixdim = header["pixdim"][1 : 1 + min(dimensions, 3)]
     problem = _spacing_problem(pixdim)
     if problem:
         raise InputImageError(f"{path}: the header's voxel size (pixdim) is {problem}")
