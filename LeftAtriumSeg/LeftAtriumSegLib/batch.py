@@ -96,17 +96,21 @@ class BatchSettings:
         name = f"volumes.shard-{self.shard[0]}-of-{self.shard[1]}.csv" if self.shard else "volumes.csv"
         return self.output_dir / name
 
+    @property
+    def case_list_path(self) -> Path | None:
+        """Where a sharded run lists all its cases (``record_case_list``), for ``merge``."""
+        return shard_case_list(self.output_dir, self.shard[1]) if self.shard else None
+
     def output_path(self, case: CaseInput, output_format: str | None = None) -> Path:
         """Where the case's mask goes, in this run's format or in ``output_format``."""
         return self.output_dir / f"{case.case}{OUTPUT_WRITERS[output_format or self.output_format][0]}"
 
 
-def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: str | None = None,
-                  shard: tuple[int, int] | None = None) -> list[CaseInput]:
+def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: str | None = None) -> list[CaseInput]:
     """The cases of a run: image files, folders of them, DICOM folders and a manifest's rows.
 
-    Every shard sees the same list, checked whole before it is shared out, so shards never overlap
-    and two inputs of one name are found whichever shards they would fall in.
+    Every shard collects and checks the same whole list before it takes its share (``share_of``),
+    so shards never overlap and two inputs of one name are found whichever shards they fall in.
 
     Raises
     ------
@@ -127,10 +131,44 @@ def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: st
                 f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
                 "(their outputs would be one file; name them apart, e.g. with a --manifest 'case' column)")
         first_by_name[case.case] = case
-    if shard:
-        index, count = shard
-        cases = sorted(cases, key=lambda case: (case.case, str(case.path)))[index - 1 :: count]
     return cases
+
+
+def share_of(cases: list[CaseInput], shard: tuple[int, int] | None) -> list[CaseInput]:
+    """Shard K of N's share of a run's cases: every N-th by case name from the K-th; all of them
+    without a shard."""
+    if not shard:
+        return cases
+    index, count = shard
+    return sorted(cases, key=lambda case: case.case)[index - 1 :: count]
+
+
+def shard_case_list(output_dir: Path, count: int) -> Path:
+    """The file where a run sharded N ways lists its cases (``record_case_list``)."""
+    return output_dir / f"cases.shards-of-{count}.txt"
+
+
+def record_case_list(cases: list[CaseInput], path: Path) -> None:
+    """List a sharded run's cases (one name a line, sorted) for ``merge`` to find those no shard
+    recorded, as from a shard stopped before its end. The first shard to start writes the list;
+    the others must have the same (the caller holds the output folder's lock).
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a list another shard wrote that differs: the inputs changed between the shards, which
+        would leave cases in no shard's share.
+    """
+    listed = "".join(f"{name}\n" for name in sorted(case.case for case in cases))
+    if path.exists():
+        earlier = path.read_text(encoding="utf-8")
+        if earlier != listed:
+            raise LeftAtriumSegError(
+                f"{path}: the shards that ran before had other cases ({earlier.count(chr(10))} listed, {len(cases)} now): "
+                "give every shard the same inputs, or start the run anew in another --output-dir")
+        return
+    with atomic_output(path) as temporary:
+        temporary.write_text(listed, encoding="utf-8")
 
 
 def check_outputs_apart_from_inputs(cases: list[CaseInput], settings: BatchSettings) -> None:
@@ -351,7 +389,9 @@ def _stop_requests() -> Iterator[threading.Event]:
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
                   clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False,
                   workers: int = 1) -> tuple[int, int]:
-    """Segment every case into ``settings.output_dir`` and record a row per case in its table.
+    """Segment the cases of ``settings.shard``'s share (all without a shard) into
+    ``settings.output_dir`` and record a row per case in its table; a sharded run first lists all
+    ``cases`` (``record_case_list``).
 
     A case whose image cannot be used fails alone: ``error: FILE: problem`` on standard error and a
     ``failed`` row; a result flagged for review gets a ``warning:`` line. ``workers`` cases are
@@ -377,8 +417,11 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         raise LeftAtriumSegError(f"{table}: is read-only; the run would replace it")
     with locked(settings.output_dir):  # a shard with no case still writes its table, for merge
         read_table(table, ("case", "status"))  # a table edited out of shape stops the run before any case
+        if settings.case_list_path:
+            record_case_list(cases, settings.case_list_path)
         if not table.exists():
             write_table([], table, VOLUME_COLUMNS)
+    cases = share_of(cases, settings.shard)
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
                 "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
 
@@ -545,6 +588,15 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
                         + "; ".join(f"{count} by {maker}" for count, maker in counted))
     if missing:
         problems.append(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet")
+    case_list = shard_case_list(output_dir, expected)
+    if case_list.exists():  # runs of package 0.16 and later
+        listed = case_list.read_text(encoding="utf-8").splitlines()
+        not_run = {name for shard in missing for name in listed[shard - 1 :: expected]}
+        unrecorded = sorted(set(listed) - not_run - {row["case"] for row in rows})
+        if unrecorded:
+            problems.append(f"error: {len(unrecorded)} case(s) of the run have no row in their shard's table: "
+                            f"{', '.join(unrecorded[:10])}{', ...' if len(unrecorded) > 10 else ''} (a shard stopped "
+                            "before its end? run it again: it goes on where it stopped)")
     # A mask deleted or changed after its run: the row's volume is not that of what lies there.
     astray = [row["case"] for row in rows if row["status"] != "failed" and not mask_in_place(row, output_dir)]
     if astray:

@@ -105,19 +105,19 @@ class _RespacedFolder(argparse.Action):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .batch import BatchSettings, collect_cases, read_clinical, segment_batch  # noqa: PLC0415
+    from .batch import BatchSettings, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
     from .onnx_network import execution_providers  # noqa: PLC0415
     from .pipeline import Segmenter  # noqa: PLC0415
 
     settings = BatchSettings(Path(args.output_dir), args.format, args.overwrite, args.shard)
-    cases = collect_cases(args.inputs, args.manifest, args.series, args.shard)
+    cases = collect_cases(args.inputs, args.manifest, args.series)
     clinical = read_clinical(args.clinical)
     threads = _capped_threads(args.threads)
     # Several scans on the CPU: one per core at once, their networks sharing the cores, which keeps
     # them busier than one scan's networks on all of them (docs/model-development.md, "Speed").
     cores = threads or available_cores()
     on_cpu = execution_providers(args.device) == ["CPUExecutionProvider"]
-    workers = min(cores, len(cases)) if on_cpu else 1
+    workers = min(cores, len(share_of(cases, args.shard))) if on_cpu else 1
     network_threads = cores // workers if workers > 1 else threads
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), network_threads)
     _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)

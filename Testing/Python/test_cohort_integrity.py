@@ -265,6 +265,37 @@ def test_hidden_files_in_a_folder_are_not_cases(tmp_path):
     assert list(files_by_case(images)) == ["good"]
 
 
+def test_merge_names_the_cases_a_shard_stopped_before(tmp_path, capsys):
+    """A job-array task killed at its time limit leaves a shard table short of its share."""
+    images, output = _cohort(tmp_path / "images", "a", "b", "c"), tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert _segment(images, "--output-dir", output, "--shard", shard) == 0
+    assert (output / "cases.shards-of-2.txt").read_text() == "a\nb\nc\n"
+    table = output / "volumes.shard-1-of-2.csv"  # shard 1 has a and c: as if stopped after a
+    table.write_text("".join(line for line in table.read_text().splitlines(keepends=True) if not line.startswith("c,")))
+    (output / "c.nii.gz").unlink()
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: 1 case(s) of the run have no row in their shard's table: c (a shard stopped before its end? run it "
+        "again: it goes on where it stopped)")
+    assert _segment(images, "--output-dir", output, "--shard", "1/2") == 0
+    assert main(["merge", str(output)]) == 0 and sorted(_rows(output)) == ["a", "b", "c"]
+
+
+def test_a_shard_given_other_inputs_than_the_shards_before_is_refused(tmp_path, capsys):
+    """Its share would be taken from another list: cases would fall in no shard's share."""
+    images, output = _cohort(tmp_path / "images", "a", "b"), tmp_path / "out"
+    assert _segment(images, "--output-dir", output, "--shard", "1/2") == 0
+    _cohort(images, "new")
+    capsys.readouterr()
+    assert _segment(images, "--output-dir", output, "--shard", "2/2") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {output / 'cases.shards-of-2.txt'}: the shards that ran before had other cases (2 listed, 3 now): "
+        "give every shard the same inputs, or start the run anew in another --output-dir")
+    assert not (output / "volumes.shard-2-of-2.csv").exists()
+
+
 def test_unreadable_entries_of_an_input_folder_get_a_row_with_the_reason(tmp_path):
     images = _cohort(tmp_path / "images", "good")
     (images / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
