@@ -403,7 +403,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self) -> bool:
         """Install the worker's missing or outdated Python packages after asking; False if the user
-        declines. Raises subprocess.CalledProcessError when pip fails (util.py v5.10.0 L3954,
+        declines. Raises CalledProcessError when pip fails (util.py v5.10.0 L3954,
         logProcessOutput), RuntimeError when it leaves a package unmet."""
         from LeftAtriumSegLib.dependencies import describe, pip_arguments, unmet_requirements
 
