@@ -236,7 +236,8 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     Raises
     ------
     LeftAtriumSegError
-        Naming the file, for one that is not a readable CSV table or lacks a ``required`` column.
+        Naming the file, for one that is not a readable CSV table or lacks a ``required`` column,
+        or, ``case`` being required, a row without a case name.
     """
     if not path.exists():
         return []
@@ -245,6 +246,11 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     if missing:
         raise LeftAtriumSegError(f"{path}: has no {', '.join(missing)} column (edited by hand?); "
                                  "restore it or move the table away")
+    if "case" in required:
+        for line, row in zip(table.lines, table.rows):
+            if not row["case"].strip():
+                raise LeftAtriumSegError(f"{path}: line {line} names no case (edited by hand?); "
+                                         "restore it or move the table away")
     return table.rows
 
 

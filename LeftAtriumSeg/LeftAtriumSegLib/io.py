@@ -77,6 +77,11 @@ def case_name(path: str | Path) -> str:
     return Path(name).stem.strip()
 
 
+# Path separators; C0 and C1 control characters; Unicode's line and paragraph separators; and its
+# text-direction controls.
+_UNPRINTABLE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def check_case_name(name: str, source: str | Path) -> str:
     """Check that a case name can name an output file inside the output folder.
 
@@ -97,12 +102,14 @@ def check_case_name(name: str, source: str | Path) -> str:
     Raises
     ------
     InputImageError
-        Naming ``source``, for an empty name, ``.`` or ``..``, a path separator, a control character
-        (a line break would split the case's line of output), or surrounding spaces.
+        Naming ``source``, for an empty name, a name starting with ``.`` (a hidden file, which
+        folders are read without), a path separator, a control character (a line break would split
+        the case's line of output; a direction override would show it as another name), or
+        surrounding spaces.
     """
-    if not name or name in (".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", name) or name != name.strip():
+    if not name or name.startswith(".") or _UNPRINTABLE.search(name) or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
-                              "(no path separators, control characters, '..' or surrounding spaces)")
+                              "(no path separators, control characters, leading '.' or surrounding spaces)")
     if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
         raise InputImageError(f"{source}: case name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; "
                               f"output files need it under {MAX_CASE_NAME_BYTES + 1} (name the case in a --manifest)")

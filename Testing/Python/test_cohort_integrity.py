@@ -109,7 +109,8 @@ def test_two_inputs_of_one_case_name_are_refused_before_any_work(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", "..", "two\nlines", "tab\there"])
+@pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", "..", "two\nlines", "tab\there", ".hidden",
+                                  "c1\x85control", "right\u202eleft"])
 def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path, capsys, case):
     _cohort(tmp_path, "image")
     manifest = tmp_path / "cohort.csv"
@@ -454,6 +455,14 @@ def test_a_table_edited_out_of_shape_stops_the_run_and_added_columns_are_kept(tm
     assert _segment(tmp_path / "images", "--output-dir", output) == 0  # a credited again, its row written anew
     assert _segment(tmp_path / "images" / "a.nii.gz", "--output-dir", output, "--overwrite") == 0
     assert _rows(output)["a"]["reader_note"] == "checked by JS" and _rows(output)["a"]["status"] == "ok"
+
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join([lines[0], ",a note on a line of its own\n", *lines[1:]]))  # an Enter too many in a cell
+    capsys.readouterr()
+    assert _segment(tmp_path / "images", "--output-dir", output) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {table}: line 2 names no case (edited by hand?); "
+                                               "restore it or move the table away")
+    table.write_text("".join(lines))
 
     table.write_text(table.read_text().replace("status,", "state,", 1))
     capsys.readouterr()
