@@ -124,6 +124,13 @@ def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: st
         cases += read_manifest(manifest)
     if not cases:
         raise LeftAtriumSegError("no input images: give image files, folders or --manifest")
+    refuse_shared_names(cases)
+    return cases
+
+
+def refuse_shared_names(cases: list[CaseInput]) -> None:
+    """Raise LeftAtriumSegError for two inputs with one case name: their outputs would be one file,
+    and a mask would be taken for the other scan's."""
     first_by_name: dict[str, CaseInput] = {}
     for case in cases:
         if case.case in first_by_name:
@@ -131,7 +138,6 @@ def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: st
                 f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
                 "(their outputs would be one file; name them apart, e.g. with a --manifest 'case' column)")
         first_by_name[case.case] = case
-    return cases
 
 
 def share_of(cases: list[CaseInput], shard: tuple[int, int] | None) -> list[CaseInput]:

@@ -36,7 +36,7 @@ from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .batch import mask_in_place, mask_maker, read_results  # noqa: E402
+from .batch import mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
 from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
 from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
@@ -549,18 +549,32 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
         if not entry.exists():
             raise LeftAtriumSegError(f"{entry}: not found")
     found = find_cases(images)
+    refuse_shared_names(found)
     cases = [case for case in found if case.case in masks]
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
     latest = {case: rows[0] for case, rows in table_rows.items()}
-    left_out = [(case.case, f"segment failed: {latest[case.case].get('error') or 'no reason recorded'}")
-                for case in found if case.case not in masks and latest.get(case.case, {}).get("status") == "failed"]
-    if not cases and not left_out:
+    left_out, problems = [], []
+    for case in found:
+        if case.case in masks or case.case not in latest:
+            continue
+        if latest[case.case].get("status") == "failed":
+            left_out.append((case.case, f"segment failed: {latest[case.case].get('error') or 'no reason recorded'}"))
+        else:  # a mask deleted since: its row's volume would pass for a result
+            problems.append((case, f"{case.path}: no mask in {predictions}, though its table there says "
+                                   f"{latest[case.case].get('status')!r}"))
+    if not cases and not left_out and not problems:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
-    reports, failures = [], 0
+    reports, failures = [], len(problems)
+    for case, line in problems:
+        print(f"error: {line}", file=sys.stderr)
+        left_out.append((case.case, f"report failed: {line}"))
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
+            if case.case == report_path.stem:
+                raise LeftAtriumSegError(f"{case.path}: a case named {case.case!r} would take the summary's name, "
+                                         f"{report_path.name}; rename the scan and its mask")
             row = _record_of(table_rows.get(case.case, []), masks[case.case])
             if row is not None:
                 results[case.case] = row

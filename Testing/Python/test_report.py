@@ -277,6 +277,31 @@ def test_a_case_segment_failed_on_is_listed_in_the_summary(tmp_path):
     assert "2 case(s): 1 without pictures" in page
 
 
+def test_cases_the_report_cannot_show_are_listed_and_two_scans_of_one_case_refused(tmp_path, capsys):
+    """A mask deleted after its run was left out unsaid, its row still "ok"; a case named "report"
+    took the summary's file name; a second scan of a case had its pictures drawn over the first's."""
+    images, predictions, output = tmp_path / "images", tmp_path / "predictions", tmp_path / "report"
+    images.mkdir(), predictions.mkdir()
+    for case in ("a", "gone", "report"):
+        (images / f"{case}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    for case in ("a", "report"):
+        (predictions / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    (predictions / "volumes.csv").write_text("case,status,output\ngone,ok,gone.nii.gz\n")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {images / 'gone.nii.gz'}: no mask in {predictions}, though its table there says 'ok'",
+        f"error: {images / 'report.nii.gz'}: a case named 'report' would take the summary's name, report.html; "
+        "rename the scan and its mask"]
+    page = (output / "report.html").read_text(encoding="utf-8")
+    assert "3 case(s): 2 without pictures" in page and (output / "a.html").is_file()
+
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE)), str(images / "a.nrrd"))
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir",
+                 str(tmp_path / "again"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: two inputs have the case name 'a': ")
+
+
 def test_an_empty_mask_is_reported_with_its_scan_and_no_surface(tmp_path):
     images, predictions = tmp_path / "images", tmp_path / "predictions"
     images.mkdir(), predictions.mkdir()
