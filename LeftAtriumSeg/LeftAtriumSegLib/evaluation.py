@@ -234,15 +234,24 @@ def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str
     Returns
     -------
     list of (str, CleanupSettings)
-        Named variants for ``cleanup_ablation``, the defaults first.
+        Named variants for ``cleanup_ablation``, the defaults first; a variant that would clean as
+        the defaults or an earlier variant does is left out.
     """
     defaults = defaults or CleanupSettings()
-    variants = [("defaults", defaults),
-                ("threshold only", CleanupSettings(defaults.threshold, False, 0.0, False, 0.0)),
-                ("no largest component", replace(defaults, keep_largest_component=False)),
-                ("largest component, no gap", replace(defaults, component_gap_mm=0.0)),
-                ("no hole filling", replace(defaults, fill_holes=False))]
-    variants += [(f"threshold {t}", replace(defaults, threshold=t)) for t in (0.3, 0.4, 0.6, 0.7) if t != defaults.threshold]
-    variants += [(f"gap {g} mm", replace(defaults, component_gap_mm=g)) for g in (2.0, 10.0, 20.0) if g != defaults.component_gap_mm]
-    variants += [(f"closing {r} mm", replace(defaults, closing_radius_mm=r)) for r in (0.0, 1.5, 3.0) if r != defaults.closing_radius_mm]
+    candidates = [("threshold only", CleanupSettings(defaults.threshold, False, 0.0, False, 0.0)),
+                  ("no largest component", replace(defaults, keep_largest_component=False)),
+                  ("largest component, no gap", replace(defaults, keep_largest_component=True, component_gap_mm=0.0)),
+                  ("no hole filling", replace(defaults, fill_holes=False))]
+    candidates += [(f"threshold {t}", replace(defaults, threshold=t)) for t in (0.3, 0.4, 0.6, 0.7)]
+    if defaults.keep_largest_component:  # the gap is the largest component's
+        candidates += [(f"gap {g} mm", replace(defaults, component_gap_mm=g)) for g in (2.0, 10.0, 20.0)]
+    candidates += [(f"closing {r} mm", replace(defaults, closing_radius_mm=r)) for r in (0.0, 1.5, 3.0)]
+
+    def cleaning(settings: CleanupSettings) -> CleanupSettings:
+        return settings if settings.keep_largest_component else replace(settings, component_gap_mm=0.0)
+
+    variants = [("defaults", defaults)]
+    for name, settings in candidates:
+        if all(cleaning(settings) != cleaning(earlier) for _, earlier in variants):
+            variants.append((name, settings))
     return variants

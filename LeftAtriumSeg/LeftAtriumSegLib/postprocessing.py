@@ -13,6 +13,11 @@ import numpy as np
 import SimpleITK as sitk
 
 
+# A gap or closing radius beyond the size of a heart cleans nothing more (and an infinite one
+# cannot be made into a kernel).
+MAX_CLEANUP_MM = 100.0
+
+
 @dataclass(frozen=True)
 class CleanupSettings:
     """Settings of the cleanup that turns a probability map into a mask (``clean_mask``).
@@ -36,7 +41,7 @@ class CleanupSettings:
     Raises
     ------
     ValueError
-        For a threshold outside (0, 1), or a negative gap or closing radius.
+        For a threshold outside (0, 1), or a gap or closing radius outside 0-``MAX_CLEANUP_MM``.
     """
 
     threshold: float = 0.5
@@ -48,9 +53,9 @@ class CleanupSettings:
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold {self.threshold:g} must lie between 0 and 1 (it cuts a probability)")
-        if not (self.component_gap_mm >= 0 and self.closing_radius_mm >= 0):
-            raise ValueError(f"component gap ({self.component_gap_mm:g} mm) and closing radius "
-                             f"({self.closing_radius_mm:g} mm) cannot be negative")
+        for name, value in (("component gap", self.component_gap_mm), ("closing radius", self.closing_radius_mm)):
+            if not 0 <= value <= MAX_CLEANUP_MM:  # NaN too
+                raise ValueError(f"{name} {value:g} mm must lie between 0 and {MAX_CLEANUP_MM:g} mm")
 
     def options(self) -> list[str]:
         """The ``segment`` options that make these settings.

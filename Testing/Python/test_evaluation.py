@@ -4,6 +4,7 @@ import SimpleITK as sitk
 from LeftAtriumSegLib.errors import InputImageError
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation, evaluate_case
+from LeftAtriumSegLib.postprocessing import CleanupSettings
 
 
 def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
@@ -109,3 +110,17 @@ def test_a_mean_over_undefined_distances_is_nan_without_a_numpy_warning(recwarn)
     assert mean["dice"] == 0.25 and np.isnan(mean["hd95_mm"])
     assert summarise([{"case": "a", "hd95_mm": float("nan")}, {"case": "b", "hd95_mm": 3.0}])["hd95_mm"] == 3.0
     assert not recwarn.list
+
+
+def test_ablation_variants_leave_out_those_that_clean_as_an_earlier_one():
+    """From a cleanup without the largest component or hole filling, "no largest component" and
+    "no hole filling" were the starting cleanup again, and the gap variants changed nothing."""
+    assert [name for name, _ in ablation_variants()] == [
+        "defaults", "threshold only", "no largest component", "largest component, no gap", "no hole filling",
+        "threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7", "gap 2.0 mm", "gap 10.0 mm",
+        "closing 1.5 mm", "closing 3.0 mm"]
+    variants = dict(ablation_variants(CleanupSettings(keep_largest_component=False, fill_holes=False)))
+    assert list(variants) == ["defaults", "largest component, no gap", "threshold 0.3", "threshold 0.4",
+                              "threshold 0.6", "threshold 0.7", "closing 1.5 mm", "closing 3.0 mm"]
+    assert variants["largest component, no gap"] == CleanupSettings(keep_largest_component=True, component_gap_mm=0.0,
+                                                                     fill_holes=False)

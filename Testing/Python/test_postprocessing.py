@@ -112,8 +112,10 @@ def test_clean_mask_largest_component_switch(keep, expected_voxels):
 @pytest.mark.parametrize("settings, problem", [
     ({"threshold": 1.5}, "threshold 1.5 must lie between 0 and 1"),
     ({"threshold": 0.0}, "threshold 0 must lie between 0 and 1"),
-    ({"component_gap_mm": -1.0}, "cannot be negative"),
-    ({"closing_radius_mm": -2.0}, "cannot be negative"),
+    ({"component_gap_mm": -1.0}, "component gap -1 mm must lie between 0 and 100 mm"),
+    ({"closing_radius_mm": -2.0}, "closing radius -2 mm must lie between 0 and 100 mm"),
+    ({"closing_radius_mm": float("inf")}, "closing radius inf mm must lie between 0 and 100 mm"),
+    ({"component_gap_mm": float("nan")}, "component gap nan mm must lie between 0 and 100 mm"),
 ])
 def test_settings_that_cannot_mean_anything_are_refused(settings, problem):
     with pytest.raises(ValueError, match=problem):
