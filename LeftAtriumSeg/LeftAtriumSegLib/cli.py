@@ -87,6 +87,13 @@ def _capped_threads(threads: int) -> int:
     return threads
 
 
+def _parse_model_name(text: str) -> str:
+    # The name heads the model card and fills volumes.csv's model column, one line each.
+    if not text.strip() or any(not character.isprintable() for character in text):
+        raise argparse.ArgumentTypeError(f"--name {text!r}: a name to print on one line is needed")
+    return text
+
+
 class _RespacedFolder(argparse.Action):
     """``--respaced FOLDER X,Y,Z``, repeatable: collects ``{FOLDER: (x, y, z)}`` in mm."""
 
@@ -101,7 +108,10 @@ class _RespacedFolder(argparse.Action):
         if len(spacing_mm) != 3 or not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing_mm):
             parser.error(f"{option_string} {folder} {text}: the spacing must be x,y,z in mm, "
                          f"each {MIN_SPACING_MM}-{MAX_SPACING_MM}")
-        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), folder: spacing_mm})
+        given = getattr(namespace, self.dest) or {}
+        if folder in given:
+            parser.error(f"{option_string} {folder}: given twice; which spacing is the scans'?")
+        setattr(namespace, self.dest, {**given, folder: spacing_mm})
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -298,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "mm: each of its cases is drawn half the time as given, half with that spacing (repeatable)")
     train.add_argument("--threads", type=_parse_threads, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--name", default="LeftAtriumSeg")
+    train.add_argument("--name", type=_parse_model_name, default="LeftAtriumSeg")
     train.add_argument("--model-version", default="0")
     into_earlier_run = train.add_mutually_exclusive_group()
     into_earlier_run.add_argument("--overwrite", action="store_true",

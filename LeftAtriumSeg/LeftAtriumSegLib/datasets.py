@@ -138,20 +138,26 @@ def read_decathlon_cases(folder: str | Path, task02_headers: bool = False,
     Raises
     ------
     LeftAtriumSegError
-        The folder has no ``dataset.json``, or one that does not list ``training`` cases.
+        The folder is not there or has no ``dataset.json``, or one that does not list ``training``
+        cases.
     """
     folder = Path(folder)
     listing_path = folder / "dataset.json"
+    if not folder.is_dir():
+        raise LeftAtriumSegError(f"{folder}: {'not a folder' if folder.exists() else 'not found'} (--data takes "
+                                 "folders in the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
     if not listing_path.is_file():
         raise LeftAtriumSegError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
     try:
-        listing = json.loads(listing_path.read_text(encoding="utf-8"))
+        listing = json.loads(listing_path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as some editors write
         entries = [(folder / entry["image"], folder / entry["label"]) for entry in listing["training"]]
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep to read
         raise LeftAtriumSegError(f"{listing_path}: not a readable dataset.json ({error})") from None
     except (KeyError, TypeError) as error:
         raise LeftAtriumSegError(f"{listing_path}: needs a 'training' list of entries with 'image' and 'label' "
                                  f"(Decathlon layout; {type(error).__name__}: {error})") from None
+    if not entries:
+        raise LeftAtriumSegError(f"{listing_path}: its 'training' list is empty")
     cases = []
     for image, label in entries:
         image_path = _resolved(image)

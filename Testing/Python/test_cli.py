@@ -369,7 +369,10 @@ def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys)
     ("--gamma-probability", "nan", "gamma_probability must be a share between 0 and 1, not nan"),
     ("--iterations", "0", "iterations must be at least 1, not 0"),
     ("--max-gain-change", "1.2", "max_gain_change must be at least 0 and under 1, not 1.2"),
-    ("--max-offset", "-0.1", "max_offset must be at least 0, not -0.1"),
+    ("--max-offset", "-0.1", "max_offset must be between 0 and 5 (z-score units), not -0.1"),
+    ("--max-offset", "inf", "max_offset must be between 0 and 5 (z-score units), not inf"),
+    ("--seed", "-1", "seed must be a whole number from 0 to 4294967295, not -1"),
+    ("--seed", str(2**70), f"seed must be a whole number from 0 to 4294967295, not {2**70}"),
 ])
 def test_training_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys, option, value, message):
     assert main(["train", "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), option, value]) == 2
@@ -377,10 +380,23 @@ def test_training_settings_out_of_range_are_refused_before_any_work(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--respaced", "DATA", "1,1,1", "--respaced", "DATA", "2,2,2"], "--respaced DATA: given twice; which spacing is the scans'?"),
+    (["--name", ""], "--name '': a name to print on one line is needed"),
+    (["--name", "two\nlines"], "a name to print on one line is needed"),
+])
+def test_train_refuses_a_folder_respaced_twice_and_a_name_off_one_line(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--data", "DATA", "--output-dir", str(tmp_path / "run"), *extra])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("listing, message", [
     ("{}", "needs a 'training' list of entries with 'image' and 'label'"),
     ('{"training": [{"image": "imagesTr/a.nii.gz"}]}', "needs a 'training' list of entries with 'image' and 'label'"),
     ('{"training": [', "not a readable dataset.json"),
+    ("[" * 100000 + "]" * 100000, "not a readable dataset.json"),
+    ('{"training": []}', "its 'training' list is empty"),
     (None, "cannot follow the path"),
 ])
 def test_train_names_a_damaged_data_folder_in_one_line(tmp_path, capsys, listing, message):

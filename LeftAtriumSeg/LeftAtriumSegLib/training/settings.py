@@ -92,10 +92,11 @@ class TrainingSettings:
                   "crop_size": (self.crop_size >= 1, "at least 1"),
                   "checkpoint_every": (self.checkpoint_every >= 1, "at least 1"),
                   "max_gain_change": (0 <= self.max_gain_change < 1, "at least 0 and under 1"),
-                  "max_offset": (self.max_offset >= 0, "at least 0"),
+                  "max_offset": (0 <= self.max_offset <= 5, "between 0 and 5 (z-score units)"),
                   "gamma_probability": (0 <= self.gamma_probability <= 1, "a share between 0 and 1"),
                   "min_gamma": (0 < self.min_gamma <= 1, "over 0 and at most 1"),
-                  "max_gamma": (self.max_gamma >= 1, "at least 1")}
+                  "max_gamma": (1 <= self.max_gamma <= 10, "between 1 and 10"),
+                  "seed": (0 <= self.seed < 2**32, "a whole number from 0 to 4294967295")}
         for name, (valid, rule) in limits.items():
             if not valid:
                 raise ValueError(f"training setting {name} must be {rule}, not {getattr(self, name)!r}")
