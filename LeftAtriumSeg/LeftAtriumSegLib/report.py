@@ -313,6 +313,8 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     shown_mask = display(mask)
     shown_reference = None if reference is None else display(reference)
     paths = {kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
+    for path in (*paths.values(), output_dir / case_page_name(case)):
+        refuse_existing_output(path, overwrite)  # before any is written: a case is made whole or not at all
     write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm,
                   f"{case}: {volume_ml:.1f} mL", overwrite)
     write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm, overwrite)
@@ -343,8 +345,9 @@ def _page(title: str, body: str) -> str:
             f'<style>{PAGE_STYLE}</style><script src="{PLOTLY_JS}"></script></head><body>\n{body}\n</body></html>')
 
 
-def _figure_html(figure: go.Figure) -> str:
-    return figure.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+def _figure_html(figure: go.Figure, div_id: str) -> str:
+    # A fixed id, not plotly's random one: the same report makes the same page.
+    return figure.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True}, div_id=div_id)
 
 
 def case_page_name(case: str) -> str:
@@ -369,7 +372,7 @@ def _surface_html(case: str, mesh: trimesh.Trimesh | None) -> str:
     surface.update_layout(title=f"{case}: surface (drag to rotate)", width=520, height=460,
                           scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)",
                                  "zaxis_title": "S (mm)"})
-    return _figure_html(surface)
+    return _figure_html(surface, "surface")
 
 
 def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh | None, overwrite: bool = False) -> Path:
@@ -391,6 +394,10 @@ def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh 
             f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
             f'<img class="slices" alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
             + _surface_html(report.case, mesh) + "</div>")
+    if report.surface_stl is not None:
+        body += (f'<p>The surface as a mesh, <a href="{_link(report.surface_stl.name)}">{html.escape(report.surface_stl.name)}</a>'
+                 f' (STL, mm, LPS), and as a picture, <a href="{_link(report.surface_png.name)}">'
+                 f"{html.escape(report.surface_png.name)}</a>.</p>")
     path = output_dir / case_page_name(report.case)
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(_page(f"LeftAtriumSeg: {report.case}", body), encoding="utf-8")
@@ -425,8 +432,8 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
     bland.update_layout(title="Bland-Altman", xaxis_title="mean of predicted and reference (mL)",
                         yaxis_title="predicted - reference (mL)", width=520, height=460)
     scope = "" if len(cases) == reported else f"<p>Over the {len(cases)} of {reported} cases that have a reference.</p>"
-    return ('<h2>Agreement with reference</h2>' + scope + text + '<div class="row">' + _figure_html(scatter)
-            + _figure_html(bland) + "</div>")
+    return ('<h2>Agreement with reference</h2>' + scope + text + '<div class="row">' + _figure_html(scatter, "agreement")
+            + _figure_html(bland, "bland-altman") + "</div>")
 
 
 def _record_of(rows: list[dict], mask: Path) -> dict | None:
@@ -465,6 +472,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     header = '<tr><th class="text">case</th><th class="text">quality check</th><th>LA volume (mL)</th>'
     header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
     header += "<th>reference (mL)</th><th>Dice</th>" if referenced else ""
+    header += "</tr>"
     empty_cells = "<td></td>" * (1 + 3 * has_lavi + 2 * bool(referenced))
     body = [f'<tr class="failed"><td class="text">{html.escape(case)}</td><td class="text">{html.escape(reason)}</td>'
             f"{empty_cells}</tr>" for case, reason in sorted(left_out)]
@@ -482,7 +490,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     volumes = go.Figure(go.Histogram(x=[c.volume_ml for c in cases], marker_color=f"rgb{PREDICTION_RGB}"))
     volumes.update_layout(title="Left-atrial volumes", xaxis_title="volume (mL)", yaxis_title="cases", width=520, height=400)
     flagged = sum(c.qc == "review" for c in cases)
-    sections = '<div class="row">' + _figure_html(volumes) + "</div>"
+    sections = '<div class="row">' + _figure_html(volumes, "volumes") + "</div>"
     if referenced:
         sections += _agreement_section(referenced, len(cases))
     failed = (f"{len(left_out)} without pictures because segmentation or the report failed on them (listed first), "

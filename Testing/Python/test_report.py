@@ -83,9 +83,16 @@ def test_case_pictures_are_written_and_never_overwritten_unasked(tmp_path, sampl
         assert path.stat().st_size > 1000
     assert report.dice == 1.0
     assert report.mesh_volume_ml == pytest.approx(report.volume_ml, rel=0.05)
-    assert (tmp_path / "sample.html").stat().st_size > 1000
+    page = (tmp_path / "sample.html").read_text(encoding="utf-8")
+    assert '<a href="sample_surface.stl">' in page and '<a href="sample_surface.png">' in page
     with pytest.raises(FileExistsError):
         report_case("sample", sample_image, sample_label, None, tmp_path)
+    # A case whose page is there already writes none of its pictures beside it.
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "sample.html").write_text("the user's own page")
+    with pytest.raises(FileExistsError):
+        report_case("sample", sample_image, sample_label, None, tmp_path / "again")
+    assert [path.name for path in (tmp_path / "again").iterdir()] == ["sample.html"]
 
 
 def test_slice_animation_shows_the_atrium_and_25_mm_around_it_in_exact_colours(tmp_path):
@@ -295,6 +302,10 @@ def test_cases_the_report_cannot_show_are_listed_and_two_scans_of_one_case_refus
         "rename the scan and its mask"]
     page = (output / "report.html").read_text(encoding="utf-8")
     assert "3 case(s): 2 without pictures" in page and (output / "a.html").is_file()
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet", "--overwrite"]) == 1
+    assert (output / "report.html").read_text(encoding="utf-8") == page  # the same report, the same page
+    capsys.readouterr()
 
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE)), str(images / "a.nrrd"))
     assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir",
