@@ -162,7 +162,7 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     """Every stored probability map in ``probabilities`` that has a label in ``labels``.
 
     Only maps with a label are taken: a run over several data sets thus yields one set's cases
-    at a time.
+    at a time. A ``note:`` on standard error counts the others.
 
     Yields
     ------
@@ -183,6 +183,10 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     cases = matched_cases(probabilities, labels)
     if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
+    unlabelled = len(files_by_case(probabilities)) - len(cases)
+    if unlabelled:
+        print(f"note: {unlabelled} probability map(s) in {probabilities} have no label in {labels}, not scored",
+              file=sys.stderr)
     for case, map_path, label_path in cases:
         label, probability_map = read_mask(label_path), read_probability_map(map_path)
         if not same_grid(probability_map, label):

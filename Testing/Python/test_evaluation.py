@@ -13,7 +13,7 @@ def _write(array, path, spacing_mm=(1.0, 1.0, 1.0)):
     sitk.WriteImage(image, str(path))
 
 
-def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path):
+def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path, capsys):
     """A run over two data sets holds maps of both; each set's labels select its own cases."""
     probabilities, labels = tmp_path / "probabilities", tmp_path / "labelsTr"
     probabilities.mkdir(), labels.mkdir()
@@ -27,6 +27,7 @@ def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path):
 
     [defaults] = cleanup_ablation(probabilities, labels, ablation_variants()[:1])
 
+    assert f"note: 1 probability map(s) in {probabilities} have no label in {labels}, not scored" in capsys.readouterr().err
     assert defaults["dice"] == pytest.approx(2 / 3)
     assert defaults["abs_volume_error_ml"] == pytest.approx(10 * 10 * 5 * 2.0 / 1000)
 
