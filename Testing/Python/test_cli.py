@@ -308,7 +308,7 @@ def test_output_folder_that_is_a_file_is_refused_with_one_line(tmp_path, capsys,
      "{missing}: not a folder"),
     (["report", "--images", str(SAMPLE_IMAGE), "--predictions", "{missing}", "--output-dir", "{out}"],
      "{missing}: not a folder"),
-    (["train", "--data", "{missing}", "--output-dir", "{out}", "--folds", "0"], "{missing}: no dataset.json"),
+    (["train", "--data", "{missing}", "--output-dir", "{out}", "--folds", "0"], "{missing}: not found (--data takes folders"),
 ])
 def test_missing_input_folders_are_named_in_one_line(command, expected, tmp_path, capsys):
     names = {"missing": tmp_path / "missing", "out": tmp_path / "out"}

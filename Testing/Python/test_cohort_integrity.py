@@ -114,7 +114,7 @@ def test_two_inputs_of_one_case_name_are_refused_before_any_work(tmp_path, capsy
 def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path, capsys, case):
     _cohort(tmp_path, "image")
     manifest = tmp_path / "cohort.csv"
-    manifest.write_text(f'image,case\nimage.nii.gz,"{case}"\n')
+    manifest.write_text(f'image,case\nimage.nii.gz,"{case}"\n', encoding="utf-8")
     assert main(["segment", "--manifest", str(manifest), "--output-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {manifest}: line 2: case name {case!r} cannot name a file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.seg.nrrd").exists()
