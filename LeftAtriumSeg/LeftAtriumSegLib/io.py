@@ -104,12 +104,15 @@ def check_case_name(name: str, source: str | Path) -> str:
     InputImageError
         Naming ``source``, for an empty name, a name starting with ``.`` (a hidden file, which
         folders are read without), a path separator, a control character (a line break would split
-        the case's line of output; a direction override would show it as another name), or
-        surrounding spaces.
+        the case's line of output; a direction override would show it as another name),
+        surrounding spaces, or a first ``=``, ``+`` or ``@`` (a spreadsheet's formula).
     """
     if not name or name.startswith(".") or _UNPRINTABLE.search(name) or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
                               "(no path separators, control characters, leading '.' or surrounding spaces)")
+    if name[0] in "=+@":
+        raise InputImageError(f"{source}: case name {name!r} starts with {name[0]!r}: a spreadsheet opening "
+                              "volumes.csv would run it as a formula")
     if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
         raise InputImageError(f"{source}: case name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; "
                               f"output files need it under {MAX_CASE_NAME_BYTES + 1} (name the case in a --manifest)")

@@ -120,6 +120,13 @@ def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path,
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.seg.nrrd").exists()
 
 
+def test_a_case_name_a_spreadsheet_would_run_as_a_formula_is_refused(tmp_path, capsys):
+    images = _cohort(tmp_path / "images", "=HYPERLINK(1)")
+    assert _segment(images, "--output-dir", tmp_path / "out") == 2
+    assert capsys.readouterr().err.strip() == (f"error: {images / '=HYPERLINK(1).nii.gz'}: case name '=HYPERLINK(1)' "
+                                               "starts with '=': a spreadsheet opening volumes.csv would run it as a formula")
+
+
 def test_an_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path, capsys):
     images = _cohort(tmp_path / "images", "patient")
     before = (images / "patient.nii.gz").read_bytes()
