@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -516,6 +517,9 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                  output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
 
+    An image takes its case name from its file name or, where ``segment`` recorded it under
+    another (a manifest's ``case`` column), from the table's row that names it as ``input``.
+
     A case whose files cannot be used gets one ``error:`` line on standard error and is listed
     without pictures, as is an image without a mask whose table row says ``segment`` failed on it.
 
@@ -556,12 +560,15 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     for entry in map(Path, images):
         if not entry.exists():
             raise LeftAtriumSegError(f"{entry}: not found")
-    found = find_cases(images)
-    refuse_shared_names(found)
-    cases = [case for case in found if case.case in masks]
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
     latest = {case: rows[0] for case, rows in table_rows.items()}
+    # A scan a manifest named otherwise is known by the name its row gives the image it came from.
+    named = {os.path.realpath(row["input"]): case for case, row in latest.items() if row.get("input")}
+    found = [case if case.case in masks else replace(case, case=named.get(os.path.realpath(case.path), case.case))
+             for case in find_cases(images)]
+    refuse_shared_names(found)
+    cases = [case for case in found if case.case in masks]
     left_out, problems = [], []
     for case in found:
         if case.case in masks or case.case not in latest:

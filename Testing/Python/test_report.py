@@ -313,6 +313,18 @@ def test_cases_the_report_cannot_show_are_listed_and_two_scans_of_one_case_refus
     assert capsys.readouterr().err.startswith("error: two inputs have the case name 'a': ")
 
 
+def test_a_scan_a_manifest_named_otherwise_is_reported_under_that_name(tmp_path):
+    images, predictions, output = tmp_path / "images", tmp_path / "predictions", tmp_path / "report"
+    images.mkdir()
+    (images / "scan_17.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (tmp_path / "cohort.csv").write_text("image,case\nimages/scan_17.nii.gz,patient_a\n")
+    assert main(["segment", "--manifest", str(tmp_path / "cohort.csv"), "--output-dir", str(predictions),
+                 "--format", "nii.gz", "--quiet"]) == 0
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]) == 0
+    assert (output / "patient_a.html").is_file() and 'href="patient_a.html"' in (output / "report.html").read_text()
+
+
 def test_an_empty_mask_is_reported_with_its_scan_and_no_surface(tmp_path):
     images, predictions = tmp_path / "images", tmp_path / "predictions"
     images.mkdir(), predictions.mkdir()
