@@ -232,19 +232,19 @@ def read_csv(path: Path) -> CsvTable:
     rows, lines, header, last_line = [], [], None, 0
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            first = handle.readline()
-            handle.seek(0)
-            delimiter = next((mark for mark in ",;\t" if mark in first), ",")
-            reader = csv.reader(handle, delimiter=delimiter)
-            for cells in reader:
-                first_line, last_line = last_line + 1, reader.line_num
-                if not cells:
-                    continue
-                if header is None:
-                    header = tuple(cell.strip() for cell in cells)
-                    continue
-                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
-                lines.append(first_line)
+            text = handle.read()  # whole, not seeking back: a manifest may come through a pipe, <(...)
+        first = text.split("\n", 1)[0]
+        delimiter = next((mark for mark in ",;\t" if mark in first), ",")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        for cells in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if not cells:
+                continue
+            if header is None:
+                header = tuple(cell.strip() for cell in cells)
+                continue
+            rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+            lines.append(first_line)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LeftAtriumSegError(f"{path}: cannot read as CSV ({error})") from None
     named = [column for column in header or () if column]

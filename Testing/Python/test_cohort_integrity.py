@@ -17,7 +17,7 @@ from LeftAtriumSegLib import batch
 from LeftAtriumSegLib.batch import record_row
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.errors import LeftAtriumSegError
-from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_mask, write_segmentation
+from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_manifest, read_mask, write_segmentation
 from LeftAtriumSegLib.models import model_path
 
 
@@ -406,6 +406,19 @@ def test_a_mask_another_run_placed_meanwhile_is_not_replaced(tmp_path, monkeypat
     assert (output / "la_022_crop.nii.gz").read_bytes() == b"the other run's mask"
     assert "exists" in capsys.readouterr().err
     assert sorted(p.name for p in output.iterdir()) == ["la_022_crop.nii.gz", "volumes.csv"]
+
+
+def test_a_manifest_given_through_a_pipe_is_read(tmp_path):
+    """``--manifest <(make_manifest)``: the file cannot be read twice or sought back."""
+    import threading  # noqa: PLC0415
+
+    pipe = tmp_path / "manifest"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text(f"image,case\n{SAMPLE_IMAGE},P1\n"))
+    writer.start()
+    [case] = read_manifest(pipe)
+    writer.join()
+    assert (case.case, case.path) == ("P1", SAMPLE_IMAGE.resolve())
 
 
 def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
