@@ -140,6 +140,12 @@ def refuse_shared_names(cases: list[CaseInput]) -> None:
         first_by_name[case.case] = case
 
 
+def some_names(names: list[str], shown: int = 10) -> str:
+    """``a, b, c`` and, past ``shown`` names, ``..., and N more``: case names for a message."""
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def share_of(cases: list[CaseInput], shard: tuple[int, int] | None) -> list[CaseInput]:
     """Shard K of N's share of a run's cases: every N-th by case name from the K-th; all of them
     without a shard."""
@@ -169,9 +175,13 @@ def record_case_list(cases: list[CaseInput], path: Path) -> None:
     if path.exists():
         earlier = path.read_text(encoding="utf-8")
         if earlier != listed:
+            before, now = set(earlier.splitlines()), {case.case for case in cases}
+            changes = [f"{what}: {some_names(sorted(names))}" for what, names in
+                       (("new now", now - before), ("not given now", before - now)) if names]
             raise LeftAtriumSegError(
-                f"{path}: the shards that ran before had other cases ({earlier.count(chr(10))} listed, {len(cases)} now): "
-                "give every shard the same inputs, or start the run anew in another --output-dir")
+                f"{path}: the shards that ran before had other cases ({'; '.join(changes)}). Give every shard of a run "
+                "the same inputs; for a new run, use another --output-dir, or merge the earlier run and move its "
+                "shard tables and this list away (volumes.csv then credits its masks)")
         return
     with atomic_output(path) as temporary:
         temporary.write_text(listed, encoding="utf-8")
@@ -522,6 +532,9 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                 # once, the second finds the first's mask instead of replacing it.
                 row["output_sha256"] = file_sha256(written)
                 with locked(settings.output_dir):
+                    if output_path.exists() and not settings.overwrite:
+                        raise LeftAtriumSegError(f"{output_path}: another run made this case's mask while this one "
+                                                 "worked on it; run again (without --overwrite) to credit that mask")
                     refuse_existing_output(output_path, settings.overwrite)
                     _update_table(settings.table_path, row)
                     place_output(written, output_path, settings.overwrite)
@@ -566,7 +579,8 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         numbers[path] = (int(named["shard"]), int(named["count"]))
     counts = {count for _, count in numbers.values()}
     if len(counts) != 1:
-        raise LeftAtriumSegError(f"{output_dir}: shard tables of different runs ({', '.join(p.name for p in shards)})")
+        raise LeftAtriumSegError(f"{output_dir}: shard tables of different runs ({', '.join(p.name for p in shards)}); "
+                                 "move away the tables of the run you do not mean")
     expected = counts.pop()
     missing = sorted(set(range(1, expected + 1)) - {shard for shard, _ in numbers.values()})
     by_case: dict[str, tuple[Path, dict]] = {}
@@ -599,20 +613,23 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append("warning: the masks were not all made alike: "
                         + "; ".join(f"{count} by {maker}" for count, maker in counted))
     if missing:
-        problems.append(f"error: shards {', '.join(map(str, missing))} of {expected} have no table yet")
+        which = (f"shard {missing[0]} of {expected} has" if len(missing) == 1
+                 else f"shards {', '.join(map(str, missing))} of {expected} have")
+        problems.append(f"error: {which} no table yet (run segment with --shard K/{expected} for each)")
     case_list = shard_case_list(output_dir, expected)
-    if case_list.exists():  # runs of package 0.16 and later
+    if case_list.exists():
         listed = case_list.read_text(encoding="utf-8").splitlines()
         not_run = {name for shard in missing for name in listed[shard - 1 :: expected]}
         unrecorded = sorted(set(listed) - not_run - {row["case"] for row in rows})
         if unrecorded:
             problems.append(f"error: {len(unrecorded)} case(s) of the run have no row in their shard's table: "
-                            f"{', '.join(unrecorded[:10])}{', ...' if len(unrecorded) > 10 else ''} (a shard stopped "
-                            "before its end? run it again: it goes on where it stopped)")
+                            f"{some_names(unrecorded)} (a shard stopped before its end? run it again: it goes on "
+                            "where it stopped)")
+    else:  # a run of a package before 0.16, or the list moved away
+        problems.append(f"warning: no {case_list.name} here: cases a shard stopped before reaching cannot be found")
     # A mask deleted or changed after its run: the row's volume is not that of what lies there.
     astray = [row["case"] for row in rows if row["status"] != "failed" and not mask_in_place(row, output_dir)]
     if astray:
         problems.append(f"error: {len(astray)} case(s) whose mask is gone or no longer the one its row measured: "
-                        f"{', '.join(astray[:10])}{', ...' if len(astray) > 10 else ''}; segment them again "
-                        "(--overwrite where a changed mask is to be replaced)")
+                        f"{some_names(astray)}; segment them again (--overwrite where a changed mask is to be replaced)")
     return rows, problems

@@ -299,9 +299,24 @@ def test_a_shard_given_other_inputs_than_the_shards_before_is_refused(tmp_path, 
     capsys.readouterr()
     assert _segment(images, "--output-dir", output, "--shard", "2/2") == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {output / 'cases.shards-of-2.txt'}: the shards that ran before had other cases (2 listed, 3 now): "
-        "give every shard the same inputs, or start the run anew in another --output-dir")
+        f"error: {output / 'cases.shards-of-2.txt'}: the shards that ran before had other cases (new now: new). Give "
+        "every shard of a run the same inputs; for a new run, use another --output-dir, or merge the earlier run and "
+        "move its shard tables and this list away (volumes.csv then credits its masks)")
     assert not (output / "volumes.shard-2-of-2.csv").exists()
+
+    # As the message says: the earlier run merged, its tables and list moved away, a new run goes.
+    assert _segment(images / "a.nii.gz", images / "b.nii.gz", "--output-dir", output, "--shard", "2/2") == 0
+    assert main(["merge", str(output)]) == 0
+    earlier = tmp_path / "earlier run"
+    earlier.mkdir()
+    for name in ("volumes.shard-1-of-2.csv", "volumes.shard-2-of-2.csv", "cases.shards-of-2.txt"):
+        (output / name).rename(earlier / name)
+    for shard in ("1/2", "2/2"):
+        assert _segment(images, "--output-dir", output, "--shard", shard) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0 and capsys.readouterr().err == ""
+    rows = _rows(output)
+    assert [rows[case]["status"] for case in ("a", "b", "new")] == ["skipped: output exists"] * 2 + ["ok"]
 
 
 def test_unreadable_entries_of_an_input_folder_get_a_row_with_the_reason(tmp_path):
@@ -404,7 +419,8 @@ def test_a_mask_another_run_placed_meanwhile_is_not_replaced(tmp_path, monkeypat
     monkeypatch.setitem(batch.OUTPUT_WRITERS, "nii.gz", (name, written_meanwhile))
     assert _segment(SAMPLE_IMAGE, "--output-dir", output) == 1
     assert (output / "la_022_crop.nii.gz").read_bytes() == b"the other run's mask"
-    assert "exists" in capsys.readouterr().err
+    assert "another run made this case's mask while this one worked on it; run again (without --overwrite)" in (
+        capsys.readouterr().err)
     assert sorted(p.name for p in output.iterdir()) == ["la_022_crop.nii.gz", "volumes.csv"]
 
 
