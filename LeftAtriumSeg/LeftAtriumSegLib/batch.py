@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from . import __version__
-from .errors import LeftAtriumSegError, error_line
+from .errors import LeftAtriumSegError, error_line, some_names
 from .io import (
     SEGMENTATION_SUFFIX,
     CaseInput,
@@ -128,22 +128,16 @@ def collect_cases(inputs: list[str], manifest: str | None = None, series_uid: st
     return cases
 
 
-def refuse_shared_names(cases: list[CaseInput]) -> None:
-    """Raise LeftAtriumSegError for two inputs with one case name: their outputs would be one file,
-    and a mask would be taken for the other scan's."""
+def refuse_shared_names(cases: list[CaseInput], remedy: str = "name them apart, e.g. with a --manifest 'case' column") -> None:
+    """Raise LeftAtriumSegError for two inputs with one case name, saying ``remedy``: their outputs
+    would be one file, and a mask would be taken for the other scan's."""
     first_by_name: dict[str, CaseInput] = {}
     for case in cases:
         if case.case in first_by_name:
             raise LeftAtriumSegError(
                 f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
-                "(their outputs would be one file; name them apart, e.g. with a --manifest 'case' column)")
+                f"(their outputs would be one file; {remedy})")
         first_by_name[case.case] = case
-
-
-def some_names(names: list[str], shown: int = 10) -> str:
-    """``a, b, c`` and, past ``shown`` names, ``..., and N more``: case names for a message."""
-    more = f", and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def share_of(cases: list[CaseInput], shard: tuple[int, int] | None) -> list[CaseInput]:
@@ -221,8 +215,8 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """
     if not path:
         return {}
-    if not Path(path).is_file():
-        raise LeftAtriumSegError(f"{path}: file not found")
+    if not Path(path).exists() or Path(path).is_dir():  # a pipe, <(...), is neither a file nor a folder
+        raise LeftAtriumSegError(f"{path}: {'is a folder, not a file' if Path(path).is_dir() else 'file not found'}")
     table = read_csv(Path(path))
     if not {"case", "height_cm", "weight_kg"} <= set(table.columns):
         raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
@@ -310,6 +304,12 @@ def record_row(table_path: Path, row: dict) -> None:
         _update_table(table_path, row)
 
 
+def added_columns(row: dict | None) -> dict:
+    """The cells of a row in columns a user added to the table (notes on the case, say): theirs,
+    kept in the row that replaces it."""
+    return {column: value for column, value in (row or {}).items() if column not in VOLUME_COLUMNS}
+
+
 def _update_table(table_path: Path, row: dict) -> None:
     """Read the table again, put ``row`` in its case's place, write it whole (the caller holds the
     folder's lock). A failed row does not replace a done one whose mask is still in place and
@@ -319,9 +319,7 @@ def _update_table(table_path: Path, row: dict) -> None:
     if row["status"] == "failed" and earlier and earlier.get("status") != "failed" and mask_in_place(earlier, table_path.parent):
         rows[row["case"]] = {**earlier, "error": f"a later run failed, this mask kept: {row['error']}"}
     else:
-        # Columns a user added to the table (notes on the case, say) are theirs: the new row keeps them.
-        added = {column: value for column, value in (earlier or {}).items() if column not in VOLUME_COLUMNS}
-        rows[row["case"]] = {**added, **row}
+        rows[row["case"]] = {**added_columns(earlier), **row}
     # Sorted by case: the cases of one run, made several at once, arrive in any order.
     ordered = [rows[case] for case in sorted(rows)]
     write_table(ordered, table_path, _table_columns(ordered))
@@ -379,7 +377,7 @@ def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | 
 
 
 def _case_line(row: dict) -> str:
-    indexed = f", {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
+    indexed = f", {float(row['lavi_ml_per_m2']):.{LAVI_DECIMALS}f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
     return (f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) "
             f"-> {row['output']}")
 
@@ -393,14 +391,23 @@ def _stop_requests() -> Iterator[threading.Event]:
     twice, or ``timeout``, which signals the process and then its group) that interrupts Python
     3.11's ``Thread.join`` makes it take a running thread for stopped: the interpreter then exits
     under the case in progress, which aborts the process and leaves the case unrecorded. Off the
-    main thread, where no handler can be set, and for a signal the caller ignores, nothing changes.
+    main thread, where no handler can be set, and for a signal the caller ignores or handles in
+    C, nothing changes.
     """
     requested = threading.Event()
+
+    def request(signal_number, frame) -> None:
+        print("interrupted: finishing the scans under way, starting no other" if not requested.is_set() else
+              "still finishing the scans under way; to stop at once, kill the process (no output is left "
+              "half-written)", file=sys.stderr, flush=True)
+        requested.set()
+
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(number) is not signal.SIG_IGN:
-                handlers[number] = signal.signal(number, lambda number, frame: requested.set())
+            # None: a handler set from C (an embedded Python), which could not be restored.
+            if signal.getsignal(number) not in (signal.SIG_IGN, None):
+                handlers[number] = signal.signal(number, request)
     try:
         yield requested
     finally:
@@ -532,10 +539,13 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                 # once, the second finds the first's mask instead of replacing it.
                 row["output_sha256"] = file_sha256(written)
                 with locked(settings.output_dir):
-                    if output_path.exists() and not settings.overwrite:
+                    try:
+                        refuse_existing_output(output_path, settings.overwrite)
+                    except FileExistsError:
+                        if output_path.is_dir():
+                            raise
                         raise LeftAtriumSegError(f"{output_path}: another run made this case's mask while this one "
-                                                 "worked on it; run again (without --overwrite) to credit that mask")
-                    refuse_existing_output(output_path, settings.overwrite)
+                                                 "worked on it; run again (without --overwrite) to credit that mask") from None
                     _update_table(settings.table_path, row)
                     place_output(written, output_path, settings.overwrite)
 
@@ -600,7 +610,8 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         newer = [row for case, (_, shard_row) in by_case.items() if (row := earlier.get(case)) is not None
                  and mask_in_place(row, output_dir) and not mask_in_place(shard_row, output_dir)]
         chosen = {**{case: row for case, (_, row) in by_case.items()}, **{row["case"]: row for row in newer}}
-        rows = sorted([*unsharded, *chosen.values()], key=lambda row: row["case"])
+        rows = sorted([{**added_columns(earlier.get(case)), **row} for case, row in chosen.items()] + unsharded,
+                      key=lambda row: row["case"])
         write_table(rows, table_path, _table_columns(rows))
     if unsharded:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
@@ -625,7 +636,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
             problems.append(f"error: {len(unrecorded)} case(s) of the run have no row in their shard's table: "
                             f"{some_names(unrecorded)} (a shard stopped before its end? run it again: it goes on "
                             "where it stopped)")
-    else:  # a run of a package before 0.16, or the list moved away
+    else:  # a run without the list (made before there was one, or the list moved away)
         problems.append(f"warning: no {case_list.name} here: cases a shard stopped before reaching cannot be found")
     # A mask deleted or changed after its run: the row's volume is not that of what lies there.
     astray = [row["case"] for row in rows if row["status"] != "failed" and not mask_in_place(row, output_dir)]

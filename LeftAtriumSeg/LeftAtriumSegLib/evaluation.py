@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .errors import LeftAtriumSegError, error_line
+from .errors import LeftAtriumSegError, error_line, some_names
 from .io import files_by_case, read_mask, read_probability_map, same_grid
 from .metrics import mean_of_defined, segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
@@ -129,16 +129,16 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
     LeftAtriumSegError
         For a folder that does not exist, or no case in both.
     """
-    cases = matched_cases(predictions, labels)
     predicted, labelled = files_by_case(predictions), files_by_case(labels)
+    cases = [(case, predicted[case], labelled[case]) for case in sorted(predicted.keys() & labelled.keys())]
     if not cases:
         raise LeftAtriumSegError(f"no case is in both {predictions} and {labels}")
     for case in sorted(labelled.keys() - predicted.keys()):
         print(f"error: {labelled[case]}: no prediction for case {case} in {predictions}", file=sys.stderr)
     unlabelled = sorted(predicted.keys() - labelled.keys())
     if unlabelled:
-        print(f"note: {len(unlabelled)} prediction(s) without a label in {labels}, not scored: "
-              f"{', '.join(unlabelled[:10])}{', ...' if len(unlabelled) > 10 else ''}", file=sys.stderr)
+        print(f"note: {len(unlabelled)} prediction(s) without a label in {labels}, not scored: {some_names(unlabelled)}",
+              file=sys.stderr)
     rows, failures = [], 0
     progress = tqdm(cases, desc="evaluating", unit="case", disable=not show_progress, dynamic_ncols=True)
     for case, prediction, label in progress:

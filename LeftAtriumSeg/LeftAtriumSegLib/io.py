@@ -11,7 +11,6 @@ import csv
 import errno
 import gzip
 import hashlib
-import io
 import math
 import os
 import re
@@ -24,6 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from io import BytesIO, StringIO
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +77,6 @@ def case_name(path: str | Path) -> str:
     return Path(name).stem.strip()
 
 
-# Path separators; C0 and C1 control characters; Unicode's line and paragraph separators; and its
-# text-direction controls.
-_UNPRINTABLE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def check_case_name(name: str, source: str | Path) -> str:
     """Check that a case name can name an output file inside the output folder.
 
@@ -103,14 +98,15 @@ def check_case_name(name: str, source: str | Path) -> str:
     ------
     InputImageError
         Naming ``source``, for an empty name, a name starting with ``.`` (a hidden file, which
-        folders are read without), a path separator, a control character (a line break would split
-        the case's line of output; a direction override would show it as another name),
-        surrounding spaces, or a first ``=``, ``+`` or ``@`` (a spreadsheet's formula).
+        folders are read without), a path separator, a character that does not print on one line
+        (``str.isprintable``: a line break would split the case's line of output, a direction
+        mark would show it as another name), surrounding spaces, or a first ``=``, ``+``, ``-`` or
+        ``@`` (a spreadsheet's formula).
     """
-    if not name or name.startswith(".") or _UNPRINTABLE.search(name) or name != name.strip():
+    if not name or name.startswith(".") or re.search(r"[/\\]", name) or not name.isprintable() or name != name.strip():
         raise InputImageError(f"{source}: case name {name!r} cannot name a file in the output folder "
                               "(no path separators, control characters, leading '.' or surrounding spaces)")
-    if name[0] in "=+@":
+    if name[0] in "=+-@":
         raise InputImageError(f"{source}: case name {name!r} starts with {name[0]!r}: a spreadsheet opening "
                               "volumes.csv would run it as a formula")
     if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
@@ -217,10 +213,12 @@ class CsvTable:
 
 
 def read_csv(path: Path) -> CsvTable:
-    """Read a CSV file (UTF-8, a byte-order mark allowed as spreadsheets write one; blank lines
-    skipped; spaces around the header's names dropped); no columns and no rows for an empty file.
+    """Read a CSV file (UTF-8, a byte-order mark allowed as spreadsheets write one; blank lines and
+    rows of empty cells skipped; spaces around the header's names dropped); no columns and no rows
+    for an empty file.
 
-    Cells are separated by commas, or by semicolons or tabs where the first line has no comma:
+    Cells are separated by commas, or by semicolons or tabs where the first line that is not blank
+    has no comma:
     spreadsheets set to a language that writes decimal commas save CSV with semicolons.
 
     Raises
@@ -233,12 +231,12 @@ def read_csv(path: Path) -> CsvTable:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             text = handle.read()  # whole, not seeking back: a manifest may come through a pipe, <(...)
-        first = text.split("\n", 1)[0]
+        first = next((line for line in text.splitlines() if line.strip()), "")
         delimiter = next((mark for mark in ",;\t" if mark in first), ",")
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader = csv.reader(StringIO(text, newline=""), delimiter=delimiter)
         for cells in reader:
             first_line, last_line = last_line + 1, reader.line_num
-            if not cells:
+            if not any(cell.strip() for cell in cells):  # a blank line, or a spreadsheet's row of empty cells
                 continue
             if header is None:
                 header = tuple(cell.strip() for cell in cells)
@@ -1081,7 +1079,7 @@ def write_segmentation(mask: np.ndarray, reference: sitk.Image, path: Path, over
     segment = dict(LEFT_ATRIUM_SEGMENT, labelValue=1, layer=0, extent=_extent_ijk(mask), status="completed")
     segmentation = {"voxels": mask.astype(bool).view(np.uint8).transpose(2, 1, 0), "ijkToLPS": ijk_to_lps(reference),
                     "segments": [segment]}
-    written = io.BytesIO()
+    written = BytesIO()
     slicerio.write_segmentation(written, segmentation)
     content = written.getvalue()
     header_end = content.index(b"\n\n")

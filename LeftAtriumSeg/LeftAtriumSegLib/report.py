@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 from .batch import mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
 from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
-from .measurements import VolumeIndex, index_volume, measure_volume  # noqa: E402
+from .measurements import LAVI_DECIMALS, VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
 
 # Okabe and Ito's palette ("Color universal design", 2008): orange and blue stay apart for every
@@ -386,7 +386,7 @@ def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh 
     if report.reference_ml is not None:
         facts.append(f"reference {report.reference_ml:.1f} mL, Dice {report.dice:.3f}")
     if report.volume_index is not None:
-        facts.append(f"LAVI {report.volume_index.ml_per_m2:.1f} mL/m², {report.volume_index.grade}")
+        facts.append(f"LAVI {report.volume_index.ml_per_m2:.{LAVI_DECIMALS}f} mL/m², {report.volume_index.grade}")
     if report.qc:
         facts.append(f"quality check: {report.qc}" + (f" ({report.qc_reasons})" if report.qc_reasons else ""))
     body = (f'<p><a href="report.html">all cases</a></p><h1>{html.escape(report.case)}</h1>'
@@ -483,7 +483,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
                f'{html.escape(c.case)}</a></td><td class="text">{flag}</td><td>{c.volume_ml:.1f}</td>')
         if has_lavi:
             index = c.volume_index
-            row += (f"<td>{index.bsa_m2:.2f}</td><td>{index.ml_per_m2:.1f}</td><td>{index.grade}</td>"
+            row += (f"<td>{index.bsa_m2:.2f}</td><td>{index.ml_per_m2:.{LAVI_DECIMALS}f}</td><td>{index.grade}</td>"
                     if index is not None else "<td></td><td></td><td></td>")
         if referenced:
             row += f"<td>{c.reference_ml:.1f}</td><td>{c.dice:.3f}</td>" if c.reference_ml is not None else "<td></td><td></td>"
@@ -517,8 +517,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                  output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
 
-    An image takes its case name from its file name or, where ``segment`` recorded it under
-    another (a manifest's ``case`` column), from the table's row that names it as ``input``.
+    An image takes its case name from the table row that names it as ``input`` (a manifest's
+    ``case`` column may have named it otherwise), else from its file name.
 
     A case whose files cannot be used gets one ``error:`` line on standard error and is listed
     without pictures, as is an image without a mask whose table row says ``segment`` failed on it.
@@ -563,11 +563,11 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     table_rows = read_results(predictions)
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
     latest = {case: rows[0] for case, rows in table_rows.items()}
-    # A scan a manifest named otherwise is known by the name its row gives the image it came from.
+    # A scan is known by the name its table row gives it, where one records it as input: a manifest
+    # may have named it otherwise, or given its name to another scan.
     named = {os.path.realpath(row["input"]): case for case, row in latest.items() if row.get("input")}
-    found = [case if case.case in masks else replace(case, case=named.get(os.path.realpath(case.path), case.case))
-             for case in find_cases(images)]
-    refuse_shared_names(found)
+    found = [replace(case, case=named.get(os.path.realpath(case.path), case.case)) for case in find_cases(images)]
+    refuse_shared_names(found, "give --images only the scans meant")
     cases = [case for case in found if case.case in masks]
     left_out, problems = [], []
     for case in found:

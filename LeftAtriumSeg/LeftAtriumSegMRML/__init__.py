@@ -35,6 +35,9 @@ SEGMENT_EDIT_EVENTS = (slicer.vtkSegmentation.SourceRepresentationModified, slic
                        slicer.vtkSegmentation.SegmentRemoved)
 
 
+LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+
+
 def register_segmentation_converters() -> None:
     """Register the labelmap/surface converter rules once; the Slicer application does this
     itself at start-up, plain ``slicer-core`` needs it before any segmentation is displayed
@@ -87,16 +90,12 @@ def check_takes_labelmaps(segmentation_node) -> None:
     """Raise ValueError for a segmentation that keeps its segments as another representation than
     label maps (surfaces made from models, say): a mask put into it would be lost, the segment left
     empty and measured as 0 mL (vtkSegmentationModifier.cxx v5.10.0 L90, "Failed to get binary
-    labelmap representation"). A segmentation without segments is switched to label maps."""
+    labelmap representation"). One without segments takes label maps (``set_left_atrium_segment``)."""
     segmentation = segmentation_node.GetSegmentation()
-    labelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    if segmentation.GetSourceRepresentationName() == labelmap:
-        return
-    if segmentation.GetNumberOfSegments() == 0:
-        segmentation.SetSourceRepresentationName(labelmap)
-        return
-    raise ValueError(f"{segmentation_node.GetName()} keeps its segments as {segmentation.GetSourceRepresentationName()}, "
-                     "not as label maps; choose another segmentation, or none to have a new one made")
+    kept_as = segmentation.GetSourceRepresentationName()
+    if kept_as != LABELMAP and segmentation.GetNumberOfSegments() > 0:
+        raise ValueError(f"{segmentation_node.GetName()} keeps its segments as {kept_as}, not as label maps; "
+                         "choose another segmentation, or none to have a new one made")
 
 
 def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) -> str:
@@ -115,6 +114,7 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     if mask.shape != image_data.GetDimensions()[::-1]:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
     check_takes_labelmaps(segmentation_node)
+    segmentation_node.GetSegmentation().SetSourceRepresentationName(LABELMAP)  # so it was, or it has no segment
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     segmentation = segmentation_node.GetSegmentation()

@@ -16,7 +16,7 @@ from conftest import SAMPLE_IMAGE, SAMPLE_LABEL, rewrite_safetensors
 from LeftAtriumSegLib import batch
 from LeftAtriumSegLib.batch import record_row
 from LeftAtriumSegLib.cli import main
-from LeftAtriumSegLib.errors import LeftAtriumSegError
+from LeftAtriumSegLib.errors import LeftAtriumSegError, error_line
 from LeftAtriumSegLib.io import file_sha256, files_by_case, find_cases, read_manifest, read_mask, write_segmentation
 from LeftAtriumSegLib.models import model_path
 
@@ -110,7 +110,7 @@ def test_two_inputs_of_one_case_name_are_refused_before_any_work(tmp_path, capsy
 
 
 @pytest.mark.parametrize("case", ["../escaped", "/tmp/absolute", "sub/dir", "..", "two\nlines", "tab\there", ".hidden",
-                                  "c1\x85control", "right\u202eleft"])
+                                  "c1\x85control", "right\u202eleft", "mark\u200fed"])
 def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path, capsys, case):
     _cohort(tmp_path, "image")
     manifest = tmp_path / "cohort.csv"
@@ -120,11 +120,13 @@ def test_a_manifest_case_name_that_leaves_the_output_folder_is_refused(tmp_path,
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.seg.nrrd").exists()
 
 
-def test_a_case_name_a_spreadsheet_would_run_as_a_formula_is_refused(tmp_path, capsys):
-    images = _cohort(tmp_path / "images", "=HYPERLINK(1)")
+@pytest.mark.parametrize("first", ["=", "+", "-", "@"])
+def test_a_case_name_a_spreadsheet_would_run_as_a_formula_is_refused(tmp_path, capsys, first):
+    images = _cohort(tmp_path / "images", f"{first}HYPERLINK(1)")
     assert _segment(images, "--output-dir", tmp_path / "out") == 2
-    assert capsys.readouterr().err.strip() == (f"error: {images / '=HYPERLINK(1).nii.gz'}: case name '=HYPERLINK(1)' "
-                                               "starts with '=': a spreadsheet opening volumes.csv would run it as a formula")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {images / (first + 'HYPERLINK(1).nii.gz')}: case name '{first}HYPERLINK(1)' starts with '{first}': "
+        "a spreadsheet opening volumes.csv would run it as a formula")
 
 
 def test_an_output_that_would_replace_an_input_is_refused_before_any_work(tmp_path, capsys):
@@ -249,6 +251,11 @@ def test_merge_keeps_an_unsharded_runs_rows_and_refuses_a_case_in_two_shards(tmp
     assert main(["merge", str(output)]) == 0
     assert sorted(_rows(output)) == ["a", "b", "c"]
     assert "note: kept 1 row(s) of cases in" in capsys.readouterr().err
+    table = output / "volumes.csv"  # a note the user added to a sharded case's row survives merging again
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0] + ",reader_note", *(line + (",checked" if line.startswith("b,") else ",")
+                                                             for line in lines[1:])]) + "\n")
+    assert main(["merge", str(output)]) == 0 and _rows(output)["b"]["reader_note"] == "checked"
 
     (output / "b.nii.gz").rename(tmp_path / "b_elsewhere.nii.gz")
     (output / "c.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())  # another mask under c's name
@@ -262,6 +269,12 @@ def test_merge_keeps_an_unsharded_runs_rows_and_refuses_a_case_in_two_shards(tmp
         handle.write(open(output / "volumes.shard-2-of-2.csv").read().splitlines()[1] + "\n")
     assert main(["merge", str(output)]) == 2
     assert "case 'c' has rows in volumes.shard-1-of-2.csv and volumes.shard-2-of-2.csv" in capsys.readouterr().err
+
+
+def test_an_error_line_keeps_the_spaces_of_the_path_it_names():
+    path = "/data/my  scans/la_003.nii.gz"
+    assert error_line(FileNotFoundError(f"{path}: file not found"), path) == f"{path}: file not found"
+    assert error_line(RuntimeError("ITK: x.hxx:179:\nFailed to allocate.\n"), path) == f"{path}: ITK: x.hxx:179: Failed to allocate."
 
 
 def test_hidden_files_in_a_folder_are_not_cases(tmp_path):
@@ -390,6 +403,7 @@ def test_a_segmentation_written_at_another_time_is_the_same_file(tmp_path, monke
     monkeypatch.setattr(nrrd.writer, "datetime", Later)  # the clock pynrrd reads
     write_segmentation(mask, reference, tmp_path / "later.seg.nrrd")
     assert (tmp_path / "now.seg.nrrd").read_bytes() == (tmp_path / "later.seg.nrrd").read_bytes()
+    assert b"(GMT)" not in (tmp_path / "later.seg.nrrd").read_bytes()[:1000]  # had pynrrd read another clock
     assert (sitk.GetArrayFromImage(read_mask(tmp_path / "later.seg.nrrd")) > 0).sum() == mask.sum()
 
 
@@ -430,7 +444,7 @@ def test_a_manifest_given_through_a_pipe_is_read(tmp_path):
 
     pipe = tmp_path / "manifest"
     os.mkfifo(pipe)
-    writer = threading.Thread(target=lambda: pipe.write_text(f"image,case\n{SAMPLE_IMAGE},P1\n"))
+    writer = threading.Thread(target=lambda: pipe.write_text(f"image,case\n{SAMPLE_IMAGE},P1\n"), daemon=True)
     writer.start()
     [case] = read_manifest(pipe)
     writer.join()
@@ -450,9 +464,9 @@ def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
     # Saved in a language that writes decimal commas: semicolons between cells (and the header's
     # names typed with spaces); the results table too, which the next run reads and writes back.
     manifest.write_text("\ufeff image ;case\r\nimage.nii.gz;patient\r\n", encoding="utf-8")
-    clinical.write_text("case;height_cm;weight_kg\r\npatient;180;80\r\n", encoding="utf-8")
+    clinical.write_text("\r\ncase;height_cm;weight_kg\r\npatient;180;80\r\n", encoding="utf-8")  # a blank line first
     table = tmp_path / "out" / "volumes.csv"
-    table.write_text(table.read_text().replace(",", ";"))
+    table.write_text(table.read_text().replace(",", ";") + ";;;;\r\n")  # and a row of empty cells
     assert main(["segment", "--manifest", str(manifest), "--clinical", str(clinical), "--output-dir",
                  str(tmp_path / "out"), "--quiet"]) == 0
     assert _rows(tmp_path / "out")["patient"]["bsa_m2"] == "2.000"  # sqrt(180 x 80 / 3600)
@@ -548,19 +562,26 @@ def test_terminated_runs_leave_no_partial_output(tmp_path, signals):
     import time
 
     images, output = _cohort(tmp_path / "images", *(f"case{i}" for i in range(6))), tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "LeftAtriumSegLib.cli", "segment", str(images), "--output-dir",
-                            str(output), "--format", "nii.gz", "--threads", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",  # the progress bar's blocks
-                           # A shell's background job (CI's, say) ignores SIGINT, and so would the run.
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A shell's background job (CI's, say) ignores SIGINT, and so would the run: the child takes
+    # Python's own handler back.
+    child = textwrap.dedent(f"""
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from LeftAtriumSegLib.cli import main
+        sys.exit(main(["segment", {str(images)!r}, "--output-dir", {str(output)!r}, "--format", "nii.gz", "--threads", "1"]))
+    """)
+    run = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           encoding="utf-8")  # the progress bar's blocks
     deadline = time.monotonic() + 240
     while not (output / "case0.nii.gz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.3)  # case1 under way (a case takes about a second)
     for name in signals:
         run.send_signal(getattr(signal, name))
         time.sleep(0.05)
     stdout, stderr = run.communicate(timeout=60)
     assert run.returncode == 130 and stderr.strip().endswith("interrupted")
+    assert "interrupted: finishing the scans under way, starting no other" in stderr
     made = sorted(p.name for p in output.iterdir())
     assert made[-1] == "volumes.csv" and all(name.endswith(".nii.gz") for name in made[:-1])
     rows = _rows(output)

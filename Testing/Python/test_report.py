@@ -325,6 +325,23 @@ def test_a_scan_a_manifest_named_otherwise_is_reported_under_that_name(tmp_path)
     assert (output / "patient_a.html").is_file() and 'href="patient_a.html"' in (output / "report.html").read_text()
 
 
+def test_a_scan_is_paired_with_the_mask_its_row_records_not_the_one_of_its_file_name(tmp_path):
+    """A manifest that swapped names (a.nii.gz named b, b.nii.gz named a): by file name each scan got
+    the other's mask. Here the two lie on grids 10 mm apart, so a wrong pairing fails."""
+    images, predictions, output = tmp_path / "images", tmp_path / "predictions", tmp_path / "report"
+    images.mkdir(), predictions.mkdir()
+    scan, label = sitk.ReadImage(str(SAMPLE_IMAGE)), sitk.ReadImage(str(SAMPLE_LABEL))
+    for name, shift in (("a", 0.0), ("b", 10.0)):
+        origin = [value + shift for value in scan.GetOrigin()]
+        scan.SetOrigin(origin), label.SetOrigin(origin)
+        sitk.WriteImage(scan, str(images / f"{name}.nii.gz"))
+        sitk.WriteImage(label, str(predictions / f"{'b' if name == 'a' else 'a'}.nii.gz"))  # named the other way
+    (predictions / "volumes.csv").write_text(f"case,status,input,output\nb,ok,{images / 'a.nii.gz'},b.nii.gz\n"
+                                             f"a,ok,{images / 'b.nii.gz'},a.nii.gz\n")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]) == 0
+
+
 def test_an_empty_mask_is_reported_with_its_scan_and_no_surface(tmp_path):
     images, predictions = tmp_path / "images", tmp_path / "predictions"
     images.mkdir(), predictions.mkdir()
