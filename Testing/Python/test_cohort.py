@@ -104,10 +104,15 @@ def test_merge_warns_when_shards_were_segmented_with_different_settings(tmp_path
     assert "--threshold 0.5 " in warning and "--threshold 0.7 " in warning
 
 
-def test_merge_reports_missing_shards(tmp_path, capsys):
-    (tmp_path / "volumes.shard-1-of-3.csv").write_text("case,status\nx,ok\n")
+def test_merge_reports_missing_shards_and_a_run_it_cannot_check_for_cases_left_out(tmp_path, capsys):
+    (tmp_path / "volumes.shard-1-of-3.csv").write_text("case,status\nx,failed\n")
     assert main(["merge", str(tmp_path)]) == 1
-    assert "shards 2, 3 of 3" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [
+        "error: shards 2, 3 of 3 have no table yet (run segment with --shard K/3 for each)",
+        "warning: no cases.shards-of-3.txt here: cases a shard stopped before reaching cannot be found"]
+    (tmp_path / "volumes.shard-2-of-3.csv").write_text("case,status\ny,failed\n")
+    assert main(["merge", str(tmp_path)]) == 1
+    assert "error: shard 3 of 3 has no table yet" in capsys.readouterr().err
 
 
 def test_killed_run_leaves_no_half_written_output_and_resumes(tmp_path):

@@ -438,8 +438,8 @@ def test_a_mask_another_run_placed_meanwhile_is_not_replaced(tmp_path, monkeypat
     assert sorted(p.name for p in output.iterdir()) == ["la_022_crop.nii.gz", "volumes.csv"]
 
 
-def test_a_manifest_given_through_a_pipe_is_read(tmp_path):
-    """``--manifest <(make_manifest)``: the file cannot be read twice or sought back."""
+def test_a_manifest_or_clinical_table_given_through_a_pipe_is_read(tmp_path):
+    """``--manifest <(make_manifest)``: the file is neither a regular file nor one to read twice."""
     import threading  # noqa: PLC0415
 
     pipe = tmp_path / "manifest"
@@ -449,6 +449,10 @@ def test_a_manifest_given_through_a_pipe_is_read(tmp_path):
     [case] = read_manifest(pipe)
     writer.join()
     assert (case.case, case.path) == ("P1", SAMPLE_IMAGE.resolve())
+    writer = threading.Thread(target=lambda: pipe.write_text("case,height_cm,weight_kg\nP1,180,80\n"), daemon=True)
+    writer.start()
+    assert batch.read_clinical(str(pipe)) == {"P1": (180.0, 80.0)}  # --clinical <(...)
+    writer.join()
 
 
 def test_tables_saved_by_a_spreadsheet_are_read(tmp_path):
