@@ -397,7 +397,8 @@ def _stop_requests() -> Iterator[threading.Event]:
     requested = threading.Event()
 
     def request(signal_number, frame) -> None:
-        print("interrupted: finishing the scans under way, starting no other" if not requested.is_set() else
+        # On a line of its own: the progress bar ends its line only when it closes.
+        print("\ninterrupted: finishing the scans under way, starting no other" if not requested.is_set() else
               "still finishing the scans under way; to stop at once, kill the process (no output is left "
               "half-written)", file=sys.stderr, flush=True)
         requested.set()

@@ -111,7 +111,7 @@ def check_case_name(name: str, source: str | Path) -> str:
                               "volumes.csv would run it as a formula")
     if len(name.encode("utf-8")) > MAX_CASE_NAME_BYTES:
         raise InputImageError(f"{source}: case name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; "
-                              f"output files need it under {MAX_CASE_NAME_BYTES + 1} (name the case in a --manifest)")
+                              f"output files need it under {MAX_CASE_NAME_BYTES + 1} (a shorter name, or a --manifest 'case')")
     return name
 
 
