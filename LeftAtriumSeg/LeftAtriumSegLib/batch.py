@@ -141,12 +141,14 @@ def refuse_shared_names(cases: list[CaseInput], remedy: str = "name them apart, 
 
 
 def share_of(cases: list[CaseInput], shard: tuple[int, int] | None) -> list[CaseInput]:
-    """Shard K of N's share of a run's cases: every N-th by case name from the K-th; all of them
-    without a shard."""
-    if not shard:
-        return cases
+    """Shard K of N's share of a run's cases (``_share``); all of them without a shard."""
+    return _share(sorted(cases, key=lambda case: case.case), shard) if shard else cases
+
+
+def _share(ordered_by_name: list, shard: tuple[int, int]) -> list:
+    """Shard K of N's share of a run's cases, given in order of their names: every N-th from the K-th."""
     index, count = shard
-    return sorted(cases, key=lambda case: case.case)[index - 1 :: count]
+    return ordered_by_name[index - 1 :: count]
 
 
 def shard_case_list(output_dir: Path, count: int) -> Path:
@@ -630,8 +632,8 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append(f"error: {which} no table yet (run segment with --shard K/{expected} for each)")
     case_list = shard_case_list(output_dir, expected)
     if case_list.exists():
-        listed = case_list.read_text(encoding="utf-8").splitlines()
-        not_run = {name for shard in missing for name in listed[shard - 1 :: expected]}
+        listed = case_list.read_text(encoding="utf-8").splitlines()  # in order of the names
+        not_run = {name for shard in missing for name in _share(listed, (shard, expected))}
         unrecorded = sorted(set(listed) - not_run - {row["case"] for row in rows})
         if unrecorded:
             problems.append(f"error: {len(unrecorded)} case(s) of the run have no row in their shard's table: "

@@ -63,17 +63,9 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
         yield index, case, image, label, model
 
 
-def matched_cases(predictions: Path, labels: Path) -> list[tuple[str, Path, Path]]:
-    """``(case, prediction, label)`` for every case present in both folders (matched by file name).
-
-    Cases are sorted by name.
-
-    Raises
-    ------
-    LeftAtriumSegError
-        For a path that is not a folder.
-    """
-    predicted, reference = files_by_case(predictions), files_by_case(labels)
+def matched_cases(predicted: dict[str, Path], reference: dict[str, Path]) -> list[tuple[str, Path, Path]]:
+    """``(case, prediction, label)`` for every case in both of two folders' ``files_by_case``,
+    sorted by name."""
     return [(case, predicted[case], reference[case]) for case in sorted(predicted.keys() & reference.keys())]
 
 
@@ -130,7 +122,7 @@ def evaluate_folders(predictions: Path, labels: Path, show_progress: bool = Fals
         For a folder that does not exist, or no case in both.
     """
     predicted, labelled = files_by_case(predictions), files_by_case(labels)
-    cases = [(case, predicted[case], labelled[case]) for case in sorted(predicted.keys() & labelled.keys())]
+    cases = matched_cases(predicted, labelled)
     if not cases:
         raise LeftAtriumSegError(f"no case is in both {predictions} and {labels}")
     for case in sorted(labelled.keys() - predicted.keys()):
@@ -180,10 +172,11 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     InputImageError
         For a map or label that cannot be read as one (``io.read_probability_map``, ``io.read_mask``).
     """
-    cases = matched_cases(probabilities, labels)
+    maps = files_by_case(probabilities)
+    cases = matched_cases(maps, files_by_case(labels))
     if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
-    unlabelled = len(files_by_case(probabilities)) - len(cases)
+    unlabelled = len(maps) - len(cases)
     if unlabelled:
         print(f"note: {unlabelled} probability map(s) in {probabilities} have no label in {labels}, not scored",
               file=sys.stderr)

@@ -569,22 +569,21 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     found = [replace(case, case=named.get(os.path.realpath(case.path), case.case)) for case in find_cases(images)]
     refuse_shared_names(found, "give --images only the scans meant")
     cases = [case for case in found if case.case in masks]
-    left_out, problems = [], []
+    left_out, failures = [], 0
     for case in found:
         if case.case in masks or case.case not in latest:
             continue
         if latest[case.case].get("status") == "failed":
             left_out.append((case.case, f"segment failed: {latest[case.case].get('error') or 'no reason recorded'}"))
         else:  # a mask deleted since: its row's volume would pass for a result
-            problems.append((case, f"{case.path}: no mask in {predictions}, though its table there says "
-                                   f"{latest[case.case].get('status')!r}"))
-    if not cases and not left_out and not problems:
+            line = f"{case.path}: no mask in {predictions}, though its table there says {latest[case.case].get('status')!r}"
+            print(f"error: {line}", file=sys.stderr)
+            left_out.append((case.case, f"report failed: {line}"))
+            failures += 1
+    if not cases and not left_out:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
-    reports, failures = [], len(problems)
-    for case, line in problems:
-        print(f"error: {line}", file=sys.stderr)
-        left_out.append((case.case, f"report failed: {line}"))
+    reports = []
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
             if case.case == report_path.stem:

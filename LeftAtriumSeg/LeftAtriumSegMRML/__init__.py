@@ -114,10 +114,10 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     if mask.shape != image_data.GetDimensions()[::-1]:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
     check_takes_labelmaps(segmentation_node)
-    segmentation_node.GetSegmentation().SetSourceRepresentationName(LABELMAP)  # so it was, or it has no segment
+    segmentation = segmentation_node.GetSegmentation()
+    segmentation.SetSourceRepresentationName(LABELMAP)  # so it was, or it has no segment
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-    segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID) is None:
         segmentation.AddEmptySegment(LEFT_ATRIUM_SEGMENT_ID, LEFT_ATRIUM_SEGMENT["name"], LEFT_ATRIUM_SEGMENT["color"])
     segment = segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID)
