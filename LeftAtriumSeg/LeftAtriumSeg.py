@@ -25,6 +25,9 @@ MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_IMAGE = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop.nii.gz"
 SAMPLE_LABEL = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
 DEFAULT_CLEANUP = CleanupSettings()
+# How long a scene close, or a second press of Cancel, waits for Slicer to end a cancelled worker:
+# the process is killed within a tenth of a second, writing the input may take a few seconds.
+ABANDON_WAIT_S = 10.0
 
 
 #
@@ -495,23 +498,22 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         self._run[0].Cancel()
 
     def abandon(self) -> None:
-        """End the run now, without its result: for a scene that closes, or a cancel Slicer never
-        reports done. The worker is cancelled, and what Slicer already queued to read back into its
-        nodes is read now: read later, after the close removed them or gave their IDs to new nodes,
-        it would crash Slicer or fill another node (vtkSlicerApplicationLogicRequests.h
-        ReadDataRequestFile; vtkSlicerCLIModuleLogic.cxx ApplyAndWait drains the queue alike)."""
+        """End the run now, without its result: for a scene that closes, or a cancel Slicer does not
+        report done. The worker is cancelled and waited for (up to ABANDON_WAIT_S) while what Slicer
+        queues to read back into the run's nodes is read now: read later, after the close removed
+        them or gave their IDs to new nodes, it would crash Slicer or fill another node
+        (LeftAtriumSegMRML.end_worker)."""
+        from LeftAtriumSegMRML import end_worker
+
         if self._run is None:
             return
         cliNode = self._run[0]
         self._endRun()  # first: no status event of the reads below imports a result
-        # A cancel that lands while Slicer writes the input is overridden; the worker would then run
-        # to the end and queue reads into nodes the close removes. The node outlives the scene in
-        # the CLI logic's hands: cancel again whenever it shows as running.
-        cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
-        cliNode.Cancel()
-        applicationLogic = slicer.app.applicationLogic()
-        while applicationLogic.GetReadDataQueueSize():
-            applicationLogic.ProcessReadData()
+        if not end_worker(cliNode, slicer.app.applicationLogic(), ABANDON_WAIT_S):
+            logging.warning("Left-atrium segmentation: the worker was still %s %.0f s after it was cancelled",
+                            cliNode.GetStatusString(), ABANDON_WAIT_S)
+            # The CLI logic holds the node after the scene dropped it: cancel again whenever it shows as running.
+            cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
 
     def _endRun(self) -> None:
         """Forget the finished worker and remove its nodes once the events under way are delivered."""

@@ -387,3 +387,88 @@ def test_measuring_leaves_no_node_behind(scene, phantom):
         mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
     added = [scene.GetNthNode(i).GetClassName() for i in range(before, scene.GetNumberOfNodes())]
     assert added == [], added
+
+
+class WorkerEnding:
+    """Plays the end of Slicer's CLI logic thread for one run (``vtkSlicerCLIModuleLogic::ApplyTask``,
+    v5.10.0), which slicer-core cannot run (docs/slicer-api.md): after ``delay_s``, a worker whose
+    cancel came too late queues the read-back of its label map (L2041, L2090) and the CLI logic sets
+    *Completed* when that read has run (``ProcessMRMLLogicsEvents`` L2443); one whose cancel was
+    overridden shows *Running* (L1698) and is then killed if it is cancelled again (L1769-1771,
+    L2017-2019). Statuses are set without events from this thread, as the logic sets them."""
+
+    def __init__(self, cli_node, application_logic, labelmap_id: str, path, delay_s: float, overridden=False):
+        import threading
+
+        self.cli_node, self.application_logic = cli_node, application_logic
+        self.labelmap_id, self.path, self.delay_s, self.overridden = labelmap_id, str(path), delay_s, overridden
+        application_logic.AddObserver(slicer.vtkSlicerApplicationLogic.RequestProcessedEvent, self._completed)
+        self.thread = threading.Thread(target=self._end)
+
+    def _completed(self, caller, event):
+        self.cli_node.SetStatus(self.cli_node.Completed)
+
+    def _end(self):
+        import time
+
+        time.sleep(self.delay_s)
+        node = self.cli_node
+        if self.overridden:
+            node.SetStatus(node.Running, False)
+            for _ in range(100):
+                time.sleep(0.01)
+                if node.GetStatus() == node.Cancelling:
+                    node.SetStatus(node.Cancelled, False)
+                    return
+        node.SetStatus(node.Completing, False)
+        self.application_logic.RequestReadFile(self.labelmap_id, self.path, 0, 0)
+
+
+@pytest.fixture()
+def worker_run(tmp_path):
+    """A scene with Slicer's application logic, a CLI node and the label map its worker writes."""
+    scene = slicer.vtkMRMLScene()
+    scene.SetCacheManager(slicer.vtkCacheManager())  # the read request asks it whether a file is remote
+    application_logic = slicer.vtkSlicerApplicationLogic()
+    application_logic.SetMRMLScene(scene)
+    application_logic.CreateProcessingThread()  # opens the read-data queue
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "worker output")
+    path = tmp_path / "label.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(path))
+    cli_node = slicer.vtkMRMLCommandLineModuleNode()
+    scene.AddNode(cli_node)
+    yield scene, application_logic, cli_node, labelmap_node, path
+    application_logic.TerminateProcessingThread()
+
+
+def test_a_cancelled_worker_is_waited_for_until_its_late_read_back_has_run(worker_run):
+    """A cancel that comes after the worker ended: Slicer still queues the read-back, later. Had the
+    module removed the label map before that read ran, the read would have crashed Slicer (a null
+    node, ReadDataRequestFile::Execute, checked under slicer-core: exit by SIGSEGV)."""
+    scene, application_logic, cli_node, labelmap_node, path = worker_run
+    cli_node.SetStatus(cli_node.Running, False)
+    ending = WorkerEnding(cli_node, application_logic, labelmap_node.GetID(), path, delay_s=0.3)
+    ending.thread.start()
+    assert mrml.end_worker(cli_node, application_logic, timeout_s=10)
+    ending.thread.join()
+    assert labelmap_node.GetImageData().GetDimensions() == (6, 5, 4)  # the read ran into the node while it was there
+    assert not cli_node.IsBusy() and application_logic.GetReadDataQueueSize() == 0
+    mrml.remove_with_its_nodes(labelmap_node)  # what the module does next: nothing is left to read into it
+
+
+def test_a_cancel_the_worker_overrode_is_sent_again(worker_run):
+    scene, application_logic, cli_node, labelmap_node, path = worker_run
+    cli_node.SetStatus(cli_node.Scheduled, False)
+    ending = WorkerEnding(cli_node, application_logic, labelmap_node.GetID(), path, delay_s=0.1, overridden=True)
+    ending.thread.start()
+    assert mrml.end_worker(cli_node, application_logic, timeout_s=10)
+    ending.thread.join()
+    assert cli_node.GetStatus() == cli_node.Cancelled
+    assert labelmap_node.GetImageData() is None  # killed: nothing read back
+
+
+def test_a_worker_that_does_not_end_is_given_up_after_the_timeout(worker_run):
+    scene, application_logic, cli_node, labelmap_node, path = worker_run
+    cli_node.SetStatus(cli_node.Running, False)
+    assert not mrml.end_worker(cli_node, application_logic, timeout_s=0.2)
+    assert cli_node.GetStatus() == cli_node.Cancelling
