@@ -38,6 +38,7 @@ from .io import (
     case_sha256,
     check_case_name,
     create_output_folder,
+    dicom_series_ids,
     file_sha256,
     find_cases,
     locked,
@@ -333,6 +334,30 @@ def mask_in_place(row: dict, folder: Path) -> bool:
     to where that run was started, or name the folder this one was copied from."""
     output = folder / Path(row.get("output") or "").name
     return bool(row.get("output_sha256")) and output.is_file() and file_sha256(output) == row["output_sha256"]
+
+
+def scan_changed(row: dict, folder: Path) -> bool | None:
+    """Whether a row's scan is no longer the image its mask was made from (``input_sha256``); None
+    where that cannot be told from here (the scan or the mask not found, the scan unreadable).
+
+    Only a scan written since its mask (modification times) is hashed again, so that a cohort's
+    merge reads its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its
+    series is the recorded image (the table does not name the series).
+    """
+    scan, mask = Path(row.get("input") or ""), folder / Path(row.get("output") or "").name
+    try:
+        files = [path for path in scan.iterdir() if path.is_file()] if scan.is_dir() else [scan]
+        if not (row.get("input_sha256") and files and mask.is_file() and scan.exists()):
+            return None
+        if max(path.stat().st_mtime_ns for path in files) < mask.stat().st_mtime_ns:
+            return False
+        if scan.is_dir():
+            digests = {case_sha256(CaseInput(row["case"], scan, uid)) for uid in dicom_series_ids(scan)}
+        else:
+            digests = {file_sha256(scan)}
+    except (OSError, LeftAtriumSegError):
+        return None
+    return row["input_sha256"] not in digests
 
 
 def mask_maker(row: dict) -> str:
@@ -646,4 +671,13 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     if astray:
         problems.append(f"error: {len(astray)} case(s) whose mask is gone or no longer the one its row measured: "
                         f"{some_names(astray)}; segment them again (--overwrite where a changed mask is to be replaced)")
+    # A scan re-exported under its name after its shard ran: its row measures the earlier image.
+    scans = {row["case"]: scan_changed(row, output_dir) for row in rows
+             if row["status"] != "failed" and row["case"] not in astray}
+    if changed := sorted(case for case, state in scans.items() if state):
+        problems.append(f"error: {len(changed)} case(s) whose scan has changed since its mask was made: "
+                        f"{some_names(changed)}; segment them again with --overwrite")
+    if unchecked := sorted(case for case, state in scans.items() if state is None):
+        problems.append(f"note: {len(unchecked)} case(s) whose scan is not found or not readable from here were not "
+                        f"checked against their rows: {some_names(unchecked)} (merge from where the shards ran)")
     return rows, problems

@@ -304,6 +304,26 @@ def test_merge_names_the_cases_a_shard_stopped_before(tmp_path, capsys):
     assert main(["merge", str(output)]) == 0 and sorted(_rows(output)) == ["a", "b", "c"]
 
 
+def test_merge_names_the_cases_whose_scan_changed_after_their_shard_ran(tmp_path, capsys):
+    """Scans re-exported under the same names, then only one shard run again with --overwrite: the
+    other shard's rows still measure the earlier images, and the case list cannot tell."""
+    images, output = _cohort(tmp_path / "images", "a", "b"), tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert _segment(images, "--output-dir", output, "--shard", shard) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0 and capsys.readouterr().err == ""
+    re_exported = sitk.ReadImage(str(SAMPLE_IMAGE))[:, :, 2:]  # other voxels, the atrium still in them
+    for name in ("a", "b"):
+        sitk.WriteImage(re_exported, str(images / f"{name}.nii.gz"))
+    assert _segment(images, "--output-dir", output, "--shard", "2/2", "--overwrite") == 0  # b again
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: 1 case(s) whose scan has changed since its mask was made: a; segment them again with --overwrite"]
+    assert _segment(images, "--output-dir", output, "--shard", "1/2", "--overwrite") == 0
+    assert main(["merge", str(output)]) == 0
+
+
 def test_a_shard_given_other_inputs_than_the_shards_before_is_refused(tmp_path, capsys):
     """Its share would be taken from another list: cases would fall in no shard's share."""
     images, output = _cohort(tmp_path / "images", "a", "b"), tmp_path / "out"
