@@ -150,8 +150,12 @@ def run_report(args: argparse.Namespace) -> int:
     from .report import write_report  # noqa: PLC0415
 
     clinical = read_clinical(args.clinical)
-    _, failures = write_report(args.images, Path(args.predictions), Path(args.labels) if args.labels else None,
-                               clinical, Path(args.output_dir), args.overwrite, args.quiet)
+    try:
+        _, failures = write_report(args.images, Path(args.predictions), Path(args.labels) if args.labels else None,
+                                   clinical, Path(args.output_dir), args.overwrite, args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: the same command without --overwrite goes on where it stopped", file=sys.stderr)
+        return 130
     return 1 if failures else 0
 
 

@@ -13,12 +13,17 @@ blue). Images are shown in LPS order: patient's left on the viewer's right, ante
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,9 +42,23 @@ from scipy import ndimage  # noqa: E402
 from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from . import __version__  # noqa: E402
 from .batch import mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
 from .errors import LeftAtriumSegError, error_line  # noqa: E402
-from .io import atomic_output, create_output_folder, files_by_case, find_cases, read_case, read_mask, refuse_existing_output, same_grid  # noqa: E402
+from .io import (  # noqa: E402
+    CaseInput,
+    atomic_output,
+    case_sha256,
+    create_output_folder,
+    file_sha256,
+    files_by_case,
+    find_cases,
+    read_case,
+    read_mask,
+    refuse_existing_output,
+    remove_stale_partials,
+    same_grid,
+)
 from .measurements import LAVI_DECIMALS, VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
 
@@ -173,7 +192,7 @@ def overlay_frames(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
 
 
 def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
-                  spacing_mm: Sequence[float], title: str, overwrite: bool = False) -> list[int]:
+                  spacing_mm: Sequence[float], title: str) -> list[int]:
     """PNG montage of the slices through the atrium, with contours.
 
     Up to 12 slices (``atrium_slices``), zoomed on the atrium's in-plane box (``atrium_box``).
@@ -208,14 +227,13 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
     legend = "orange: prediction" + ("   blue: reference" if reference is not None else "")
     figure.suptitle(f"{title}\n{legend}", fontsize=11)
     figure.tight_layout()
-    with atomic_output(path, overwrite) as temporary:
-        figure.savefig(temporary, format="png", dpi=80)
+    figure.savefig(path, format="png", dpi=80)
     plt.close(figure)
     return indices
 
 
 def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
-                    spacing_mm: Sequence[float], overwrite: bool = False, frame_ms: int = 80) -> tuple[slice, ...]:
+                    spacing_mm: Sequence[float], frame_ms: int = 80) -> tuple[slice, ...]:
     """Animated GIF of the axial slices through the atrium's box (``atrium_box``), with contours,
     one pixel a voxel where the slices' voxels are square (the case page enlarges it); returns the
     box shown.
@@ -235,8 +253,7 @@ def write_slice_gif(path: Path, image: np.ndarray, mask: np.ndarray, reference: 
     pictures = [Image.fromarray(frame) for frame in frames]
     for picture in pictures:
         picture.putpalette(PALETTE.tobytes())
-    with atomic_output(path, overwrite) as temporary:
-        pictures[0].save(temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
     return box
 
 
@@ -258,10 +275,9 @@ def surface_mesh(mask: np.ndarray, image: sitk.Image) -> trimesh.Trimesh:
     return mesh
 
 
-def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: str, overwrite: bool = False) -> None:
+def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: str) -> None:
     """STL of the mesh and a shaded rendering of it."""
-    with atomic_output(stl_path, overwrite) as temporary:
-        mesh.export(temporary, file_type="stl")
+    mesh.export(stl_path, file_type="stl")
     figure = plt.figure(figsize=(5, 5))
     axis = figure.add_subplot(projection="3d")
     normals = mesh.face_normals
@@ -276,16 +292,16 @@ def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: 
     axis.set_ylabel("P (mm)")
     axis.set_zlabel("S (mm)")
     axis.set_title(title)
-    with atomic_output(png_path, overwrite) as temporary:
-        figure.savefig(temporary, format="png", dpi=80)
+    figure.savefig(png_path, format="png", dpi=80)
     plt.close(figure)
 
 
 def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.ndarray | None, output_dir: Path,
                 overwrite: bool = False, height_cm: float | None = None, weight_kg: float | None = None,
-                qc: str = "", qc_reasons: str = "") -> CaseReport:
+                qc: str = "", qc_reasons: str = "", made_from: dict | None = None) -> CaseReport:
     """Every picture of one case (montage, slice animation, surface mesh and its rendering) and its
-    page (``write_case_page``).
+    page (``case_page``). The files take their names together, the page last, with SIGINT and
+    SIGTERM held meanwhile: a case's files are there whole or not at all.
 
     Parameters
     ----------
@@ -301,6 +317,8 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
         Height in cm and weight in kg, for the volume index.
     qc, qc_reasons : str, optional
         The quality flag ``segment`` gave the mask, and its reasons.
+    made_from : dict, optional
+        What the files are made from (``case_inputs``), kept in the page for ``kept_case``.
     """
     volume_ml = measure_volume(mask, image.GetSpacing()).volume_ml
     reference_ml = None if reference is None else measure_volume(reference, image.GetSpacing()).volume_ml
@@ -313,28 +331,90 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     shown_image, spacing_mm = to_display(image)
     shown_mask = display(mask)
     shown_reference = None if reference is None else display(reference)
-    paths = {kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
-    for path in (*paths.values(), output_dir / case_page_name(case)):
+    paths = case_files(output_dir, case)
+    for path in paths.values():
         refuse_existing_output(path, overwrite)  # before any is written: a case is made whole or not at all
-    write_montage(paths["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm,
-                  f"{case}: {volume_ml:.1f} mL", overwrite)
-    write_slice_gif(paths["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm, overwrite)
     mesh = surface_mesh(mask, image) if mask.any() else None  # an empty mask has no surface
-    surface_stl = surface_png = None
-    if mesh is not None:
-        surface_stl, surface_png = paths["surface.stl"], paths["surface.png"]
-        write_surface(surface_stl, surface_png, mesh, f"{case}: {volume_ml:.1f} mL", overwrite)
-    report = CaseReport(
-        case, volume_ml, paths["montage.png"], paths["slices.gif"], surface_stl, surface_png,
-        0.0 if mesh is None else float(mesh.volume) / 1000.0, reference_ml,
-        None if reference is None else dice(mask, reference), height_cm, weight_kg, qc, qc_reasons,
-    )
-    # The mesh goes with this call: a cohort's summary keeps only the measurements.
-    write_case_page(output_dir, report, mesh, overwrite)
+    title = f"{case}: {volume_ml:.1f} mL"
+    with ExitStack() as placed_on_exit:  # in reverse order: the page last
+        staged = {kind: placed_on_exit.enter_context(atomic_output(paths[kind], overwrite))
+                  for kind in ("page", "montage.png", "slices.gif", *(("surface.stl", "surface.png") if mesh else ()))}
+        write_montage(staged["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm, title)
+        write_slice_gif(staged["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm)
+        if mesh is not None:
+            write_surface(staged["surface.stl"], staged["surface.png"], mesh, title)
+        report = CaseReport(
+            case, volume_ml, paths["montage.png"], paths["slices.gif"], paths["surface.stl"] if mesh else None,
+            paths["surface.png"] if mesh else None, 0.0 if mesh is None else float(mesh.volume) / 1000.0,
+            reference_ml, None if reference is None else dice(mask, reference), height_cm, weight_kg, qc, qc_reasons,
+        )
+        # The mesh goes with this call: a cohort's summary keeps only the measurements.
+        staged["page"].write_text(case_page(report, mesh, made_from), encoding="utf-8")
+        with _signals_held():
+            placed_on_exit.close()
     return report
 
 
+def case_files(output_dir: Path, case: str) -> dict[str, Path]:
+    """The files ``report_case`` writes for a case, by kind: its pictures and its page."""
+    return {**{kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")},
+            "page": output_dir / case_page_name(case)}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends (POSIX, main thread; elsewhere a no-op)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def case_inputs(case: CaseInput, mask: Path, reference: Path | None, height_cm: float | None,
+                weight_kg: float | None, qc: str, qc_reasons: str) -> dict:
+    """What a case's pictures and page are made from: the scan, mask and reference (SHA-256), the
+    clinical values, the quality flag, and this package's version, which draws them."""
+    return {"image_sha256": case_sha256(case), "mask_sha256": file_sha256(mask),
+            "reference_sha256": None if reference is None else file_sha256(reference),
+            "height_cm": height_cm, "weight_kg": weight_kg, "qc": qc, "qc_reasons": qc_reasons,
+            "leftatriumseg_version": __version__}
+
+
+def kept_case(output_dir: Path, case: str, made_from: dict) -> CaseReport | None:
+    """The case's report from an earlier run into ``output_dir``, if its page records that it was
+    made from ``made_from`` and every file it shows is there; None where it has no page.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a page made from something else, or by another version, or whose pictures are gone.
+    """
+    paths = case_files(output_dir, case)
+    if not paths["page"].is_file():
+        return None
+    again = f"--overwrite draws {case} again"
+    found = CASE_RECORD.search(paths["page"].read_text(encoding="utf-8", errors="replace"))
+    record = json.loads(found["record"]) if found else {}
+    if record.get("made_from") != made_from:
+        differ = [name for name, value in made_from.items() if (record.get("made_from") or {}).get(name) != value]
+        raise LeftAtriumSegError(f"{paths['page']}: exists, made from other inputs than now ({', '.join(differ)}); {again}")
+    surface = record["surface"]
+    shown = [paths["montage.png"], paths["slices.gif"], *((paths["surface.stl"], paths["surface.png"]) if surface else ())]
+    if gone := [path.name for path in shown if not path.is_file()]:
+        raise LeftAtriumSegError(f"{paths['page']}: exists, but not {', '.join(gone)}; {again}")
+    return CaseReport(case, record["volume_ml"], paths["montage.png"], paths["slices.gif"],
+                      paths["surface.stl"] if surface else None, paths["surface.png"] if surface else None,
+                      record["mesh_volume_ml"], record["reference_ml"], record["dice"],
+                      made_from["height_cm"], made_from["weight_kg"], made_from["qc"], made_from["qc_reasons"])
+
+
 PLOTLY_JS = "plotly.min.js"
+# The block of a case page that records what the page was made from and what it measured.
+CASE_RECORD = re.compile(r'<script type="application/json" id="case-record">(?P<record>.*?)</script>', re.DOTALL)
 PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
 tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}
@@ -376,11 +456,10 @@ def _surface_html(case: str, mesh: trimesh.Trimesh | None) -> str:
     return _figure_html(surface, "surface")
 
 
-def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh | None, overwrite: bool = False) -> Path:
-    """Write ``CASE.html`` into ``output_dir`` and return its path.
-
-    The page shows the case's volumes, quality flag, montage, slice GIF and ``mesh``, the mask's
-    surface (``surface_mesh``; None for an empty mask), rotatable.
+def case_page(report: CaseReport, mesh: trimesh.Trimesh | None, made_from: dict | None = None) -> str:
+    """The case's page, ``CASE.html``: its volumes, quality flag, montage, slice GIF and ``mesh``, the
+    mask's surface (``surface_mesh``; None for an empty mask), rotatable. It keeps the measurements
+    and ``made_from`` in a record (``CASE_RECORD``) for a later run to take the case up again.
     """
     facts = [f"left atrium {report.volume_ml:.1f} mL"]
     if report.reference_ml is not None:
@@ -399,10 +478,11 @@ def write_case_page(output_dir: Path, report: CaseReport, mesh: trimesh.Trimesh 
         body += (f'<p>The surface as a mesh, <a href="{_link(report.surface_stl.name)}">{html.escape(report.surface_stl.name)}</a>'
                  f' (STL, mm, LPS), and as a picture, <a href="{_link(report.surface_png.name)}">'
                  f"{html.escape(report.surface_png.name)}</a>.</p>")
-    path = output_dir / case_page_name(report.case)
-    with atomic_output(path, overwrite) as temporary:
-        temporary.write_text(_page(f"LeftAtriumSeg: {report.case}", body), encoding="utf-8")
-    return path
+    record = {"made_from": made_from, "volume_ml": report.volume_ml, "mesh_volume_ml": report.mesh_volume_ml,
+              "reference_ml": report.reference_ml, "dice": report.dice, "surface": mesh is not None}
+    escaped = json.dumps(record).replace("</", "<\\/")  # a JSON string holding "</script>" cannot end the block
+    body += f'<script type="application/json" id="case-record">{escaped}</script>'
+    return _page(f"LeftAtriumSeg: {report.case}", body)
 
 
 def _agreement_section(cases: list[CaseReport], reported: int) -> str:
@@ -583,7 +663,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     if not cases and not left_out:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     create_output_folder(output_dir)
-    reports = []
+    remove_stale_partials(output_dir)
+    reports, kept = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
             if case.case == report_path.stem:
@@ -592,6 +673,16 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             row = _record_of(table_rows.get(case.case, []), masks[case.case])
             if row is not None:
                 results[case.case] = row
+            height_weight = clinical.get(case.case, (None, None))
+            recorded = results.get(case.case, {})
+            made_from = case_inputs(case, masks[case.case], references.get(case.case), *height_weight,
+                                    recorded.get("qc", ""), recorded.get("qc_reasons", ""))
+            # An interrupted report goes on where it stopped: a case whose page says it was made
+            # from the same inputs is taken as it is.
+            if not overwrite and (earlier := kept_case(output_dir, case.case, made_from)) is not None:
+                reports.append(earlier)
+                kept += 1
+                continue
             image = read_case(case)
             arrays = []
             for path in (masks[case.case], references.get(case.case)):
@@ -602,18 +693,23 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                 if not same_grid(mask_image, image):
                     raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
                 arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
-            height_weight = clinical.get(case.case, (None, None))
-            recorded = results.get(case.case, {})
             reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight,
-                                       recorded.get("qc", ""), recorded.get("qc_reasons", "")))
+                                       recorded.get("qc", ""), recorded.get("qc_reasons", ""), made_from))
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
             failures += 1
-            line = error_line(error, case.path, masks[case.case], references.get(case.case))
+            line = error_line(error, case.path, masks[case.case], references.get(case.case),
+                              *case_files(output_dir, case.case).values())
             print(f"error: {line}", file=sys.stderr)
             left_out.append((case.case, f"report failed: {line}"))
+    if overwrite:  # an earlier run's pictures of a case now listed without them would pass for its own
+        for case, _ in left_out:
+            for path in case_files(output_dir, case).values():
+                if path != report_path:
+                    path.unlink(missing_ok=True)
     if reports or left_out:
         write_html_report(report_path, reports, overwrite, _makers_of(results, reports), left_out)
         if not quiet:
             pictured = f" ({len(left_out)} without pictures: segment or the report failed on them)" if left_out else ""
-            print(f"report of {len(reports) + len(left_out)} case(s){pictured}: {report_path}")
+            taken_up = f" ({kept} kept from an earlier run)" if kept else ""
+            print(f"report of {len(reports) + len(left_out)} case(s){pictured}{taken_up}: {report_path}")
     return reports, failures

@@ -4,7 +4,11 @@ that renders in a real browser."""
 import hashlib
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -311,6 +315,74 @@ def test_cases_the_report_cannot_show_are_listed_and_two_scans_of_one_case_refus
     assert main(["report", "--images", str(images), "--predictions", str(predictions), "--output-dir",
                  str(tmp_path / "again"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: two inputs have the case name 'a': ")
+
+
+def _report_folders(tmp_path, *cases):
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir(), predictions.mkdir()
+    for case in cases:
+        (images / f"{case}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+        (predictions / f"{case}.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    return images, predictions
+
+
+def test_an_interrupted_report_goes_on_where_it_stopped(tmp_path):
+    """A cohort's report takes a second a case: stopped, it had to start over with --overwrite."""
+    images, predictions = _report_folders(tmp_path, "a", "b", "c")
+    output = tmp_path / "report"
+    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output)]
+    child = textwrap.dedent(f"""
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job ignores it
+        from LeftAtriumSegLib.cli import main
+        sys.exit(main({arguments + ["--quiet"]!r}))
+    """)
+    run = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (output / "a.html").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    assert run.stderr.read().splitlines()[-1] == (
+        "interrupted: the same command without --overwrite goes on where it stopped")
+    done = {path.name: path.stat().st_mtime_ns for path in output.iterdir()}
+    assert "report.html" not in done and not any(name.startswith(".") for name in done)
+    # Whole cases only: a page and every picture, or nothing of the case.
+    for case in ("a", "b", "c"):
+        pictures = {f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
+        assert (pictures <= set(done)) == (f"{case}.html" in done) and (pictures & set(done) in (set(), pictures))
+
+    result = subprocess.run([sys.executable, "-m", "LeftAtriumSegLib.cli", *arguments], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    kept = sum(name.endswith(".html") for name in done)
+    assert result.stdout.strip().endswith(f"report of 3 case(s) ({kept} kept from an earlier run): {output / 'report.html'}")
+    assert all((output / name).stat().st_mtime_ns == mtime for name, mtime in done.items())  # not drawn again
+    summary = (output / "report.html").read_text(encoding="utf-8")
+    assert all(f'href="{case}.html"' in summary for case in "abc")
+
+
+def test_a_page_made_from_another_mask_is_not_taken_up_and_overwrite_clears_a_failed_case(tmp_path, capsys):
+    images, predictions = _report_folders(tmp_path, "a")
+    output = tmp_path / "report"
+    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]
+    assert main(arguments) == 0
+    (output / "report.html").unlink()  # as if stopped before the summary
+    label = sitk.ReadImage(str(SAMPLE_LABEL))
+    sitk.WriteImage(sitk.BinaryErode(label > 0, [2, 2, 2]), str(predictions / "a.nii.gz"))  # segmented again
+    capsys.readouterr()
+    assert main(arguments) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {output / 'a.html'}: exists, made from other inputs than now (mask_sha256); --overwrite draws a again")
+    assert main([*arguments, "--overwrite"]) == 0
+    eroded_ml = measure_volume(sitk.GetArrayFromImage(sitk.BinaryErode(label > 0, [2, 2, 2])) > 0,
+                               label.GetSpacing()).volume_ml
+    assert f"left atrium {eroded_ml:.1f} mL" in (output / "a.html").read_text(encoding="utf-8")
+
+    (predictions / "a.nii.gz").write_bytes(b"not a mask")
+    assert main([*arguments, "--overwrite"]) == 1
+    assert sorted(path.name for path in output.iterdir()) == ["plotly.min.js", "report.html"]
 
 
 def test_a_scan_a_manifest_named_otherwise_is_reported_under_that_name(tmp_path):
