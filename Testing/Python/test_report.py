@@ -337,7 +337,7 @@ def test_an_interrupted_report_goes_on_where_it_stopped(tmp_path):
         from LeftAtriumSegLib.cli import main
         sys.exit(main({arguments + ["--quiet"]!r}))
     """)
-    run = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, encoding="utf-8")
     deadline = time.monotonic() + 120
     while not (output / "a.html").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -352,8 +352,8 @@ def test_an_interrupted_report_goes_on_where_it_stopped(tmp_path):
         pictures = {f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")}
         assert (pictures <= set(done)) == (f"{case}.html" in done) and (pictures & set(done) in (set(), pictures))
 
-    result = subprocess.run([sys.executable, "-m", "LeftAtriumSegLib.cli", *arguments], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "LeftAtriumSegLib.cli", *arguments], capture_output=True,
+                            encoding="utf-8", timeout=300)  # the progress bar's blocks
     assert result.returncode == 0, result.stderr
     kept = sum(name.endswith(".html") for name in done)
     assert result.stdout.strip().endswith(f"report of 3 case(s) ({kept} kept from an earlier run): {output / 'report.html'}")
