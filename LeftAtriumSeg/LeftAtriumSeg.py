@@ -244,7 +244,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self.logic.isCancelling:  # Slicer has not reported the worker ended: stop waiting
-            self.logic.abandon()
+            self.logic.stopWaiting()
             self._finishRun(_("Cancelled; the scene is unchanged."))
             return
         if self.logic.isRunning:
@@ -498,11 +498,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         self._run[0].Cancel()
 
     def abandon(self) -> None:
-        """End the run now, without its result: for a scene that closes, or a cancel Slicer does not
-        report done. The worker is cancelled and waited for (up to ABANDON_WAIT_S) while what Slicer
-        queues to read back into the run's nodes is read now: read later, after the close removed
-        them or gave their IDs to new nodes, it would crash Slicer or fill another node
-        (LeftAtriumSegMRML.end_worker)."""
+        """End the run now, without its result, for a scene that closes. The worker is cancelled and
+        waited for (up to ABANDON_WAIT_S) while what Slicer queues to read back into the run's nodes
+        is read now: read after the close removed them, or gave their IDs to new nodes, it would
+        crash Slicer or fill another node (LeftAtriumSegMRML.end_worker)."""
         from LeftAtriumSegMRML import end_worker
 
         if self._run is None:
@@ -515,12 +514,35 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             # The CLI logic holds the node after the scene dropped it: cancel again whenever it shows as running.
             cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
 
-    def _endRun(self) -> None:
+    def stopWaiting(self) -> None:
+        """End a cancelled run for the panel when Slicer does not report the worker done (a run
+        queued behind another module's, or a cancel that landed as the logic ended the worker),
+        without waiting: the worker's nodes stay until Slicer reports it no longer busy, so that a
+        read-back queued meanwhile still finds them."""
+        if self._run is None:
+            return
+        cliNode, labelmap = self._run[0], self._run[2]
+        self._endRun(removeNodes=False)
+        tags = []
+
+        def removeWhenDone(caller, event=None):
+            if cliNode.GetStatus() == cliNode.Running:
+                cliNode.Cancel()  # a cancel Slicer overrode
+            elif not cliNode.IsBusy():
+                cliNode.RemoveObserver(tags.pop())
+                _removeLater(cliNode, labelmap)
+
+        tags.append(cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, removeWhenDone))
+        cliNode.Cancel()
+        removeWhenDone(cliNode)  # it may have ended since its last status event
+
+    def _endRun(self, removeNodes: bool = True) -> None:
         """Forget the finished worker and remove its nodes once the events under way are delivered."""
         cliNode, tag, labelmap = self._run[:3]
         self._run, self.isCancelling = None, False
         cliNode.RemoveObserver(tag)
-        _removeLater(cliNode, labelmap)
+        if removeNodes:
+            _removeLater(cliNode, labelmap)
 
     def _onWorkerStatus(self, cliNode, event=None) -> None:
         if self._run is None or cliNode is not self._run[0]:

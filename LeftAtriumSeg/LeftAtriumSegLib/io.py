@@ -282,10 +282,8 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
             raise InputImageError(f"{path}: line {line}: no image")
         if "\0" in row["image"]:
             raise InputImageError(f"{path}: line {line}: the image's name holds a NUL character")
-        try:
-            image = (path.parent / row["image"]).resolve()
-        except (RuntimeError, OSError):  # a link loop (RuntimeError in Python 3.11): the case's own error when read
-            image = (path.parent / row["image"]).absolute()
+        # Not resolved: a link is named as the manifest names it, as a folder's link is.
+        image = (path.parent / row["image"]).absolute()
         name = check_case_name(row.get("case") or case_name(image), f"{path}: line {line}")
         cases.append(CaseInput(name, image, row.get("series_uid") or None))
     return cases

@@ -172,31 +172,39 @@ def remove_with_its_nodes(node) -> None:
     scene.RemoveNode(node)
 
 
-def end_worker(cli_node, application_logic, timeout_s: float) -> bool:
+def end_worker(cli_node, application_logic, timeout_s: float, settle_s: float = 0.25) -> bool:
     """Cancel a CLI module's run and wait until Slicer is done with it, reading back now whatever it
     queues for the run's nodes. Returns False if the run is still busy after ``timeout_s``.
 
-    Slicer's CLI logic queues the read-back of the outputs from its own thread once the worker has
+    Slicer's CLI logic queues the read-backs of a run from its own thread once the worker has
     ended (``vtkSlicerCLIModuleLogic::ApplyTask``), and each read looks its node up by ID when it
     runs, with no check that the node is still there (``ReadDataRequestFile``): a read that runs
     after the run's nodes are removed, or after a scene close, crashes Slicer or fills another node
     (docs/slicer-api.md). A cancel may come too late (the worker has ended) or be overridden (the
     logic sets *Running* after writing the input); the run is cancelled again whenever it shows
-    *Running*. The application's event loop is not entered: called from a scene close, nothing
-    else may run.
+    *Running*. The logic queues a run's reads one by one and may mark the run *Completed* when the
+    first has run before it queues the next, so the queue is drained for ``settle_s`` more once
+    the run is no longer busy. The application's event loop is not entered: called from a scene
+    close, nothing else may run.
     """
     deadline = time.monotonic() + timeout_s
     cli_node.Cancel()
+    settled = None  # when the run was first seen no longer busy
     while True:
         if cli_node.GetStatus() == cli_node.Running:
             cli_node.Cancel()
         while application_logic.GetReadDataQueueSize():
-            application_logic.ProcessReadData()  # the CLI logic sets Completed once its last read ran
-        if not cli_node.IsBusy():
+            application_logic.ProcessReadData()  # the CLI logic sets Completed once the last read queued has run
+        now = time.monotonic()
+        if cli_node.IsBusy():
+            settled = None
+            if now >= deadline:
+                return False
+        elif settled is None:
+            settled = now
+        elif now - settled >= settle_s:
             return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)  # lets the CLI logic's thread move on
+        time.sleep(0.01)  # lets the CLI logic's thread move on
 
 
 def show_table(table_node, application_logic) -> None:

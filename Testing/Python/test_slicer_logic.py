@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,76 +391,100 @@ def test_measuring_leaves_no_node_behind(scene, phantom):
 
 
 class WorkerEnding:
-    """Plays the end of Slicer's CLI logic thread for one run (``vtkSlicerCLIModuleLogic::ApplyTask``,
-    v5.10.0), which slicer-core cannot run (docs/slicer-api.md): after ``delay_s``, a worker whose
-    cancel came too late queues the read-back of its label map (L2041, L2090) and the CLI logic sets
-    *Completed* when that read has run (``ProcessMRMLLogicsEvents`` L2443); one whose cancel was
-    overridden shows *Running* (L1698) and is then killed if it is cancelled again (L1769-1771,
-    L2017-2019). Statuses are set without events from this thread, as the logic sets them."""
+    """Plays the end of Slicer's CLI logic thread for one run of the worker, a command-line module
+    (``vtkSlicerCLIModuleLogic::ApplyTask``, v5.10.0), which slicer-core cannot run
+    (docs/slicer-api.md). Statuses are set without events from this thread, as the logic sets them.
 
-    def __init__(self, cli_node, application_logic, labelmap_id: str, path, delay_s: float, overridden=False):
+    - ``"too late"``: the worker had ended and the logic had passed its check of *Completing*
+      (L2058) when the cancel came: it queues the read-backs one by one, each recorded as the run's
+      last request (L2090-2091): the return parameters into the CLI node and the label map
+      (``nodesToReload`` is a map by node ID, L865, L1251), then the label map's place in the
+      subject hierarchy (L2210-2211). The node is set *Completed* when the request just processed
+      is the last one recorded (``ProcessMRMLLogicsEvents`` L2426-2443), here after the first when
+      ``gap_s`` lets it run before the next is queued.
+    - ``"overridden"``: a cancel that came while the input was written is lost: the logic sets
+      *Running* (L1695-1698); cancelled again, the worker is killed (L1769-1776) and the node set
+      *Cancelled* (L1879-1882), nothing read back.
+    """
+
+    def __init__(self, cli_node, application_logic, labelmap_node, input_node, path, how: str, gap_s: float = 0.0):
         import threading
 
-        self.cli_node, self.application_logic = cli_node, application_logic
-        self.labelmap_id, self.path, self.delay_s, self.overridden = labelmap_id, str(path), delay_s, overridden
-        application_logic.AddObserver(slicer.vtkSlicerApplicationLogic.RequestProcessedEvent, self._completed)
+        self.cli_node, self.application_logic, self.how, self.gap_s = cli_node, application_logic, how, gap_s
+        self.labelmap_id, self.input_id, self.path = labelmap_node.GetID(), input_node.GetID(), str(path)
+        self.queued = self.processed = 0
+        application_logic.AddObserver(slicer.vtkSlicerApplicationLogic.RequestProcessedEvent, self._processed)
         self.thread = threading.Thread(target=self._end)
 
-    def _completed(self, caller, event):
-        self.cli_node.SetStatus(self.cli_node.Completed)
+    def _processed(self, caller, event):
+        self.processed += 1  # requests run in the order queued: this one is the last recorded when the counts agree
+        if self.processed == self.queued and self.cli_node.IsBusy():
+            self.cli_node.SetStatus(self.cli_node.Completed)
 
     def _end(self):
         import time
 
-        time.sleep(self.delay_s)
-        node = self.cli_node
-        if self.overridden:
+        node, logic = self.cli_node, self.application_logic
+        time.sleep(0.1)
+        if self.how == "overridden":
             node.SetStatus(node.Running, False)
-            for _ in range(100):
+            for _ in range(200):
                 time.sleep(0.01)
                 if node.GetStatus() == node.Cancelling:
                     node.SetStatus(node.Cancelled, False)
                     return
-        node.SetStatus(node.Completing, False)
-        self.application_logic.RequestReadFile(self.labelmap_id, self.path, 0, 0)
+            return
+        parameters = Path(self.path).with_suffix(".params")
+        parameters.write_text("qc = ok\n")
+        for request in (lambda: logic.RequestReadFile(node.GetID(), str(parameters), 0, 0),
+                        lambda: logic.RequestReadFile(self.labelmap_id, self.path, 0, 0),
+                        lambda: logic.RequestUpdateSubjectHierarchyLocation(self.labelmap_id, self.input_id)):
+            self.queued += 1
+            request()
+            time.sleep(self.gap_s)
 
 
 @pytest.fixture()
 def worker_run(tmp_path):
-    """A scene with Slicer's application logic, a CLI node and the label map its worker writes."""
+    """A scene with Slicer's application logic, a CLI node, the input volume and the label map its
+    worker writes."""
     scene = slicer.vtkMRMLScene()
     scene.SetCacheManager(slicer.vtkCacheManager())  # the read request asks it whether a file is remote
     application_logic = slicer.vtkSlicerApplicationLogic()
     application_logic.SetMRMLScene(scene)
     application_logic.CreateProcessingThread()  # opens the read-data queue
+    input_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scan")
     labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "worker output")
     path = tmp_path / "label.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(path))
     cli_node = slicer.vtkMRMLCommandLineModuleNode()
     scene.AddNode(cli_node)
-    yield scene, application_logic, cli_node, labelmap_node, path
+    yield application_logic, cli_node, labelmap_node, input_node, path
     application_logic.TerminateProcessingThread()
 
 
-def test_a_cancelled_worker_is_waited_for_until_its_late_read_back_has_run(worker_run):
-    """A cancel that comes after the worker ended: Slicer still queues the read-back, later. Had the
-    module removed the label map before that read ran, the read would have crashed Slicer (a null
-    node, ReadDataRequestFile::Execute, checked under slicer-core: exit by SIGSEGV)."""
-    scene, application_logic, cli_node, labelmap_node, path = worker_run
-    cli_node.SetStatus(cli_node.Running, False)
-    ending = WorkerEnding(cli_node, application_logic, labelmap_node.GetID(), path, delay_s=0.3)
+@pytest.mark.parametrize("gap_s", [0.0, 0.05], ids=["reads-queued-at-once", "completed-after-the-first-read"])
+def test_a_cancelled_worker_is_waited_for_until_its_late_read_backs_have_run(worker_run, gap_s):
+    """A cancel that comes after the worker ended: Slicer still queues the read-backs, later. Had the
+    module removed the label map before its read ran, the read would have crashed Slicer (a null
+    node, ReadDataRequestFile::Execute; checked under slicer-core: exit by SIGSEGV). ``gap_s``
+    widens the moment in which the logic has marked the run done after its first read."""
+    application_logic, cli_node, labelmap_node, input_node, path = worker_run
+    cli_node.SetStatus(cli_node.Completing, False)
+    ending = WorkerEnding(cli_node, application_logic, labelmap_node, input_node, path, "too late", gap_s)
     ending.thread.start()
     assert mrml.end_worker(cli_node, application_logic, timeout_s=10)
+    assert ending.processed == ending.queued == 3  # every read-back ran while its nodes were there
     ending.thread.join()
-    assert labelmap_node.GetImageData().GetDimensions() == (6, 5, 4)  # the read ran into the node while it was there
+    assert labelmap_node.GetImageData().GetDimensions() == (6, 5, 4)
     assert not cli_node.IsBusy() and application_logic.GetReadDataQueueSize() == 0
     mrml.remove_with_its_nodes(labelmap_node)  # what the module does next: nothing is left to read into it
 
 
 def test_a_cancel_the_worker_overrode_is_sent_again(worker_run):
-    scene, application_logic, cli_node, labelmap_node, path = worker_run
+    application_logic, cli_node, labelmap_node, input_node, path = worker_run
     cli_node.SetStatus(cli_node.Scheduled, False)
-    ending = WorkerEnding(cli_node, application_logic, labelmap_node.GetID(), path, delay_s=0.1, overridden=True)
+    ending = WorkerEnding(cli_node, application_logic, labelmap_node, input_node, path, "overridden")
     ending.thread.start()
     assert mrml.end_worker(cli_node, application_logic, timeout_s=10)
     ending.thread.join()
@@ -468,7 +493,7 @@ def test_a_cancel_the_worker_overrode_is_sent_again(worker_run):
 
 
 def test_a_worker_that_does_not_end_is_given_up_after_the_timeout(worker_run):
-    scene, application_logic, cli_node, labelmap_node, path = worker_run
+    application_logic, cli_node, labelmap_node, input_node, path = worker_run
     cli_node.SetStatus(cli_node.Running, False)
     assert not mrml.end_worker(cli_node, application_logic, timeout_s=0.2)
     assert cli_node.GetStatus() == cli_node.Cancelling
