@@ -655,6 +655,18 @@ def test_a_manifest_row_with_a_link_loop_fails_alone_and_a_nul_is_named(tmp_path
     assert capsys.readouterr().err.strip() == f"error: {manifest}: line 2: the image's name holds a NUL character"
 
 
+def test_a_manifest_names_a_linked_scan_as_its_link_as_a_folder_does(tmp_path):
+    """Named after the link's target, the case took another subject's height and weight."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "subject_a.nii.gz").symlink_to(SAMPLE_IMAGE)
+    (tmp_path / "cohort.csv").write_text("image\ncohort/subject_a.nii.gz\n")
+    from_manifest, = read_manifest(tmp_path / "cohort.csv")
+    from_folder, = find_cases([str(cohort)])
+    assert from_manifest.case == from_folder.case == "subject_a"
+    assert from_manifest.path == cohort.absolute() / "subject_a.nii.gz"  # the table's input is the link
+
+
 def test_merge_reads_a_short_row_as_blanks_and_names_a_shard_table_misnamed(tmp_path, capsys):
     output = tmp_path / "out"
     output.mkdir()
