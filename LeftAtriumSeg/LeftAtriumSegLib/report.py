@@ -677,6 +677,12 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             recorded = results.get(case.case, {})
             made_from = case_inputs(case, masks[case.case], references.get(case.case), *height_weight,
                                     recorded.get("qc", ""), recorded.get("qc_reasons", ""))
+            if recorded.get("input_sha256") and recorded["input_sha256"] != made_from["image_sha256"]:
+                # Drawn over another scan of the same grid, the mask would pass for this one's.
+                raise LeftAtriumSegError(
+                    f"{case.path}: is not the scan its mask {masks[case.case]} was made from (SHA-256 "
+                    f"{made_from['image_sha256'][:12]}..., the table records {recorded['input_sha256'][:12]}...); "
+                    "give --images the scans segment read")
             # An interrupted report goes on where it stopped: a case whose page says it was made
             # from the same inputs is taken as it is.
             if not overwrite and (earlier := kept_case(output_dir, case.case, made_from)) is not None:

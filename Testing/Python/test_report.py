@@ -225,6 +225,24 @@ def test_report_says_what_made_the_masks(tmp_path):
     assert "Masks made by: a run this folder&#x27;s table has no record of (1 of 1 cases)." in page
 
 
+def test_a_mask_is_not_drawn_over_another_scan_of_its_grid(tmp_path, capsys):
+    """Another subject's scan under the case's name, on the same grid: the mask and its "ok" were
+    shown over it."""
+    predictions, images = tmp_path / "predictions", tmp_path / "other"
+    assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(predictions), "--format", "nii.gz",
+                 "--quiet"]) == 0
+    images.mkdir()
+    other = sitk.ReadImage(str(SAMPLE_IMAGE))
+    sitk.WriteImage(sitk.Flip(other, [True, False, False]), str(images / "la_022_crop.nii.gz"))  # same grid
+    capsys.readouterr()
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {images / 'la_022_crop.nii.gz'}: is not the scan its mask "
+                            f"{predictions / 'la_022_crop.nii.gz'} was made from (SHA-256 ")
+    assert not (tmp_path / "report" / "la_022_crop.html").exists()
+
+
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
     clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\nspaced ,180, 80\n")
