@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ from .io import (
     read_mask,
     refuse_existing_output,
     remove_stale_partials,
+    scan_modified,
     write_label_map,
     write_segmentation,
 )
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options", "input_sha256",
                       "output_sha256")
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
-                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS)
+                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_modified")
 # Provenance that changes the mask; a new package version with the same model and cleanup does not.
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -338,18 +340,22 @@ def mask_in_place(row: dict, folder: Path) -> bool:
 
 def scan_changed(row: dict, folder: Path) -> bool | None:
     """Whether a row's scan is no longer the image its mask was made from (``input_sha256``); None
-    where that cannot be told from here (the scan or the mask not found, the scan unreadable).
+    where that cannot be told from here (the scan not found or unreadable, no SHA-256 recorded).
 
-    Only a scan written since its mask (modification times) is hashed again, so that a cohort's
-    merge reads its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its
-    series is the recorded image (the table does not name the series).
+    Only a scan changed since (``io.scan_modified`` against the row's ``input_modified``; for a row
+    of a version before 0.17, written after its mask) is hashed again, so that a cohort's merge
+    reads its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its series
+    is the recorded image (the table does not name the series).
     """
     scan, mask = Path(row.get("input") or ""), folder / Path(row.get("output") or "").name
     try:
-        files = [path for path in scan.iterdir() if path.is_file()] if scan.is_dir() else [scan]
-        if not (row.get("input_sha256") and files and mask.is_file() and scan.exists()):
+        if not row.get("input_sha256") or not scan.exists():
             return None
-        if max(path.stat().st_mtime_ns for path in files) < mask.stat().st_mtime_ns:
+        modified = scan_modified(scan)
+        if row.get("input_modified"):
+            if modified == row["input_modified"]:
+                return False
+        elif mask.is_file() and datetime.fromisoformat(modified).timestamp() < mask.stat().st_mtime:
             return False
         if scan.is_dir():
             digests = {case_sha256(CaseInput(row["case"], scan, uid)) for uid in dicom_series_ids(scan)}
@@ -537,6 +543,8 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
     warnings = []
     try:
+        # When the scan was last changed, as it was hashed: merge hashes again only a scan changed since.
+        row["input_modified"] = scan_modified(case.path)
         row["input_sha256"] = case_sha256(case)
         for other_format, other in masks_of_case.items():
             if other_format != settings.output_format and other.exists() and not other.samefile(case.path):
@@ -584,7 +592,7 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                    else error_line(error, case.path, *masks_of_case.values()))
         # No flag, volume or provenance of a mask this run did not leave (one that failed to be written, say).
         failed = {"case": case.case, "input": str(case.path), "output": "", "status": "failed", "error": message,
-                  **this_run, "input_sha256": row.get("input_sha256", "")}
+                  **this_run, "input_sha256": row.get("input_sha256", ""), "input_modified": row.get("input_modified", "")}
         return failed, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")
@@ -675,8 +683,10 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     scans = {row["case"]: scan_changed(row, output_dir) for row in rows
              if row["status"] != "failed" and row["case"] not in astray}
     if changed := sorted(case for case, state in scans.items() if state):
+        inputs = {row["case"]: row["input"] for row in rows}
         problems.append(f"error: {len(changed)} case(s) whose scan has changed since its mask was made: "
-                        f"{some_names(changed)}; segment them again with --overwrite")
+                        f"{some_names([f'{case} ({inputs[case]})' for case in changed])}; segment them again "
+                        "with --overwrite")
     if unchecked := sorted(case for case, state in scans.items() if state is None):
         problems.append(f"note: {len(unchecked)} case(s) whose scan is not found or not readable from here were not "
                         f"checked against their rows: {some_names(unchecked)} (merge from where the shards ran)")

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from io import BytesIO, StringIO
 from pathlib import Path
 
@@ -700,6 +701,32 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def scan_modified(path: Path) -> str:
+    """When a scan was last changed, as an ISO 8601 UTC time to the microsecond: the latest
+    modification time of its file, or of the files directly in its DICOM folder, and of any link
+    on the way (a link pointed elsewhere is a changed scan).
+
+    Raises
+    ------
+    InputImageError
+        For a file that is not there (``_check_file_is_there``) or a path that cannot be read.
+    """
+    if not path.is_dir():
+        _check_file_is_there(path)
+    try:
+        return _latest_modification(path)
+    except OSError as error:
+        raise InputImageError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _latest_modification(path: Path) -> str:
+    files = [entry for entry in path.iterdir() if entry.is_file()] if path.is_dir() else [path]
+    nanoseconds = max((max(entry.lstat().st_mtime_ns, entry.stat().st_mtime_ns) for entry in files),
+                      default=path.stat().st_mtime_ns)
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc)
+            + timedelta(microseconds=nanoseconds // 1000)).isoformat(timespec="microseconds")
 
 
 def case_sha256(case: CaseInput) -> str:

@@ -319,9 +319,41 @@ def test_merge_names_the_cases_whose_scan_changed_after_their_shard_ran(tmp_path
     capsys.readouterr()
     assert main(["merge", str(output)]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "error: 1 case(s) whose scan has changed since its mask was made: a; segment them again with --overwrite"]
+        f"error: 1 case(s) whose scan has changed since its mask was made: a ({images / 'a.nii.gz'}); segment them "
+        "again with --overwrite"]
     assert _segment(images, "--output-dir", output, "--shard", "1/2", "--overwrite") == 0
     assert main(["merge", str(output)]) == 0
+
+
+def test_merge_sees_a_changed_scan_through_a_copied_folder_and_a_link_pointed_elsewhere(tmp_path, capsys):
+    """A copy of the output folder has masks newer than any scan; a link pointed at another scan
+    keeps the time of the file it points at: neither is a scan written after its mask."""
+    images, output = _cohort(tmp_path / "images", "a"), tmp_path / "out"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "b.nii.gz").symlink_to(images / "a.nii.gz")
+    assert _segment(images / "a.nii.gz", linked / "b.nii.gz", "--output-dir", output, "--shard", "1/1") == 0
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE))[:, :, 2:], str(tmp_path / "other.nii.gz"))
+    os.utime(tmp_path / "other.nii.gz", ns=(1, 1))  # copied with its times kept (cp -p): older than any mask
+    (linked / "b.nii.gz").unlink()
+    (linked / "b.nii.gz").symlink_to(tmp_path / "other.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE))[:, :, 2:], str(images / "a.nii.gz"))
+    copy = tmp_path / "copy of out"
+    import shutil
+
+    shutil.copytree(output, copy, copy_function=shutil.copy)  # new times for the masks, as cp -r gives
+    capsys.readouterr()
+    assert main(["merge", str(copy)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: 2 case(s) whose scan has changed since its mask was made: a ({images / 'a.nii.gz'}), b "
+        f"({linked / 'b.nii.gz'}); segment them again with --overwrite"]
+    os.utime(images / "a.nii.gz")  # touched: the same bytes, hashed again, said nothing of
+    for name in ("a", "b"):
+        (copy / f"{name}.nii.gz").unlink()
+    assert _segment(images / "a.nii.gz", linked / "b.nii.gz", "--output-dir", copy, "--shard", "1/1") == 0
+    os.utime(images / "a.nii.gz")
+    capsys.readouterr()
+    assert main(["merge", str(copy)]) == 0 and capsys.readouterr().err == ""
 
 
 def test_a_shard_given_other_inputs_than_the_shards_before_is_refused(tmp_path, capsys):
