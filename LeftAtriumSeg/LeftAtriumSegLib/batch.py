@@ -220,8 +220,6 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """
     if not path:
         return {}
-    if not Path(path).exists() or Path(path).is_dir():  # a pipe, <(...), is neither a file nor a folder
-        raise LeftAtriumSegError(f"{path}: {'is a folder, not a file' if Path(path).is_dir() else 'file not found'}")
     table = read_csv(Path(path))
     if not {"case", "height_cm", "weight_kg"} <= set(table.columns):
         raise LeftAtriumSegError(f"{path}: needs a header row with columns case, height_cm, weight_kg")
@@ -242,6 +240,15 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
             raise LeftAtriumSegError(f"{path}: line {line} (case {case}): {error}") from None
         clinical[case] = height_weight
     return clinical
+
+
+def clinical_match_warning(clinical: dict[str, tuple[float, float]], path: str | None, cases: list[str]) -> str | None:
+    """A ``warning:`` line where a clinical table was given and none of its cases is among
+    ``cases`` (names written otherwise, a table of another cohort): no index would be given, unsaid."""
+    if not clinical or not cases or set(clinical) & set(cases):
+        return None
+    return (f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; here: "
+            f"{some_names(sorted(cases), 3)}): no LA volume index is given")
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:

@@ -115,13 +115,15 @@ class _RespacedFolder(argparse.Action):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .batch import BatchSettings, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
+    from .batch import BatchSettings, clinical_match_warning, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
     from .onnx_network import execution_providers  # noqa: PLC0415
     from .pipeline import Segmenter  # noqa: PLC0415
 
     settings = BatchSettings(Path(args.output_dir), args.format, args.overwrite, args.shard)
     cases = collect_cases(args.inputs, args.manifest, args.series)
     clinical = read_clinical(args.clinical)
+    if warning := clinical_match_warning(clinical, args.clinical, [case.case for case in cases]):
+        print(warning, file=sys.stderr)
     threads = _capped_threads(args.threads)
     # Several scans on the CPU: one per core at once, their networks sharing the cores, which keeps
     # them busier than one scan's networks on all of them (docs/model-development.md, "Speed").
@@ -152,7 +154,7 @@ def run_report(args: argparse.Namespace) -> int:
     clinical = read_clinical(args.clinical)
     try:
         _, failures = write_report(args.images, Path(args.predictions), Path(args.labels) if args.labels else None,
-                                   clinical, Path(args.output_dir), args.overwrite, args.quiet)
+                                   clinical, Path(args.output_dir), args.overwrite, args.quiet, args.clinical)
     except KeyboardInterrupt:
         print("interrupted: the same command without --overwrite goes on where it stopped", file=sys.stderr)
         return 130

@@ -225,9 +225,11 @@ def read_csv(path: Path) -> CsvTable:
     Raises
     ------
     LeftAtriumSegError
-        Naming the file, for one that cannot be read as CSV, or a header that names a column twice
-        (which of the two would be meant?).
+        Naming the file, for one that is not there or is a folder, one that cannot be read as CSV,
+        or a header that names a column twice (which of the two would be meant?).
     """
+    if not Path(path).exists() or Path(path).is_dir():  # a pipe, <(...), is neither a file nor a folder
+        raise LeftAtriumSegError(f"{path}: {'is a folder, not a file' if Path(path).is_dir() else 'file not found'}")
     rows, lines, header, last_line = [], [], None, 0
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:

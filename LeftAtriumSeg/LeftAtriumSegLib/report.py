@@ -43,8 +43,8 @@ from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .batch import mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
-from .errors import LeftAtriumSegError, error_line  # noqa: E402
+from .batch import clinical_match_warning, mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
+from .errors import LeftAtriumSegError, error_line, some_names  # noqa: E402
 from .io import (  # noqa: E402
     CaseInput,
     atomic_output,
@@ -470,7 +470,8 @@ def case_page(report: CaseReport, mesh: trimesh.Trimesh | None, made_from: dict 
         facts.append(f"quality check: {report.qc}" + (f" ({report.qc_reasons})" if report.qc_reasons else ""))
     body = (f'<p><a href="report.html">all cases</a></p><h1>{html.escape(report.case)}</h1>'
             f"<p>{html.escape('; '.join(facts))}.</p>"
-            "<p>Orange contours: prediction; blue: reference.</p><div class=\"row\">"
+            f"<p>Orange contours: prediction{'; blue: reference' if report.reference_ml is not None else ''}.</p>"
+            '<div class="row">'
             f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
             f'<img class="slices" alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
             + _surface_html(report.case, mesh) + "</div>")
@@ -594,7 +595,8 @@ def _makers_of(results: dict[str, dict], reports: list[CaseReport]) -> str:
 
 
 def write_report(images: list[str], predictions: Path, labels: Path | None, clinical: dict[str, tuple[float, float]],
-                 output_dir: Path, overwrite: bool = False, quiet: bool = False) -> tuple[list[CaseReport], int]:
+                 output_dir: Path, overwrite: bool = False, quiet: bool = False,
+                 clinical_path: str | None = None) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
 
     An image takes its case name from the table row that names it as ``input`` (a manifest's
@@ -618,6 +620,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
         Replace existing files.
     quiet : bool, optional
         No progress bar and no closing line.
+    clinical_path : str, optional
+        Where ``clinical`` was read, for a warning that none of its cases is reported.
 
     Returns
     -------
@@ -662,6 +666,13 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             failures += 1
     if not cases and not left_out:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
+    names = [case.case for case in cases]
+    if warning := clinical_match_warning(clinical, clinical_path, names):
+        print(warning, file=sys.stderr)
+    if labels and names and not set(references) & set(names):
+        print(f"warning: {labels}: holds no reference mask of a case here (it has "
+              f"{some_names(sorted(references), 3) if references else 'none'}; here: {some_names(sorted(names), 3)}): "
+              "no Dice is given", file=sys.stderr)
     create_output_folder(output_dir)
     remove_stale_partials(output_dir)
     reports, kept = [], 0

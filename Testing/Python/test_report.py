@@ -225,6 +225,33 @@ def test_report_says_what_made_the_masks(tmp_path):
     assert "Masks made by: a run this folder&#x27;s table has no record of (1 of 1 cases)." in page
 
 
+def test_a_clinical_table_or_references_that_name_no_case_here_are_said(tmp_path, capsys):
+    """Rows named otherwise (``LA_003``) gave no index, and references named otherwise no Dice, unsaid."""
+    images, predictions = _report_folders(tmp_path, "la_003")
+    clinical, labels = tmp_path / "clinical.csv", tmp_path / "labels"
+    clinical.write_text("case,height_cm,weight_kg\nLA_003,170,70\n")
+    labels.mkdir()
+    (labels / "p03.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    capsys.readouterr()
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--labels", str(labels),
+                 "--clinical", str(clinical), "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {clinical}: none of its cases is a case here (it names LA_003; here: la_003): no LA volume index "
+        "is given",
+        f"warning: {labels}: holds no reference mask of a case here (it has p03; here: la_003): no Dice is given"]
+    page = (tmp_path / "report" / "la_003.html").read_text(encoding="utf-8")
+    assert "Orange contours: prediction." in page  # no blue contour is drawn
+
+    assert main(["segment", str(images), "--clinical", str(clinical), "--output-dir", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {clinical}: none of its cases is a case here (it names LA_003; here: la_003): no LA volume index "
+        "is given"]
+    missing = tmp_path / "cohort.csv"  # said as a missing --clinical is
+    assert main(["segment", "--manifest", str(missing), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: file not found"
+
+
 def test_a_mask_is_not_drawn_over_another_scan_of_its_grid(tmp_path, capsys):
     """Another subject's scan under the case's name, on the same grid: the mask and its "ok" were
     shown over it."""
