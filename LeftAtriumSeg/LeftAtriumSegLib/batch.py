@@ -653,6 +653,9 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         newer = [row for case, (_, shard_row) in by_case.items() if (row := earlier.get(case)) is not None
                  and mask_in_place(row, output_dir) and not mask_in_place(shard_row, output_dir)]
         chosen = {**{case: row for case, (_, row) in by_case.items()}, **{row["case"]: row for row in newer}}
+        for case, row in chosen.items():  # a folder moved or copied since: its masks are the ones here
+            if row.get("output") and mask_in_place(row, output_dir):
+                chosen[case] = {**row, "output": str(output_dir / Path(row["output"]).name)}
         rows = sorted([{**added_columns(earlier.get(case)), **row} for case, row in chosen.items()] + unsharded,
                       key=lambda row: row["case"])
         write_table(rows, table_path, _table_columns(rows))

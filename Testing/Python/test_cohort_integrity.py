@@ -344,6 +344,7 @@ def test_merge_sees_a_changed_scan_through_a_copied_folder_and_a_link_pointed_el
     shutil.copytree(output, copy, copy_function=shutil.copy)  # new times for the masks, as cp -r gives
     capsys.readouterr()
     assert main(["merge", str(copy)]) == 1
+    assert {row["output"] for row in _rows(copy).values()} == {str(copy / "a.nii.gz"), str(copy / "b.nii.gz")}
     assert capsys.readouterr().err.splitlines() == [
         f"error: 2 case(s) whose scan has changed since its mask was made: a ({images / 'a.nii.gz'}), b "
         f"({linked / 'b.nii.gz'}); segment them again with --overwrite"]
