@@ -25,8 +25,8 @@ MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_IMAGE = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop.nii.gz"
 SAMPLE_LABEL = MODULE_DIR / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
 DEFAULT_CLEANUP = CleanupSettings()
-# How long a scene close, or a second press of Cancel, waits for Slicer to end a cancelled worker:
-# the process is killed within a tenth of a second, writing the input may take a few seconds.
+# How long a scene close waits for Slicer to end a cancelled worker: the process is killed within a
+# tenth of a second, writing the input may take a few seconds.
 ABANDON_WAIT_S = 10.0
 
 
@@ -175,8 +175,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.logic.isRunning:
-            self.logic.abandon()
+        wasRunning = self.logic.isRunning
+        self.logic.abandon()  # also the workers of runs one stopped waiting for
+        if wasRunning:
             self._finishRun(_("Cancelled: the scene was closed."))
         self._observeSegmentation(None)
         self._resultIDs = None  # the new scene numbers its nodes afresh (vtkMRMLScene.cxx v5.10.0 L365)
@@ -397,6 +398,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._run = None  # (cliNode, observer tag, labelmap node, outputs, onFinished) of the running worker
         self.isCancelling = False
+        self._stoppedWorkers = []  # CLI nodes of runs one stopped waiting for, until Slicer reports them done
 
     def getParameterNode(self):
         return LeftAtriumSegParameterNode(super().getParameterNode())
@@ -498,17 +500,21 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         self._run[0].Cancel()
 
     def abandon(self) -> None:
-        """End the run now, without its result, for a scene that closes. The worker is cancelled and
-        waited for (up to ABANDON_WAIT_S) while what Slicer queues to read back into the run's nodes
-        is read now: read after the close removed them, or gave their IDs to new nodes, it would
-        crash Slicer or fill another node (LeftAtriumSegMRML.end_worker)."""
+        """End the run now, without its result, for a scene that closes; so too the workers of runs
+        one stopped waiting for (``stopWaiting``). Each worker is cancelled and waited for (up to
+        ABANDON_WAIT_S) while what Slicer queues to read back into the run's nodes is read now: read
+        after the close removed them, or gave their IDs to new nodes, it would crash Slicer or fill
+        another node (LeftAtriumSegMRML.end_worker)."""
         from LeftAtriumSegMRML import end_worker
 
-        if self._run is None:
-            return
-        cliNode = self._run[0]
-        self._endRun()  # first: no status event of the reads below imports a result
-        if not end_worker(cliNode, slicer.app.applicationLogic(), ABANDON_WAIT_S):
+        workers = list(self._stoppedWorkers)
+        if self._run is not None:
+            workers.append(self._run[0])
+            self._endRun()  # first: no status event of the reads below imports a result
+        self._stoppedWorkers.clear()
+        for cliNode in workers:
+            if end_worker(cliNode, slicer.app.applicationLogic(), ABANDON_WAIT_S):
+                continue
             logging.warning("Left-atrium segmentation: the worker was still %s %.0f s after it was cancelled",
                             cliNode.GetStatusString(), ABANDON_WAIT_S)
             # The CLI logic holds the node after the scene dropped it: cancel again whenever it shows as running.
@@ -518,11 +524,13 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         """End a cancelled run for the panel when Slicer does not report the worker done (a run
         queued behind another module's, or a cancel that landed as the logic ended the worker),
         without waiting: the worker's nodes stay until Slicer reports it no longer busy, so that a
-        read-back queued meanwhile still finds them."""
+        read-back queued meanwhile still finds them, and a scene close meanwhile waits for it
+        (``abandon``)."""
         if self._run is None:
             return
         cliNode, labelmap = self._run[0], self._run[2]
         self._endRun(removeNodes=False)
+        self._stoppedWorkers.append(cliNode)
         tags = []
 
         def removeWhenDone(caller, event=None):
@@ -530,6 +538,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 cliNode.Cancel()  # a cancel Slicer overrode
             elif not cliNode.IsBusy():
                 cliNode.RemoveObserver(tags.pop())
+                if cliNode in self._stoppedWorkers:
+                    self._stoppedWorkers.remove(cliNode)
                 _removeLater(cliNode, labelmap)
 
         tags.append(cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, removeWhenDone))
