@@ -337,15 +337,17 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
     mesh = surface_mesh(mask, image) if mask.any() else None  # an empty mask has no surface
     title = f"{case}: {volume_ml:.1f} mL"
     with ExitStack() as placed_on_exit:  # in reverse order: the page last
+        surface_kinds = ("surface.stl", "surface.png") if mesh is not None else ()
         staged = {kind: placed_on_exit.enter_context(atomic_output(paths[kind], overwrite))
-                  for kind in ("page", "montage.png", "slices.gif", *(("surface.stl", "surface.png") if mesh else ()))}
+                  for kind in ("page", "montage.png", "slices.gif", *surface_kinds)}
         write_montage(staged["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm, title)
         write_slice_gif(staged["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm)
         if mesh is not None:
             write_surface(staged["surface.stl"], staged["surface.png"], mesh, title)
         report = CaseReport(
-            case, volume_ml, paths["montage.png"], paths["slices.gif"], paths["surface.stl"] if mesh else None,
-            paths["surface.png"] if mesh else None, 0.0 if mesh is None else float(mesh.volume) / 1000.0,
+            case, volume_ml, paths["montage.png"], paths["slices.gif"], *(paths[kind] if surface_kinds else None
+                                                                          for kind in ("surface.stl", "surface.png")),
+            0.0 if mesh is None else float(mesh.volume) / 1000.0,
             reference_ml, None if reference is None else dice(mask, reference), height_cm, weight_kg, qc, qc_reasons,
         )
         # The mesh goes with this call: a cohort's summary keeps only the measurements.
