@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,7 @@ from .io import (
     read_mask,
     refuse_existing_output,
     remove_stale_partials,
-    scan_modified,
+    scan_fingerprint,
     write_label_map,
     write_segmentation,
 )
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
 PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options", "input_sha256",
                       "output_sha256")
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
-                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_modified")
+                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_fingerprint")
 # Provenance that changes the mask; a new package version with the same model and cleanup does not.
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -345,24 +344,20 @@ def mask_in_place(row: dict, folder: Path) -> bool:
     return bool(row.get("output_sha256")) and output.is_file() and file_sha256(output) == row["output_sha256"]
 
 
-def scan_changed(row: dict, folder: Path) -> bool | None:
+def scan_changed(row: dict) -> bool | None:
     """Whether a row's scan is no longer the image its mask was made from (``input_sha256``); None
     where that cannot be told from here (the scan not found or unreadable, no SHA-256 recorded).
 
-    Only a scan changed since (``io.scan_modified`` against the row's ``input_modified``; for a row
-    of a version before 0.17, written after its mask) is hashed again, so that a cohort's merge
-    reads its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its series
-    is the recorded image (the table does not name the series).
+    Only a scan whose ``io.scan_fingerprint`` is not the row's ``input_fingerprint`` (every scan of a
+    row of a version before 0.17, which has none) is hashed again, so that a cohort's merge reads
+    its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its series is the
+    recorded image (the table does not name the series).
     """
-    scan, mask = Path(row.get("input") or ""), folder / Path(row.get("output") or "").name
+    scan = Path(row.get("input") or "")
     try:
         if not row.get("input_sha256") or not scan.exists():
             return None
-        modified = scan_modified(scan)
-        if row.get("input_modified"):
-            if modified == row["input_modified"]:
-                return False
-        elif mask.is_file() and datetime.fromisoformat(modified).timestamp() < mask.stat().st_mtime:
+        if row.get("input_fingerprint") and scan_fingerprint(scan) == row["input_fingerprint"]:
             return False
         if scan.is_dir():
             digests = {case_sha256(CaseInput(row["case"], scan, uid)) for uid in dicom_series_ids(scan)}
@@ -550,8 +545,8 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
     warnings = []
     try:
-        # When the scan was last changed, as it was hashed: merge hashes again only a scan changed since.
-        row["input_modified"] = scan_modified(case.path)
+        # What the file system says of the scan as it is hashed: merge hashes again only a scan that differs.
+        row["input_fingerprint"] = scan_fingerprint(case.path)
         row["input_sha256"] = case_sha256(case)
         for other_format, other in masks_of_case.items():
             if other_format != settings.output_format and other.exists() and not other.samefile(case.path):
@@ -599,7 +594,7 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
                    else error_line(error, case.path, *masks_of_case.values()))
         # No flag, volume or provenance of a mask this run did not leave (one that failed to be written, say).
         failed = {"case": case.case, "input": str(case.path), "output": "", "status": "failed", "error": message,
-                  **this_run, "input_sha256": row.get("input_sha256", ""), "input_modified": row.get("input_modified", "")}
+                  **this_run, "input_sha256": row.get("input_sha256", ""), "input_fingerprint": row.get("input_fingerprint", "")}
         return failed, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")
@@ -690,7 +685,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append(f"error: {len(astray)} case(s) whose mask is gone or no longer the one its row measured: "
                         f"{some_names(astray)}; segment them again (--overwrite where a changed mask is to be replaced)")
     # A scan re-exported under its name after its shard ran: its row measures the earlier image.
-    scans = {row["case"]: scan_changed(row, output_dir) for row in rows
+    scans = {row["case"]: scan_changed(row) for row in rows
              if row["status"] != "failed" and row["case"] not in astray}
     if changed := sorted(case for case, state in scans.items() if state):
         inputs = {row["case"]: row["input"] for row in rows}

@@ -23,7 +23,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from io import BytesIO, StringIO
 from pathlib import Path
 
@@ -705,10 +704,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def scan_modified(path: Path) -> str:
-    """When a scan was last changed, as an ISO 8601 UTC time to the microsecond: the latest
-    modification time of its file, or of the files directly in its DICOM folder, and of any link
-    on the way (a link pointed elsewhere is a changed scan).
+def scan_fingerprint(path: Path) -> str:
+    """A digest of what the file system says of a scan, not of its bytes: for its file, or each
+    file directly in its DICOM folder, and for any link on the way, the name, inode, size and
+    modification and change times (``lstat`` and ``stat``). Replacing, moving in, deleting or
+    editing a file changes it; a copy of the output folder does not. Cheap where hashing the
+    scans of a cohort is not; a change may also come from a ``touch`` or a ``chmod``, so a
+    differing fingerprint calls for the SHA-256, not a verdict.
 
     Raises
     ------
@@ -718,17 +720,15 @@ def scan_modified(path: Path) -> str:
     if not path.is_dir():
         _check_file_is_there(path)
     try:
-        return _latest_modification(path)
+        files = sorted(entry for entry in path.iterdir() if entry.is_file()) if path.is_dir() else [path]
+        described = [path.lstat()] + [status for entry in files for status in (entry.lstat(), entry.stat())]
+        names = [path.name] + [entry.name for entry in files for _ in range(2)]
     except OSError as error:
         raise InputImageError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-def _latest_modification(path: Path) -> str:
-    files = [entry for entry in path.iterdir() if entry.is_file()] if path.is_dir() else [path]
-    nanoseconds = max((max(entry.lstat().st_mtime_ns, entry.stat().st_mtime_ns) for entry in files),
-                      default=path.stat().st_mtime_ns)
-    return (datetime(1970, 1, 1, tzinfo=timezone.utc)
-            + timedelta(microseconds=nanoseconds // 1000)).isoformat(timespec="microseconds")
+    digest = hashlib.sha256()
+    for name, status in zip(names, described):
+        digest.update(f"{name}\0{status.st_ino} {status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def case_sha256(case: CaseInput) -> str:

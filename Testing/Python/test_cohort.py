@@ -219,3 +219,18 @@ def test_a_case_out_of_memory_fails_alone_saying_what_to_do(tmp_path, segmenter,
     assert rows["case_0"]["status"] == "ok" and rows["case_1"]["status"] == "failed"
     assert rows["case_1"]["error"].endswith("case_1.nii.gz: out of memory (fewer scans at once: a lower --threads)")
     assert "error: " in capsys.readouterr().err
+
+
+def test_merge_sees_a_slice_gone_from_a_dicom_series(tmp_path, sample_image, capsys):
+    """Deleting a file changes no remaining file's times: the folder's listing is part of what merge
+    compares before it hashes the series again."""
+    folder, output = tmp_path / "patient", tmp_path / "out"
+    write_dicom_series(sample_image, folder, "1.2.826.0.1.3680043.2.1125.31")
+    assert main(["segment", str(folder), "--output-dir", str(output), "--shard", "1/1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0 and capsys.readouterr().err == ""
+    max(folder.iterdir()).unlink()
+    assert main(["merge", str(output)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: 1 case(s) whose scan has changed since its mask was made: patient ({folder}); segment them again "
+        "with --overwrite")
