@@ -156,7 +156,7 @@ def run_report(args: argparse.Namespace) -> int:
         _, failures = write_report(args.images, Path(args.predictions), Path(args.labels) if args.labels else None,
                                    clinical, Path(args.output_dir), args.overwrite, args.quiet, args.clinical)
     except KeyboardInterrupt:
-        print("interrupted: the same command without --overwrite goes on where it stopped", file=sys.stderr)
+        print("interrupted: the same command goes on where it stopped", file=sys.stderr)
         return 130
     return 1 if failures else 0
 

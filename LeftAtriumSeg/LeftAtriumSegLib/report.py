@@ -352,9 +352,17 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
         )
         # The mesh goes with this call: a cohort's summary keeps only the measurements.
         staged["page"].write_text(case_page(report, mesh, made_from), encoding="utf-8")
+        placing = _placing_marker(output_dir, case)
         with _signals_held():
+            placing.touch()  # a process killed meanwhile leaves it, and the next run clears the case
             placed_on_exit.close()
+            placing.unlink()
     return report
+
+
+def _placing_marker(output_dir: Path, case: str) -> Path:
+    """The file that says a case's files are being placed (``report_case``)."""
+    return output_dir / f".placing-{case}"
 
 
 def case_files(output_dir: Path, case: str) -> dict[str, Path]:
@@ -677,6 +685,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
               "no Dice is given", file=sys.stderr)
     create_output_folder(output_dir)
     remove_stale_partials(output_dir)
+    if overwrite:  # an interrupted run leaves no summary of the pages it replaced
+        report_path.unlink(missing_ok=True)
     reports, kept = [], 0
     for case in tqdm(cases, desc="report", unit="case", disable=quiet, dynamic_ncols=True):
         try:
@@ -696,9 +706,20 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                     f"{case.path}: is not the scan its mask {masks[case.case]} was made from (SHA-256 "
                     f"{made_from['image_sha256'][:12]}..., the table records {recorded['input_sha256'][:12]}...); "
                     "give --images the scans segment read")
+            if (placing := _placing_marker(output_dir, case.case)).exists():
+                # A run killed while it placed this case's files: they are its own, in any mix.
+                for path in case_files(output_dir, case.case).values():
+                    path.unlink(missing_ok=True)
+                placing.unlink()
             # An interrupted report goes on where it stopped: a case whose page says it was made
-            # from the same inputs is taken as it is.
-            if not overwrite and (earlier := kept_case(output_dir, case.case, made_from)) is not None:
+            # from the same inputs is taken as it is, as --overwrite would draw it the same.
+            try:
+                earlier = kept_case(output_dir, case.case, made_from)
+            except LeftAtriumSegError:
+                if not overwrite:
+                    raise
+                earlier = None
+            if earlier is not None:
                 reports.append(earlier)
                 kept += 1
                 continue
