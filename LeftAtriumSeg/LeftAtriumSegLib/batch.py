@@ -35,6 +35,7 @@ from .io import (
     SEGMENTATION_SUFFIX,
     CaseInput,
     atomic_output,
+    case_name,
     case_sha256,
     check_case_name,
     create_output_folder,
@@ -242,12 +243,27 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
 
 
 def clinical_match_warning(clinical: dict[str, tuple[float, float]], path: str | None, cases: list[str]) -> str | None:
-    """A ``warning:`` line where a clinical table was given and none of its cases is among
-    ``cases`` (names written otherwise, a table of another cohort): no index would be given, unsaid."""
-    if not clinical or not cases or set(clinical) & set(cases):
+    """A ``warning:`` line where a clinical table's cases miss ``cases``: none of them is one (a
+    table of another cohort, names written otherwise), or a row names a case without a row but for
+    letter case or an image suffix (``LA_003``, ``la_003.nii.gz`` for ``la_003``). Either way the
+    index would not be given, unsaid."""
+    if not clinical or not cases:
         return None
-    return (f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; here: "
-            f"{some_names(sorted(cases), 3)}): no LA volume index is given")
+    here = set(cases)
+    if not set(clinical) & here:
+        return (f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; "
+                f"here: {some_names(sorted(here), 3)}): no LA volume index is given")
+
+    def loosely(name: str) -> str:
+        return case_name(name).casefold()
+
+    without_row = {loosely(case): case for case in here - set(clinical)}
+    near = sorted(f"{row!r} for {without_row[loosely(row)]!r}" for row in set(clinical) - here
+                  if loosely(row) in without_row)
+    if near:
+        return (f"warning: {path}: rows named otherwise than their case ({some_names(near, 3)}): no LA volume index "
+                "for those cases (names must match exactly)")
+    return None
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:

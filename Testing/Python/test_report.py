@@ -247,6 +247,15 @@ def test_a_clinical_table_or_references_that_name_no_case_here_are_said(tmp_path
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {clinical}: none of its cases is a case here (it names LA_003; here: la_003): no LA volume index "
         "is given"]
+    # One row among others named with capitals: that case alone went without its index.
+    second_scan = images / "la_004.nii.gz"
+    second_scan.write_bytes(SAMPLE_IMAGE.read_bytes())
+    clinical.write_text("case,height_cm,weight_kg\nLA_003,170,70\nla_004,180,80\n")
+    assert main(["segment", str(images), "--clinical", str(clinical), "--output-dir", str(tmp_path / "out2"),
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {clinical}: rows named otherwise than their case ('LA_003' for 'la_003'): no LA volume index for "
+        "those cases (names must match exactly)"]
     missing = tmp_path / "cohort.csv"  # said as a missing --clinical is
     assert main(["segment", "--manifest", str(missing), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {missing}: file not found"
