@@ -454,3 +454,13 @@ def test_report_names_missing_images_and_lists_a_cohort_that_failed_whole(tmp_pa
         f"report of 1 case(s) (1 without pictures: segment or the report failed on them): {tmp_path / 'report' / 'report.html'}")
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert '<td class="text">la_022_crop</td><td class="text">segment failed: out of memory</td>' in page
+
+
+def test_a_compressed_scan_named_nii_is_told_to_be_named_nii_gz(tmp_path, capsys):
+    """A link or copy named .nii for a .nii.gz file was 'not a NIfTI header', which sent one looking
+    at the scan instead of its name."""
+    scan = tmp_path / "subject_a.nii"
+    scan.symlink_to(SAMPLE_IMAGE)
+    assert main(["segment", str(scan), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {scan}: is gzip-compressed, though its name ends in .nii; name it .nii.gz")
