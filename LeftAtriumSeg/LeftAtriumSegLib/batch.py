@@ -441,9 +441,7 @@ def _stop_requests() -> Iterator[threading.Event]:
     Raised mid-way, an interrupt can cut short the recording of a case; and a second one (Ctrl-C
     twice, or ``timeout``, which signals the process and then its group) that interrupts Python
     3.11's ``Thread.join`` makes it take a running thread for stopped: the interpreter then exits
-    under the case in progress, which aborts the process and leaves the case unrecorded. Off the
-    main thread, where no handler can be set, and for a signal the caller ignores or handles in
-    C, nothing changes.
+    under the case in progress, which aborts the process and leaves the case unrecorded.
     """
     requested = threading.Event()
 
@@ -454,17 +452,37 @@ def _stop_requests() -> Iterator[threading.Event]:
               "half-written)", file=sys.stderr, flush=True)
         requested.set()
 
+    with _signals_handled_by(request):
+        yield requested
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM that come while the block runs take effect when it ends: for work that must
+    not be cut in two (the handlers Python runs are swapped; blocking the signals in the main thread
+    would not do, as another thread of the process receives them). On the main thread only."""
+    received = []
+    with _signals_handled_by(lambda signal_number, frame: received.append(signal_number)):
+        yield
+    if received:
+        signal.raise_signal(received[0])
+
+
+@contextmanager
+def _signals_handled_by(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` while the block runs. Off the main thread, where no
+    handler can be set, and for a signal the caller ignores or handles in C, nothing changes."""
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
             # None: a handler set from C (an embedded Python), which could not be restored.
             if signal.getsignal(number) not in (signal.SIG_IGN, None):
-                handlers[number] = signal.signal(number, request)
+                handlers[number] = signal.signal(number, handler)
     try:
-        yield requested
+        yield
     finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
+        for number, previous in handlers.items():
+            signal.signal(number, previous)
 
 
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,

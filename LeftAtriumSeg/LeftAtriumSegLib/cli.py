@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--labels", help="folder of reference label maps, drawn in blue and scored")
     report.add_argument("--clinical", help="CSV with case, height_cm, weight_kg for BSA and LAVI")
     report.add_argument("--output-dir", required=True)
-    report.add_argument("--overwrite", action="store_true", help="replace existing pictures and report")
+    report.add_argument("--overwrite", action="store_true", help="replace report.html and the pictures of cases made from other inputs than now")
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(handler=run_report)
 

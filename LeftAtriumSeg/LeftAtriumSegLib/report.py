@@ -17,13 +17,11 @@ import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +41,14 @@ from skimage import measure  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .batch import clinical_match_warning, mask_in_place, mask_maker, read_results, refuse_shared_names  # noqa: E402
+from .batch import (  # noqa: E402
+    clinical_match_warning,
+    deferred_signals,
+    mask_in_place,
+    mask_maker,
+    read_results,
+    refuse_shared_names,
+)
 from .errors import LeftAtriumSegError, error_line, some_names  # noqa: E402
 from .io import (  # noqa: E402
     CaseInput,
@@ -336,25 +341,27 @@ def report_case(case: str, image: sitk.Image, mask: np.ndarray, reference: np.nd
         refuse_existing_output(path, overwrite)  # before any is written: a case is made whole or not at all
     mesh = surface_mesh(mask, image) if mask.any() else None  # an empty mask has no surface
     title = f"{case}: {volume_ml:.1f} mL"
+    surface_stl, surface_png = (paths["surface.stl"], paths["surface.png"]) if mesh is not None else (None, None)
     with ExitStack() as placed_on_exit:  # in reverse order: the page last
-        surface_kinds = ("surface.stl", "surface.png") if mesh is not None else ()
         staged = {kind: placed_on_exit.enter_context(atomic_output(paths[kind], overwrite))
-                  for kind in ("page", "montage.png", "slices.gif", *surface_kinds)}
+                  for kind in ("page", "montage.png", "slices.gif", *(("surface.stl", "surface.png") if surface_stl else ()))}
         write_montage(staged["montage.png"], shown_image, shown_mask, shown_reference, spacing_mm, title)
         write_slice_gif(staged["slices.gif"], shown_image, shown_mask, shown_reference, spacing_mm)
         if mesh is not None:
             write_surface(staged["surface.stl"], staged["surface.png"], mesh, title)
         report = CaseReport(
-            case, volume_ml, paths["montage.png"], paths["slices.gif"], *(paths[kind] if surface_kinds else None
-                                                                          for kind in ("surface.stl", "surface.png")),
+            case, volume_ml, paths["montage.png"], paths["slices.gif"], surface_stl, surface_png,
             0.0 if mesh is None else float(mesh.volume) / 1000.0,
             reference_ml, None if reference is None else dice(mask, reference), height_cm, weight_kg, qc, qc_reasons,
         )
         # The mesh goes with this call: a cohort's summary keeps only the measurements.
         staged["page"].write_text(case_page(report, mesh, made_from), encoding="utf-8")
-        placing = _placing_marker(output_dir, case)
-        with _signals_held():
+        with deferred_signals():
+            placing = _placing_marker(output_dir, case)
             placing.touch()  # a process killed meanwhile leaves it, and the next run clears the case
+            if surface_stl is None:  # an earlier surface beside a page that shows none would pass for it
+                for kind in ("surface.stl", "surface.png"):
+                    paths[kind].unlink(missing_ok=True)
             placed_on_exit.close()
             placing.unlink()
     return report
@@ -365,23 +372,19 @@ def _placing_marker(output_dir: Path, case: str) -> Path:
     return output_dir / f".placing-{case}"
 
 
+def clear_interrupted_placing(output_dir: Path, case: str) -> None:
+    """Remove a case's files where a run was killed while it placed them: its own, in any mix."""
+    placing = _placing_marker(output_dir, case)
+    if placing.exists():
+        for path in case_files(output_dir, case).values():
+            path.unlink(missing_ok=True)
+        placing.unlink()
+
+
 def case_files(output_dir: Path, case: str) -> dict[str, Path]:
     """The files ``report_case`` writes for a case, by kind: its pictures and its page."""
     return {**{kind: output_dir / f"{case}_{kind}" for kind in ("montage.png", "slices.gif", "surface.stl", "surface.png")},
             "page": output_dir / case_page_name(case)}
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends (POSIX, main thread; elsewhere a no-op)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def case_inputs(case: CaseInput, mask: Path, reference: Path | None, height_cm: float | None,
@@ -408,9 +411,16 @@ def kept_case(output_dir: Path, case: str, made_from: dict) -> CaseReport | None
         return None
     again = f"--overwrite draws {case} again"
     found = CASE_RECORD.search(paths["page"].read_text(encoding="utf-8", errors="replace"))
-    record = json.loads(found["record"]) if found else {}
-    if record.get("made_from") != made_from:
-        differ = [name for name, value in made_from.items() if (record.get("made_from") or {}).get(name) != value]
+    try:
+        record = json.loads(found["record"]) if found else None
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("made_from"), dict)
+            and {"volume_ml", "mesh_volume_ml", "reference_ml", "dice", "surface"} <= set(record)):
+        raise LeftAtriumSegError(f"{paths['page']}: exists, but records no inputs (made by a version before 0.17, or "
+                                 f"edited); {again}")
+    if record["made_from"] != made_from:
+        differ = [name for name, value in made_from.items() if record["made_from"].get(name) != value]
         raise LeftAtriumSegError(f"{paths['page']}: exists, made from other inputs than now ({', '.join(differ)}); {again}")
     surface = record["surface"]
     shown = [paths["montage.png"], paths["slices.gif"], *((paths["surface.stl"], paths["surface.png"]) if surface else ())]
@@ -540,7 +550,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     """Write the summary page: every case in one table, and the volume plots.
 
     Cases left out come first, then flagged cases, with their reasons, then those no table
-    records; each reported case is linked to its page (``write_case_page``); where cases have a
+    records; each reported case is linked to its page (``case_page``); where cases have a
     reference, the agreement with it follows. It embeds no picture, so it opens at once for
     thousands of cases; plotly.js is written beside it once.
 
@@ -627,7 +637,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
         ``case -> (height_cm, weight_kg)``.
     output_dir : Path
     overwrite : bool, optional
-        Replace existing files.
+        Replace the files of cases made from other inputs than now (cases whose page records the same
+        inputs are kept either way), and ``report.html``.
     quiet : bool, optional
         No progress bar and no closing line.
     clinical_path : str, optional
@@ -706,11 +717,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                     f"{case.path}: is not the scan its mask {masks[case.case]} was made from (SHA-256 "
                     f"{made_from['image_sha256'][:12]}..., the table records {recorded['input_sha256'][:12]}...); "
                     "give --images the scans segment read")
-            if (placing := _placing_marker(output_dir, case.case)).exists():
-                # A run killed while it placed this case's files: they are its own, in any mix.
-                for path in case_files(output_dir, case.case).values():
-                    path.unlink(missing_ok=True)
-                placing.unlink()
+            clear_interrupted_placing(output_dir, case.case)
             # An interrupted report goes on where it stopped: a case whose page says it was made
             # from the same inputs is taken as it is, as --overwrite would draw it the same.
             try:

@@ -450,6 +450,55 @@ def test_a_page_made_from_another_mask_is_not_taken_up_and_overwrite_clears_a_fa
     assert sorted(path.name for path in output.iterdir()) == ["plotly.min.js", "report.html"]
 
 
+def test_a_signal_while_a_case_is_placed_takes_effect_once_it_is_placed():
+    """Blocking the signals in the main thread did not hold them: another thread of the process
+    (the numerical libraries' own) received Ctrl-C, and Python raised it in the main thread."""
+    import os
+
+    from LeftAtriumSegLib.batch import deferred_signals
+
+    placed = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # Python runs its handler at the next instruction: here, had it not been swapped
+            placed.append("page")
+    assert placed == ["page"]
+
+
+def test_a_page_without_a_readable_record_is_drawn_again_only_when_asked(tmp_path, capsys):
+    images, predictions = _report_folders(tmp_path, "a")
+    output = tmp_path / "report"
+    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet"]
+    assert main(arguments) == 0
+    page = output / "a.html"
+    for damaged in ('{"made_from": ', "[1]", ""):  # cut short, not an object, no record (a page of 0.16)
+        page.write_text(re.sub(r'<script type="application/json" id="case-record">.*?</script>',
+                               f'<script type="application/json" id="case-record">{damaged}</script>' if damaged else "",
+                               page.read_text(encoding="utf-8"), flags=re.DOTALL), encoding="utf-8")
+        (output / "report.html").unlink()
+        capsys.readouterr()
+        assert main(arguments) == 1
+        assert capsys.readouterr().err.strip() == (
+            f"error: {page}: exists, but records no inputs (made by a version before 0.17, or edited); --overwrite "
+            "draws a again")
+        assert main([*arguments, "--overwrite"]) == 0 and 'id="case-record">{"made_from": {' in page.read_text()
+
+
+def test_an_empty_mask_drawn_over_a_case_leaves_no_earlier_surface(tmp_path):
+    images, predictions = _report_folders(tmp_path, "a")
+    output = tmp_path / "report"
+    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
+                 "--quiet", "--overwrite"]
+    assert main(arguments) == 0 and (output / "a_surface.stl").is_file()
+    empty = sitk.ReadImage(str(SAMPLE_LABEL)) * 0
+    sitk.WriteImage(empty, str(predictions / "a.nii.gz"))
+    assert main(arguments) == 0
+    assert not (output / "a_surface.stl").exists() and not (output / "a_surface.png").exists()
+    assert "No surface: the mask is empty." in (output / "a.html").read_text(encoding="utf-8")
+
+
 def test_a_scan_a_manifest_named_otherwise_is_reported_under_that_name(tmp_path):
     images, predictions, output = tmp_path / "images", tmp_path / "predictions", tmp_path / "report"
     images.mkdir()
