@@ -34,8 +34,8 @@ from .errors import LeftAtriumSegError, error_line, some_names
 from .io import (
     SEGMENTATION_SUFFIX,
     CaseInput,
+    IMAGE_SUFFIXES,
     atomic_output,
-    case_name,
     case_sha256,
     check_case_name,
     create_output_folder,
@@ -255,7 +255,9 @@ def clinical_match_warning(clinical: dict[str, tuple[float, float]], path: str |
                 f"here: {some_names(sorted(here), 3)}): no LA volume index is given")
 
     def loosely(name: str) -> str:
-        return case_name(name).casefold()
+        name = name.strip().casefold()
+        suffix = next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), "")
+        return name[: len(name) - len(suffix)].strip()
 
     without_row = {loosely(case): case for case in here - set(clinical)}
     near = sorted(f"{row!r} for {without_row[loosely(row)]!r}" for row in set(clinical) - here
@@ -360,28 +362,31 @@ def mask_in_place(row: dict, folder: Path) -> bool:
     return bool(row.get("output_sha256")) and output.is_file() and file_sha256(output) == row["output_sha256"]
 
 
-def scan_changed(row: dict) -> bool | None:
-    """Whether a row's scan is no longer the image its mask was made from (``input_sha256``); None
-    where that cannot be told from here (the scan not found or unreadable, no SHA-256 recorded).
+def scan_check(row: dict) -> tuple[bool | None, str]:
+    """Whether a row's scan is no longer the image its mask was made from (``input_sha256``), and
+    its fingerprint now; None and "" where that cannot be told from here (no scan recorded, none
+    found or readable there, no SHA-256 recorded).
 
     Only a scan whose ``io.scan_fingerprint`` is not the row's ``input_fingerprint`` (every scan of a
     row of a version before 0.17, which has none) is hashed again, so that a cohort's merge reads
     its scans' metadata, not their voxels. A DICOM folder is unchanged if any of its series is the
     recorded image (the table does not name the series).
     """
-    scan = Path(row.get("input") or "")
+    if not row.get("input") or not row.get("input_sha256"):
+        return None, ""
+    scan = Path(row["input"])
     try:
-        if not row.get("input_sha256") or not scan.exists():
-            return None
-        if row.get("input_fingerprint") and scan_fingerprint(scan) == row["input_fingerprint"]:
-            return False
-        if scan.is_dir():
-            digests = {case_sha256(CaseInput(row["case"], scan, uid)) for uid in dicom_series_ids(scan)}
-        else:
-            digests = {file_sha256(scan)}
+        fingerprint = scan_fingerprint(scan)
+        if fingerprint == row.get("input_fingerprint"):
+            return False, fingerprint
+        if not scan.is_dir():
+            return file_sha256(scan) != row["input_sha256"], fingerprint
+        for series_uid in dicom_series_ids(scan):
+            if case_sha256(CaseInput(row["case"], scan, series_uid)) == row["input_sha256"]:
+                return False, fingerprint
+        return True, fingerprint
     except (OSError, LeftAtriumSegError):
-        return None
-    return row["input_sha256"] not in digests
+        return None, ""
 
 
 def mask_maker(row: dict) -> str:
@@ -576,7 +581,8 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     """One case of ``segment_batch``: its row, and the ``error:`` and ``warning:`` lines to show."""
     output_path = settings.output_path(case)
     masks_of_case = {output_format: settings.output_path(case, output_format) for output_format in OUTPUT_WRITERS}
-    row = {"case": case.case, "input": str(case.path), "output": str(output_path), **this_run}
+    # Absolute, so that merge and report find the scan from any working directory.
+    row = {"case": case.case, "input": str(case.path.absolute()), "output": str(output_path), **this_run}
     warnings = []
     try:
         # What the file system says of the scan as it is hashed: merge hashes again only a scan that differs.
@@ -627,12 +633,21 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
         message = (f"{case.path}: out of memory (fewer scans at once: a lower --threads)" if isinstance(error, MemoryError)
                    else error_line(error, case.path, *masks_of_case.values()))
         # No flag, volume or provenance of a mask this run did not leave (one that failed to be written, say).
-        failed = {"case": case.case, "input": str(case.path), "output": "", "status": "failed", "error": message,
+        failed = {"case": case.case, "input": row["input"], "output": "", "status": "failed", "error": message,
                   **this_run, "input_sha256": row.get("input_sha256", ""), "input_fingerprint": row.get("input_fingerprint", "")}
         return failed, [f"error: {message}"]
     if row["qc"] == "review":
         warnings.append(f"warning: {case.path}: review this result ({row['qc_reasons']})")
     return row, warnings
+
+
+def _fingerprint_checked_since(row: dict, merged: dict | None) -> dict:
+    """The scan fingerprint an earlier merge found the same image under (``scan_check``), for a
+    shard's row of the same scan and mask: once checked, a scan is not read again."""
+    if merged and merged.get("input_fingerprint") and all(
+            merged.get(column) == row.get(column) for column in ("input_sha256", "output_sha256")):
+        return {"input_fingerprint": merged["input_fingerprint"]}
+    return {}
 
 
 def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
@@ -682,11 +697,16 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         newer = [row for case, (_, shard_row) in by_case.items() if (row := earlier.get(case)) is not None
                  and mask_in_place(row, output_dir) and not mask_in_place(shard_row, output_dir)]
         chosen = {**{case: row for case, (_, row) in by_case.items()}, **{row["case"]: row for row in newer}}
-        for case, row in chosen.items():  # a folder moved or copied since: its masks are the ones here
-            if row.get("output") and mask_in_place(row, output_dir):
-                chosen[case] = {**row, "output": str(output_dir / Path(row["output"]).name)}
-        rows = sorted([{**added_columns(earlier.get(case)), **row} for case, row in chosen.items()] + unsharded,
-                      key=lambda row: row["case"])
+        rows = sorted([{**added_columns(earlier.get(case)), **row, **_fingerprint_checked_since(row, earlier.get(case))}
+                       for case, row in chosen.items()] + unsharded, key=lambda row: row["case"])
+        in_place = {row["case"]: mask_in_place(row, output_dir) for row in rows if row["status"] != "failed"}
+        # A scan re-exported under its name after its shard ran: its row measures the earlier image.
+        scans = {case: scan_check(row) for row in rows if in_place.get(case := row["case"])}
+        for row in rows:
+            if in_place.get(row["case"]):  # a folder moved or copied since: its masks are the ones here
+                row["output"] = str(output_dir / Path(row["output"]).name)
+            if scans.get(row["case"], (True,))[0] is False:  # found the same: no need to hash it next time
+                row["input_fingerprint"] = scans[row["case"]][1]
         write_table(rows, table_path, _table_columns(rows))
     if unsharded:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
@@ -714,19 +734,16 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     else:  # a run without the list (made before there was one, or the list moved away)
         problems.append(f"warning: no {case_list.name} here: cases a shard stopped before reaching cannot be found")
     # A mask deleted or changed after its run: the row's volume is not that of what lies there.
-    astray = [row["case"] for row in rows if row["status"] != "failed" and not mask_in_place(row, output_dir)]
+    astray = [case for case, there in in_place.items() if not there]
     if astray:
         problems.append(f"error: {len(astray)} case(s) whose mask is gone or no longer the one its row measured: "
                         f"{some_names(astray)}; segment them again (--overwrite where a changed mask is to be replaced)")
-    # A scan re-exported under its name after its shard ran: its row measures the earlier image.
-    scans = {row["case"]: scan_changed(row) for row in rows
-             if row["status"] != "failed" and row["case"] not in astray}
-    if changed := sorted(case for case, state in scans.items() if state):
+    if changed := [case for case, (state, _) in scans.items() if state]:
         inputs = {row["case"]: row["input"] for row in rows}
         problems.append(f"error: {len(changed)} case(s) whose scan has changed since its mask was made: "
                         f"{some_names([f'{case} ({inputs[case]})' for case in changed])}; segment them again "
                         "with --overwrite")
-    if unchecked := sorted(case for case, state in scans.items() if state is None):
-        problems.append(f"note: {len(unchecked)} case(s) whose scan is not found or not readable from here were not "
-                        f"checked against their rows: {some_names(unchecked)} (merge from where the shards ran)")
+    if unchecked := [case for case, (state, _) in scans.items() if state is None]:
+        problems.append(f"note: {len(unchecked)} case(s) whose scan could not be checked against its row (not found "
+                        f"or not readable from here, or no SHA-256 recorded): {some_names(unchecked)}")
     return rows, problems

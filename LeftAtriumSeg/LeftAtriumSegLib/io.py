@@ -439,7 +439,7 @@ def _nifti_header(path: Path) -> dict[str, np.ndarray]:
             if len(head) >= size and struct.unpack(order + "i", head[:4])[0] == size:
                 return {name: np.array(struct.unpack_from(f"{order}{count}{kind}", head, offset), dtype=float)
                         for name, (offset, kind, count) in fields.items()}
-    if head[:2] == b"\x1f\x8b":  # gzip's magic bytes under a name without .gz (a link or copy named .nii)
+    if opener is open and head[:2] == b"\x1f\x8b":  # gzip's magic bytes under a name without .gz (a link named .nii)
         raise InputImageError(f"{path}: is gzip-compressed, though its name ends in {path.suffix}; name it .nii.gz")
     raise InputImageError(f"{path}: cannot read image (not a NIfTI header: it does not start with 348 or 540)")
 

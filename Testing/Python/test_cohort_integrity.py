@@ -357,6 +357,26 @@ def test_merge_sees_a_changed_scan_through_a_copied_folder_and_a_link_pointed_el
     assert main(["merge", str(copy)]) == 0 and capsys.readouterr().err == ""
 
 
+def test_merge_reads_a_scan_only_when_its_fingerprint_differs_and_once_found_the_same(tmp_path, monkeypatch):
+    """Hashing every scan of a cohort at each merge would read terabytes to find them unchanged."""
+    from pathlib import Path
+
+    images, output = _cohort(tmp_path / "images", "a"), tmp_path / "out"
+    assert _segment(images, "--output-dir", output, "--shard", "1/1") == 0
+    hashed, hash_file = [], batch.file_sha256
+
+    def counting(path):
+        if Path(path).parent == images:
+            hashed.append(Path(path).name)
+        return hash_file(path)
+
+    monkeypatch.setattr(batch, "file_sha256", counting)
+    assert main(["merge", str(output)]) == 0 and hashed == []
+    os.utime(images / "a.nii.gz")  # touched: another fingerprint, the same bytes
+    assert main(["merge", str(output)]) == 0 and hashed == ["a.nii.gz"]
+    assert main(["merge", str(output)]) == 0 and hashed == ["a.nii.gz"]  # the new fingerprint was kept
+
+
 def test_a_shard_given_other_inputs_than_the_shards_before_is_refused(tmp_path, capsys):
     """Its share would be taken from another list: cases would fall in no shard's share."""
     images, output = _cohort(tmp_path / "images", "a", "b"), tmp_path / "out"
