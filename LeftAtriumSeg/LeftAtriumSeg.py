@@ -1,6 +1,7 @@
 import importlib.util
 import logging
 import tempfile
+import time
 import unittest
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,8 +513,9 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             workers.append(self._run[0])
             self._endRun()  # first: no status event of the reads below imports a result
         self._stoppedWorkers.clear()
+        deadline = time.monotonic() + ABANDON_WAIT_S  # for them all: the close waits 10 s at the most
         for cliNode in workers:
-            if end_worker(cliNode, slicer.app.applicationLogic(), ABANDON_WAIT_S):
+            if end_worker(cliNode, slicer.app.applicationLogic(), max(0.0, deadline - time.monotonic())):
                 continue
             logging.warning("Left-atrium segmentation: the worker was still %s %.0f s after it was cancelled",
                             cliNode.GetStatusString(), ABANDON_WAIT_S)
@@ -540,7 +542,9 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 cliNode.RemoveObserver(tags.pop())
                 if cliNode in self._stoppedWorkers:
                     self._stoppedWorkers.remove(cliNode)
-                _removeLater(cliNode, labelmap)
+                # Not at once: the CLI logic may report it done after the first of its read-backs
+                # (LeftAtriumSegMRML.end_worker); Slicer's timer runs the rest within 200 ms.
+                _removeLater(cliNode, labelmap, delayMs=1000)
 
         tags.append(cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, removeWhenDone))
         cliNode.Cancel()
@@ -628,10 +632,10 @@ def _cancelIfRunning(cliNode, event=None) -> None:
         cliNode.Cancel()
 
 
-def _removeLater(cliNode, labelmap) -> None:
+def _removeLater(cliNode, labelmap, delayMs: int = 0) -> None:
     """Remove the worker's CLI node and label map (with its display and storage nodes) once the
-    events under way are delivered: removed within its own event, the CLI node could be deleted
-    while VTK still invokes its observers."""
+    events under way are delivered, and ``delayMs`` more: removed within its own event, the CLI
+    node could be deleted while VTK still invokes its observers."""
     from LeftAtriumSegMRML import remove_with_its_nodes
 
     nodes = [cliNode, labelmap]
@@ -644,7 +648,7 @@ def _removeLater(cliNode, labelmap) -> None:
         if worker.GetScene() is not None:
             worker.GetScene().RemoveNode(worker)
 
-    qt.QTimer.singleShot(0, remove)
+    qt.QTimer.singleShot(delayMs, remove)
 
 
 def _workerError(cliNode) -> str:
@@ -694,7 +698,6 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
 
     def _process(self, logic, volumeNode, cancel: bool = False, **options):
         """Run ``process`` as Apply does, in the background, delivering events until it reports."""
-        import time
 
         outcomes = []
         logic.process(volumeNode, waitForCompletion=False, onFinished=outcomes.append, **options)
