@@ -698,7 +698,6 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
 
     def _process(self, logic, volumeNode, cancel: bool = False, **options):
         """Run ``process`` as Apply does, in the background, delivering events until it reports."""
-
         outcomes = []
         logic.process(volumeNode, waitForCompletion=False, onFinished=outcomes.append, **options)
         if cancel:
