@@ -710,10 +710,10 @@ def scan_fingerprint(path: Path) -> str:
     """A digest of what the file system says of a scan, not of its bytes: for its path itself (a
     link there, or the folder) and for its file, or each file directly in its DICOM folder, both
     as named and as linked to (``lstat`` and ``stat``), the name, inode, size and modification and
-    change times. Replacing, moving in, deleting or
-    editing a file changes it; a copy of the output folder does not. Cheap where hashing the
-    scans of a cohort is not; a change may also come from a ``touch`` or a ``chmod``, so a
-    differing fingerprint calls for the SHA-256, not a verdict.
+    change times. Replacing, moving in, deleting or editing a file changes it; a copy of the
+    output folder does not. Cheap where hashing the scans of a cohort is not; a change may also
+    come from a ``touch`` or a ``chmod``, so a differing fingerprint calls for the SHA-256, not a
+    verdict.
 
     Raises
     ------
