@@ -581,8 +581,8 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
     """One case of ``segment_batch``: its row, and the ``error:`` and ``warning:`` lines to show."""
     output_path = settings.output_path(case)
     masks_of_case = {output_format: settings.output_path(case, output_format) for output_format in OUTPUT_WRITERS}
-    # Absolute, so that merge and report find the scan from any working directory.
-    row = {"case": case.case, "input": str(case.path.absolute()), "output": str(output_path), **this_run}
+    # Absolute, so that merge, report and the user's scripts find them from any working directory.
+    row = {"case": case.case, "input": str(case.path.absolute()), "output": str(output_path.absolute()), **this_run}
     warnings = []
     try:
         # What the file system says of the scan as it is hashed: merge hashes again only a scan that differs.
@@ -704,7 +704,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         scans = {case: scan_check(row) for row in rows if in_place.get(case := row["case"])}
         for row in rows:
             if in_place.get(row["case"]):  # a folder moved or copied since: its masks are the ones here
-                row["output"] = str(output_dir / Path(row["output"]).name)
+                row["output"] = str((output_dir / Path(row["output"]).name).absolute())
             if scans.get(row["case"], (True,))[0] is False:  # found the same: no need to hash it next time
                 row["input_fingerprint"] = scans[row["case"]][1]
         write_table(rows, table_path, _table_columns(rows))

@@ -132,7 +132,11 @@ def run_segment(args: argparse.Namespace) -> int:
     workers = min(cores, len(share_of(cases, args.shard))) if on_cpu else 1
     network_threads = cores // workers if workers > 1 else threads
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), network_threads)
-    _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
+    try:
+        _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
+    except KeyboardInterrupt:
+        print("interrupted: the same command goes on where it stopped (masks made are kept)", file=sys.stderr)
+        return 130
     return 1 if failures else 0
 
 
