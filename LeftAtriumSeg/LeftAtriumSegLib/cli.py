@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
@@ -72,21 +71,6 @@ def _parse_folds(text: str) -> int:
     return folds
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (a SLURM job's allocation, not the whole node's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _capped_threads(threads: int) -> int:
-    """``--threads``, at most one per core this process may use: more only makes the threads
-    queue for the cores (each of the three networks starts its own)."""
-    cores = available_cores()
-    if threads > cores:
-        print(f"note: --threads {threads} capped at the {cores} cores this process may use", file=sys.stderr)
-        return cores
-    return threads
-
-
 def _parse_model_name(text: str) -> str:
     # The name heads the model card and fills volumes.csv's model column, one line each.
     if not text.strip() or any(not character.isprintable() for character in text):
@@ -117,14 +101,14 @@ class _RespacedFolder(argparse.Action):
 def run_segment(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, clinical_match_warning, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
     from .onnx_network import execution_providers  # noqa: PLC0415
-    from .pipeline import Segmenter  # noqa: PLC0415
+    from .pipeline import Segmenter, available_cores, capped_threads  # noqa: PLC0415
 
     settings = BatchSettings(Path(args.output_dir), args.format, args.overwrite, args.shard)
     cases = collect_cases(args.inputs, args.manifest, args.series)
     clinical = read_clinical(args.clinical)
     if warning := clinical_match_warning(clinical, args.clinical, [case.case for case in cases]):
         print(warning, file=sys.stderr)
-    threads = _capped_threads(args.threads)
+    threads = capped_threads(args.threads)
     # Several scans on the CPU: one per core at once, their networks sharing the cores, which keeps
     # them busier than one scan's networks on all of them (docs/model-development.md, "Speed").
     cores = threads or available_cores()

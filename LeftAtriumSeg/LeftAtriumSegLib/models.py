@@ -116,7 +116,8 @@ def model_path(model: str | Path | None = None, cache_folder: Path | None = None
     ------
     ModelFileError
         For an id the catalogue does not have (and no such file), an unreadable catalogue
-        (``read_catalogue``), or a download that fails.
+        (``read_catalogue``), a bundled model file that is not the catalogue's (SHA-256), or a
+        download that fails.
     """
     if model is not None and (Path(model).exists() or Path(model).suffix == ".safetensors"):
         return Path(model)
@@ -127,7 +128,12 @@ def model_path(model: str | Path | None = None, cache_folder: Path | None = None
         raise ModelFileError(f"{wanted}: neither a model file nor a model of the catalogue "
                              f"({', '.join(e.id for e in entries)})")
     if entry.file:
-        return catalogue.parent / entry.file
+        path = catalogue.parent / entry.file
+        # A damaged copy could load and segment, wrongly, under the model's name.
+        if path.is_file() and (found := _sha256(path)) != entry.sha256:
+            raise ModelFileError(f"{path}: is not model {entry.id} as the catalogue lists it (SHA-256 {found[:12]}..., "
+                                 f"expected {entry.sha256[:12]}...): damaged? reinstall the package or extension")
+        return path
     return download(entry, cache_folder or default_cache_folder())
 
 

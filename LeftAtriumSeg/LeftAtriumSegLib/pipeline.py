@@ -3,6 +3,8 @@ of one image, which ``segment``'s batch and the Slicer module's worker both run.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,21 @@ from .models import model_path
 from .onnx_network import load_onnx_networks
 from .postprocessing import CleanupSettings, clean_mask
 from .quality import QualityCheck, QualitySignals, check_quality
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (a SLURM job's allocation, not the whole node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def capped_threads(threads: int) -> int:
+    """``--threads``, at most one per core this process may use: more only makes the threads
+    queue for the cores (each of the three networks starts its own)."""
+    cores = available_cores()
+    if threads > cores:
+        print(f"note: --threads {threads} capped at the {cores} cores this process may use", file=sys.stderr)
+        return cores
+    return threads
 
 
 def edge_contact(mask: np.ndarray) -> int:

@@ -3,6 +3,7 @@ without touching Slicer's own, and models fetched on first use with their checks
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,15 @@ def test_a_damaged_catalogue_is_refused_with_its_name(tmp_path):
     catalogue.write_text(json.dumps(listing))
     with pytest.raises(ModelFileError, match="needs exactly one of 'file'"):
         read_catalogue(catalogue)
+
+
+def test_a_damaged_copy_of_the_bundled_model_is_refused_before_use(tmp_path):
+    """Weights changed in place (zeroed, a flipped byte) still load and segment, under the model's
+    name: the catalogue's SHA-256 is checked, as for a download."""
+    shutil.copy(CATALOGUE_PATH, tmp_path / "Models.json")
+    [bundled] = [entry for entry in read_catalogue()[0] if entry.file]
+    damaged = bytearray((CATALOGUE_PATH.parent / bundled.file).read_bytes())
+    damaged[-1000] ^= 0x01
+    (tmp_path / bundled.file).write_bytes(bytes(damaged))
+    with pytest.raises(ModelFileError, match=rf"is not model {re.escape(bundled.id)} as the catalogue lists it"):
+        model_path(catalogue=tmp_path / "Models.json")

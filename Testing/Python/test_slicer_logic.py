@@ -307,6 +307,34 @@ def test_worker_fails_with_one_line_and_a_non_zero_status(tmp_path):
     assert not (tmp_path / "label.nrrd").exists()
 
 
+def test_worker_takes_what_its_panel_may_send_and_says_each_refusal_in_one_line(tmp_path):
+    """The worker's own panel in Slicer (or slicer.cli.run) can send what the module never does: a
+    one-word cleanup option was taken for an option of the worker's (five lines of usage), 64
+    threads on two cores ran 25 times slower, a return-parameter file that cannot be written gave
+    Python's words without its name."""
+    from conftest import SAMPLE_IMAGE
+
+    sitk.WriteImage(sitk.ReadImage(str(SAMPLE_IMAGE)), str(tmp_path / "input.nrrd"))
+    returned = tmp_path / "gone" / "returned.params"
+    arguments = _worker_arguments({"inputVolume": tmp_path / "input.nrrd", "outputLabel": tmp_path / "label.nrrd",
+                                   "cleanupOptions": "--no-fill-holes", "threads": 64})
+    result = subprocess.run([sys.executable, str(WORKER), *arguments, "--returnparameterfile", str(returned)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {returned}: the return parameters cannot be written (No such file or directory)")
+    assert "note: --threads 64 capped at the" in result.stderr and (tmp_path / "label.nrrd").is_file()
+
+    for values, error in (({"threads": -1}, "error: argument --threads: a count >= 0 (0: ONNX Runtime's default), "
+                                             "not -1"),
+                          ({"outputLabel": tmp_path / "input.nrrd" / "label.nrrd"},
+                           f"error: {tmp_path / 'input.nrrd'}: not a folder; the label map cannot be written there")):
+        arguments = _worker_arguments({"inputVolume": tmp_path / "input.nrrd", "outputLabel": tmp_path / "l.nrrd",
+                                       **values})
+        result = subprocess.run([sys.executable, str(WORKER), *arguments], capture_output=True, text=True, timeout=300)
+        assert result.returncode in (1, 2) and result.stderr.strip().splitlines() == [error]
+
+
 def test_worker_label_map_off_the_volume_grid_is_refused(scene, phantom):
     image, mask, _ = phantom
     volume_node = add_volume_node(scene, image)
