@@ -434,8 +434,10 @@ def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | 
 
 def _case_line(row: dict) -> str:
     indexed = f", {float(row['lavi_ml_per_m2']):.{LAVI_DECIMALS}f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
-    return (f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) "
-            f"-> {row['output']}")
+    output = Path(row["output"])
+    if output.is_relative_to(Path.cwd()):  # as typed, for an output folder given from here
+        output = output.relative_to(Path.cwd())
+    return f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) -> {output}"
 
 
 @contextmanager
