@@ -508,17 +508,18 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         another node (LeftAtriumSegMRML.end_worker)."""
         from LeftAtriumSegMRML import end_worker
 
-        workers = list(self._stoppedWorkers)
+        workers = ([self._run[0]] if self._run is not None else []) + self._stoppedWorkers
         if self._run is not None:
-            workers.append(self._run[0])
             self._endRun()  # first: no status event of the reads below imports a result
-        self._stoppedWorkers.clear()
-        deadline = time.monotonic() + ABANDON_WAIT_S  # for them all: the close waits 10 s at the most
+        self._stoppedWorkers = []
         for cliNode in workers:
+            cliNode.Cancel()  # all of them at once: the waits below then overlap
+        deadline = time.monotonic() + ABANDON_WAIT_S  # for them all: the close waits 10 s at the most
+        for cliNode in workers:  # the running one first: a stopped one may never end
             if end_worker(cliNode, slicer.app.applicationLogic(), max(0.0, deadline - time.monotonic())):
                 continue
-            logging.warning("Left-atrium segmentation: the worker was still %s %.0f s after it was cancelled",
-                            cliNode.GetStatusString(), ABANDON_WAIT_S)
+            logging.warning("Left-atrium segmentation: a worker was still %s when the scene closed, %.0f s after "
+                            "it was cancelled", cliNode.GetStatusString(), ABANDON_WAIT_S)
             # The CLI logic holds the node after the scene dropped it: cancel again whenever it shows as running.
             cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
 
@@ -540,11 +541,15 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 cliNode.Cancel()  # a cancel Slicer overrode
             elif not cliNode.IsBusy():
                 cliNode.RemoveObserver(tags.pop())
-                if cliNode in self._stoppedWorkers:
-                    self._stoppedWorkers.remove(cliNode)
                 # Not at once: the CLI logic may report it done after the first of its read-backs
-                # (LeftAtriumSegMRML.end_worker); Slicer's timer runs the rest within 200 ms.
-                _removeLater(cliNode, labelmap, delayMs=1000)
+                # (LeftAtriumSegMRML.end_worker); Slicer's timer runs the rest within 200 ms, and a
+                # scene close meanwhile still waits for it.
+                qt.QTimer.singleShot(1000, remove)
+
+        def remove():
+            if cliNode in self._stoppedWorkers:
+                self._stoppedWorkers.remove(cliNode)
+            _removeLater(cliNode, labelmap)
 
         tags.append(cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, removeWhenDone))
         cliNode.Cancel()
@@ -632,10 +637,10 @@ def _cancelIfRunning(cliNode, event=None) -> None:
         cliNode.Cancel()
 
 
-def _removeLater(cliNode, labelmap, delayMs: int = 0) -> None:
+def _removeLater(cliNode, labelmap) -> None:
     """Remove the worker's CLI node and label map (with its display and storage nodes) once the
-    events under way are delivered, and ``delayMs`` more: removed within its own event, the CLI
-    node could be deleted while VTK still invokes its observers."""
+    events under way are delivered: removed within its own event, the CLI node could be deleted
+    while VTK still invokes its observers."""
     from LeftAtriumSegMRML import remove_with_its_nodes
 
     nodes = [cliNode, labelmap]
@@ -648,7 +653,7 @@ def _removeLater(cliNode, labelmap, delayMs: int = 0) -> None:
         if worker.GetScene() is not None:
             worker.GetScene().RemoveNode(worker)
 
-    qt.QTimer.singleShot(delayMs, remove)
+    qt.QTimer.singleShot(0, remove)
 
 
 def _workerError(cliNode) -> str:

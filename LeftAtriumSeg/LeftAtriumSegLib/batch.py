@@ -432,11 +432,9 @@ def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | 
     return columns
 
 
-def _case_line(row: dict) -> str:
+def _case_line(row: dict, output: Path) -> str:
+    """The line said of a done case; ``output``: its mask's path as the command named its folder."""
     indexed = f", {float(row['lavi_ml_per_m2']):.{LAVI_DECIMALS}f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
-    output = Path(row["output"])
-    if output.is_relative_to(Path.cwd()):  # as typed, for an output folder given from here
-        output = output.relative_to(Path.cwd())
     return f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) -> {output}"
 
 
@@ -545,7 +543,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             done += 1
             if not quiet:
                 try:
-                    bar.write(_case_line(row))
+                    bar.write(_case_line(row, settings.output_dir / Path(row["output"]).name))
                 except BrokenPipeError:  # the reader went away (`| head`): the batch goes on unheard
                     quiet = True
         try:

@@ -119,7 +119,9 @@ def run_segment(args: argparse.Namespace) -> int:
     try:
         _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
     except KeyboardInterrupt:
-        print("interrupted: the same command goes on where it stopped (masks made are kept)", file=sys.stderr)
+        print("interrupted: the masks made are kept; --overwrite segments every case again, without it the run goes on "
+              "with the cases that have no mask" if args.overwrite else
+              "interrupted: the same command goes on where it stopped (masks made are kept)", file=sys.stderr)
         return 130
     return 1 if failures else 0
 

@@ -1,7 +1,8 @@
 """The models on offer: the one bundled with the package, and newer ones downloaded on first use.
 
 ``Resources/Models/Models.json`` lists them. An entry with ``file`` is bundled (the repository
-carries one model, so that it stays small as models are released); an entry with ``url`` is
+carries one model, so that it stays small as models are released) and checked against its
+SHA-256 at each use; an entry with ``url`` is
 downloaded once into the cache folder, checked against its size and SHA-256 before it takes its
 name, and used from there. ``default`` names the model that ``segment`` and the Slicer module use
 when none is asked for.
