@@ -464,3 +464,19 @@ def test_a_compressed_scan_named_nii_is_told_to_be_named_nii_gz(tmp_path, capsys
     assert main(["segment", str(scan), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: {scan}: is gzip-compressed, though its name ends in .nii; name it .nii.gz")
+
+
+def test_a_run_whose_working_directory_was_deleted_goes_on(tmp_path, monkeypatch, capsys):
+    """Asking for the working directory at each case, to show the mask's path, stopped such a run
+    after its first case."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        (images / f"{name}.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert main(["segment", str(images), "--output-dir", str(tmp_path / "out"), "--format", "nii.gz"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": left atrium " in line]
+    assert [line.split(" -> ")[1] for line in lines] == [str(tmp_path / "out" / f"{name}.nii.gz") for name in "ab"]
