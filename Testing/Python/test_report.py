@@ -380,6 +380,14 @@ def _report_folders(tmp_path, *cases):
     return images, predictions
 
 
+def _report_of_one_case(tmp_path):
+    """Case a's folders, the report's folder and the command that reports it (quiet)."""
+    images, predictions = _report_folders(tmp_path, "a")
+    output = tmp_path / "report"
+    return predictions, output, ["report", "--images", str(images), "--predictions", str(predictions),
+                                 "--output-dir", str(output), "--quiet"]
+
+
 def test_an_interrupted_report_goes_on_where_it_stopped(tmp_path):
     """A cohort's report takes a second a case: stopped, it had to start over with --overwrite."""
     images, predictions = _report_folders(tmp_path, "a", "b", "c")
@@ -416,10 +424,7 @@ def test_an_interrupted_report_goes_on_where_it_stopped(tmp_path):
 
 
 def test_a_page_made_from_another_mask_is_not_taken_up_and_overwrite_clears_a_failed_case(tmp_path, capsys):
-    images, predictions = _report_folders(tmp_path, "a")
-    output = tmp_path / "report"
-    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
-                 "--quiet"]
+    predictions, output, arguments = _report_of_one_case(tmp_path)
     assert main(arguments) == 0
     (output / "report.html").unlink()  # as if stopped before the summary
     label = sitk.ReadImage(str(SAMPLE_LABEL))
@@ -467,10 +472,7 @@ def test_a_signal_while_a_case_is_placed_takes_effect_once_it_is_placed():
 
 
 def test_a_page_without_a_readable_record_is_drawn_again_only_when_asked(tmp_path, capsys):
-    images, predictions = _report_folders(tmp_path, "a")
-    output = tmp_path / "report"
-    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
-                 "--quiet"]
+    predictions, output, arguments = _report_of_one_case(tmp_path)
     assert main(arguments) == 0
     page = output / "a.html"
     for damaged in ('{"made_from": ', "[1]", ""):  # cut short, not an object, no record (a page of 0.16)
@@ -487,10 +489,8 @@ def test_a_page_without_a_readable_record_is_drawn_again_only_when_asked(tmp_pat
 
 
 def test_an_empty_mask_drawn_over_a_case_leaves_no_earlier_surface(tmp_path):
-    images, predictions = _report_folders(tmp_path, "a")
-    output = tmp_path / "report"
-    arguments = ["report", "--images", str(images), "--predictions", str(predictions), "--output-dir", str(output),
-                 "--quiet", "--overwrite"]
+    predictions, output, arguments = _report_of_one_case(tmp_path)
+    arguments.append("--overwrite")
     assert main(arguments) == 0 and (output / "a_surface.stl").is_file()
     empty = sitk.ReadImage(str(SAMPLE_LABEL)) * 0
     sitk.WriteImage(empty, str(predictions / "a.nii.gz"))
