@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import signal
 import sys
@@ -168,6 +169,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     left_out = [f"{failures} case(s) failed" if failures else "", f"{missing} label(s) had no prediction" if missing else ""]
     left_out = " and ".join(part for part in left_out if part)
     print(f"written to {output}" + (f"; {left_out}: left out of the mean" if left_out else ""))
+    cases = rows[:-1]
+    if undefined := sum(math.isnan(row["hd95_mm"]) for row in cases):  # a missed atrium would flatter the mean
+        print(f"note: the mean HD95 and ASSD are over {len(cases) - undefined} of {len(cases)} cases; {undefined} with "
+              "an empty prediction or label have none", file=sys.stderr)
     return 1 if failures or missing else 0
 
 

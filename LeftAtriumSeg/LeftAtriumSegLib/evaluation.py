@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .errors import LeftAtriumSegError, error_line, some_names
-from .io import files_by_case, read_mask, read_probability_map, same_grid
+from .io import files_by_case, grid_difference, read_mask, read_probability_map, same_grid
 from .metrics import mean_of_defined, segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -65,8 +65,20 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
 
 def matched_cases(predicted: dict[str, Path], reference: dict[str, Path]) -> list[tuple[str, Path, Path]]:
     """``(case, prediction, label)`` for every case in both of two folders' ``files_by_case``,
-    sorted by name."""
-    return [(case, predicted[case], reference[case]) for case in sorted(predicted.keys() & reference.keys())]
+    sorted by name.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        For a file given as both a case's prediction and its label (one folder named twice), which
+        would score perfectly against itself.
+    """
+    cases = [(case, predicted[case], reference[case]) for case in sorted(predicted.keys() & reference.keys())]
+    for case, prediction, label in cases:
+        if prediction.samefile(label):
+            raise LeftAtriumSegError(f"{prediction}: is both the prediction and the label of case {case} (one folder "
+                                     "given for both?); it would score perfectly against itself")
+    return cases
 
 
 def evaluate_case(prediction: Path, label: Path) -> dict:
@@ -86,7 +98,8 @@ def evaluate_case(prediction: Path, label: Path) -> dict:
     """
     prediction_image, label_image = read_mask(prediction), read_mask(label)
     if not same_grid(prediction_image, label_image):
-        raise ValueError(f"{prediction}: not on the grid of its label {label}")
+        raise ValueError(f"{prediction}: not on the grid of its label {label} "
+                         f"({grid_difference(prediction_image, label_image)})")
     return segmentation_metrics(
         sitk.GetArrayViewFromImage(prediction_image) > 0,
         sitk.GetArrayViewFromImage(label_image) > 0,
@@ -183,7 +196,8 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     for case, map_path, label_path in cases:
         label, probability_map = read_mask(label_path), read_probability_map(map_path)
         if not same_grid(probability_map, label):
-            raise ValueError(f"{map_path}: not on the grid of its label {label_path}")
+            raise ValueError(f"{map_path}: not on the grid of its label {label_path} "
+                             f"({grid_difference(probability_map, label)})")
         yield case, sitk.GetArrayFromImage(probability_map), sitk.GetArrayFromImage(label) > 0, label.GetSpacing()
 
 

@@ -620,6 +620,9 @@ def read_probability_map(path: str | Path) -> sitk.Image:
         raise InputImageError(f"{path}: probability map contains NaN or infinite values")
     if values.min() < 0 or values.max() > 1:
         raise InputImageError(f"{path}: values {values.min():g} to {values.max():g} lie outside 0-1: not a probability map")
+    if np.all((values == 0) | (values == 1)):  # every threshold would cut it alike
+        raise InputImageError(f"{path}: holds only 0 and 1: a mask, not a probability map (cross-validation writes "
+                              "the networks' maps in probabilities/)")
     return probability_map
 
 
@@ -674,14 +677,48 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
         Naming the folder, for a series that cannot be chosen or read, or an image that fails
         ``check_image``.
     """
+    files = dicom_series_files(folder, series_uid)
+    _check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder, series_uid))
+    reader.SetFileNames(files)
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputImageError(f"{folder}: cannot read DICOM series ({_itk_reason(error)})") from None
     check_image(image, folder)
     return image
+
+
+def _check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal: read as a stack, a
+    series with a slice missing places every slice past the gap one slice off, and one with a slice
+    twice adds a slice's volume (ITK only warns, over several lines).
+
+    Raises
+    ------
+    InputImageError
+        Naming the folder and the two files where the spacing breaks.
+    """
+    reader, positions, orientation = sitk.ImageFileReader(), [], None
+    for name in files:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            positions.append([float(value) for value in reader.GetMetaData("0020|0032").split("\\")])
+            orientation = [float(value) for value in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):  # no position to check by (a single-file series, say): ITK decides
+            return
+    if len(positions) < 3 or len(orientation) != 6:
+        return
+    along = np.array(positions) @ np.cross(orientation[:3], orientation[3:])
+    steps = np.abs(np.diff(along))
+    typical = float(np.median(steps))
+    if (odd := np.flatnonzero(np.abs(steps - typical) > 0.1 * typical)).size:
+        first, second = Path(files[odd[0]]).name, Path(files[odd[0] + 1]).name
+        raise InputImageError(
+            f"{folder}: its slices lie {typical:.2f} mm apart, but {steps[odd[0]]:.2f} mm between {first} and {second} "
+            f"({'a slice twice' if steps[odd[0]] < 0.5 * typical else 'slices missing'}?): the series cannot be "
+            "read as an evenly spaced volume")
 
 
 def read_case(case: CaseInput) -> sitk.Image:
@@ -757,6 +794,18 @@ def case_sha256(case: CaseInput) -> str:
         return digest.hexdigest()
     except OSError as error:
         raise InputImageError(f"{case.path}: cannot read ({error.strerror or error})") from None
+
+
+def grid_difference(a: sitk.Image, b: sitk.Image) -> str:
+    """How ``a``'s grid differs from ``b``'s, in words, for a message (first the size, then the
+    spacing, origin and direction, as ``same_grid`` compares them); "" for the same grid."""
+    for what, mine, theirs, tolerance in (("size", a.GetSize(), b.GetSize(), 0),
+                                          ("spacing", a.GetSpacing(), b.GetSpacing(), 1e-4),
+                                          ("origin", a.GetOrigin(), b.GetOrigin(), 1e-3),
+                                          ("direction", a.GetDirection(), b.GetDirection(), 1e-4)):
+        if len(mine) != len(theirs) or not np.allclose(mine, theirs, atol=tolerance, rtol=0):
+            return f"{what} {tuple(round(value, 4) for value in mine)} against {tuple(round(value, 4) for value in theirs)}"
+    return ""
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -58,6 +58,7 @@ from .io import (  # noqa: E402
     file_sha256,
     files_by_case,
     find_cases,
+    grid_difference,
     read_case,
     read_mask,
     refuse_existing_output,
@@ -738,7 +739,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                     continue
                 mask_image = read_mask(path)
                 if not same_grid(mask_image, image):
-                    raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path}")
+                    raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path} "
+                                             f"({grid_difference(mask_image, image)})")
                 arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
             reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight,
                                        recorded.get("qc", ""), recorded.get("qc_reasons", ""), made_from))

@@ -114,7 +114,8 @@ def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tm
     assert len(errors) == 4
     assert errors[0].startswith(f"error: {predictions / 'corrupt.nii.gz'}: file is truncated, corrupt")
     assert errors[1].startswith(f"error: {labels / 'image_as_label.nii.gz'}: is not a mask: it holds ")
-    assert errors[2].startswith(f"error: {predictions / 'off_grid.nii.gz'}: not on the grid of its label")
+    assert errors[2] == (f"error: {predictions / 'off_grid.nii.gz'}: not on the grid of its label "
+                         f"{labels / 'off_grid.nii.gz'} (size (224, 224, 70) against (224, 224, 74))")
     assert errors[3] == (f"error: {labels / 'several_labels.nii.gz'}: is not a mask: it holds 2 different non-zero "
                          "values (an image, or a map of several labels?); a mask of the left atrium alone is needed")
     rows = list(csv.DictReader(open(predictions / "evaluation.csv")))

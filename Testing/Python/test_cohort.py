@@ -234,3 +234,25 @@ def test_merge_sees_a_slice_gone_from_a_dicom_series(tmp_path, sample_image, cap
     assert capsys.readouterr().err.strip() == (
         f"error: 1 case(s) whose scan has changed since its mask was made: patient ({folder}); segment them again "
         "with --overwrite")
+
+
+def test_a_dicom_series_with_a_slice_missing_or_twice_is_refused(tmp_path, sample_image, capsys):
+    """Read as a stack, a series without two of its slices came out 3 mL smaller and 'ok', every
+    slice past the gap placed 2.7 mm off; a slice twice added one's volume."""
+    import shutil
+
+    folder = tmp_path / "patient"
+    write_dicom_series(sample_image[:, :, :20], folder, "1.2.826.0.1.3680043.2.1125.41")
+    files = sorted(folder.iterdir())
+    missing = tmp_path / "missing"
+    shutil.copytree(folder, missing)
+    for name in (files[9].name, files[10].name):
+        (missing / name).unlink()
+    shutil.copy(files[9], folder / f"{files[9].stem}_again.dcm")
+    capsys.readouterr()
+    assert main(["segment", str(missing), str(folder), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[0] == (f"error: {missing}: its slices lie 1.37 mm apart, but 4.11 mm between {files[8].name} and "
+                         f"{files[11].name} (slices missing?): the series cannot be read as an evenly spaced volume")
+    assert errors[1].startswith(f"error: {folder}: its slices lie 1.37 mm apart, but 0.00 mm between ")
+    assert errors[1].endswith("(a slice twice?): the series cannot be read as an evenly spaced volume")

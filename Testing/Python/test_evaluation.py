@@ -84,6 +84,8 @@ def _one_case(tmp_path, probability_map: np.ndarray, map_spacing_mm=(1.0, 1.0, 1
     (lambda path: path.write_bytes(path.read_bytes()[:-20]), "file is truncated, corrupt or not gzip-compressed"),
     (lambda path: _write(np.full((8, 8, 8), 3.5, np.float32), path), "values 3.5 to 3.5 lie outside 0-1: not a probability map"),
     (lambda path: _write(np.full((8, 8, 8), np.nan, np.float32), path), "NaN or infinite"),
+    # segment's masks given for maps: every threshold came out alike, as if it did not matter
+    (lambda path: _write(np.ones((8, 8, 8), np.uint8), path), "holds only 0 and 1: a mask, not a probability map"),
 ])
 def test_ablate_names_a_bad_probability_map_in_one_line(tmp_path, capsys, spoil, message):
     probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32))
@@ -98,7 +100,8 @@ def test_ablate_names_a_bad_probability_map_in_one_line(tmp_path, capsys, spoil,
 def test_ablation_refuses_a_map_off_its_label_grid(tmp_path):
     """A map on another grid would be scored against the wrong voxels."""
     probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32), map_spacing_mm=(2.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match=r"a\.nii\.gz: not on the grid of its label"):
+    with pytest.raises(ValueError, match=r"a\.nii\.gz: not on the grid of its label .* \(spacing \(2\.0, 1\.0, 1\.0\) "
+                                         r"against \(1\.0, 1\.0, 1\.0\)\)"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])
 
 
@@ -125,3 +128,29 @@ def test_ablation_variants_leave_out_those_that_clean_as_an_earlier_one():
                               "threshold 0.6", "threshold 0.7", "closing 1.5 mm", "closing 3.0 mm"]
     assert variants["largest component, no gap"] == CleanupSettings(keep_largest_component=True, component_gap_mm=0.0,
                                                                      fill_holes=False)
+
+
+def test_one_folder_given_for_both_predictions_and_labels_is_refused(tmp_path, capsys):
+    """A mistyped path scored every mask against itself: Dice 1.000, HD95 0.00, exit 0."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    _write(np.ones((8, 8, 8), np.uint8), folder / "a.nii.gz")
+    assert main(["evaluate", "--predictions", str(folder), "--labels", str(folder), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder / 'a.nii.gz'}: is both the prediction and the label of case a (one folder given for both?); "
+        "it would score perfectly against itself")
+
+
+def test_the_mean_surface_distance_says_how_many_cases_it_is_over(tmp_path, capsys):
+    """An empty prediction has no surface distance: left out of the mean, it made a missed atrium
+    improve the mean HD95, unsaid."""
+    predictions, labels = tmp_path / "predictions", tmp_path / "labels"
+    predictions.mkdir(), labels.mkdir()
+    cube = np.zeros((12, 12, 12), np.uint8)
+    cube[3:9, 3:9, 3:9] = 1
+    for case, predicted in (("found", cube), ("missed", np.zeros_like(cube))):
+        _write(cube, labels / f"{case}.nii.gz")
+        _write(predicted, predictions / f"{case}.nii.gz")
+    assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--quiet"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "note: the mean HD95 and ASSD are over 1 of 2 cases; 1 with an empty prediction or label have none")

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..datasets import Case, task02_to_anatomical
 from ..errors import InputImageError
-from ..io import read_image, read_mask, same_grid
+from ..io import grid_difference, read_image, read_mask, same_grid
 from ..model_file import ModelConfig
 from ..preprocessing import ModelFrame, normalise_intensity, to_model_frame, to_view
 
@@ -139,7 +139,8 @@ def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = Fals
     """
     image, mask = read_image(case.image_path), read_mask(case.label_path)
     if not same_grid(mask, image):
-        raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path}")
+        raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path} "
+                              f"({grid_difference(mask, image)})")
     if respaced:
         image.SetSpacing(case.respaced_mm)
         mask.SetSpacing(case.respaced_mm)
