@@ -27,7 +27,7 @@ def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path
     _write(reference, first / "labelsTr" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
     _write(half, run / "probabilities" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))  # on its label's grid, as cross-validation writes it
     _write(reference, second / "labelsTr" / "b.nii.gz")
-    _write(reference.astype(np.float32), run / "probabilities" / "b.nii.gz")  # perfect
+    _write(reference.astype(np.float32) * 0.95, run / "probabilities" / "b.nii.gz")  # perfect at any threshold under 0.95
     (run / "training.json").write_text(json.dumps({
         "command": "leftatriumseg train --folds 2", "data_folders": [str(first), str(second)],
         "settings": {"iterations": 7}, "parameters": 1234,
