@@ -189,10 +189,9 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     cases = matched_cases(maps, files_by_case(labels))
     if not cases:
         raise ValueError(f"{probabilities}: no probability map has a label in {labels}")
-    unlabelled = len(maps) - len(cases)
-    if unlabelled:
-        print(f"note: {unlabelled} probability map(s) in {probabilities} have no label in {labels}, not scored",
-              file=sys.stderr)
+    if unlabelled := sorted(maps.keys() - {case for case, _, _ in cases}):
+        print(f"note: {len(unlabelled)} probability map(s) in {probabilities} have no label in {labels}, not scored: "
+              f"{some_names(unlabelled)}", file=sys.stderr)
     for case, map_path, label_path in cases:
         label, probability_map = read_mask(label_path), read_probability_map(map_path)
         if not same_grid(probability_map, label):
@@ -235,7 +234,8 @@ def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple
 
 
 def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str, CleanupSettings]]:
-    """Each cleanup step removed or changed alone from the defaults, plus nothing at all.
+    """Each cleanup step removed or changed alone from the defaults, plus nothing at all. The first
+    variant is named ``defaults``, or ``given cleanup`` where ``defaults`` are not the package's.
 
     Parameters
     ----------
@@ -253,7 +253,7 @@ def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str
                   ("no largest component", replace(defaults, keep_largest_component=False)),
                   ("largest component, no gap", replace(defaults, keep_largest_component=True, component_gap_mm=0.0)),
                   ("no hole filling", replace(defaults, fill_holes=False))]
-    candidates += [(f"threshold {t}", replace(defaults, threshold=t)) for t in (0.3, 0.4, 0.6, 0.7)]
+    candidates += [(f"threshold {t}", replace(defaults, threshold=t)) for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
     if defaults.keep_largest_component:  # the gap is the largest component's
         candidates += [(f"gap {g} mm", replace(defaults, component_gap_mm=g)) for g in (2.0, 10.0, 20.0)]
     candidates += [(f"closing {r} mm", replace(defaults, closing_radius_mm=r)) for r in (0.0, 1.5, 3.0)]
@@ -261,7 +261,7 @@ def ablation_variants(defaults: CleanupSettings | None = None) -> list[tuple[str
     def cleaning(settings: CleanupSettings) -> CleanupSettings:
         return settings if settings.keep_largest_component else replace(settings, component_gap_mm=0.0)
 
-    variants = [("defaults", defaults)]
+    variants = [("defaults" if defaults == CleanupSettings() else "given cleanup", defaults)]
     for name, settings in candidates:
         if all(cleaning(settings) != cleaning(earlier) for _, earlier in variants):
             variants.append((name, settings))

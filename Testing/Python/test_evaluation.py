@@ -27,7 +27,8 @@ def test_ablation_scores_only_the_cases_labelled_in_the_given_folder(tmp_path, c
 
     [defaults] = cleanup_ablation(probabilities, labels, ablation_variants()[:1])
 
-    assert f"note: 1 probability map(s) in {probabilities} have no label in {labels}, not scored" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        f"note: 1 probability map(s) in {probabilities} have no label in {labels}, not scored: set_b_case")
     assert defaults["dice"] == pytest.approx(2 / 3)
     assert defaults["abs_volume_error_ml"] == pytest.approx(10 * 10 * 5 * 2.0 / 1000)
 
@@ -124,8 +125,11 @@ def test_ablation_variants_leave_out_those_that_clean_as_an_earlier_one():
         "threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7", "gap 2.0 mm", "gap 10.0 mm",
         "closing 1.5 mm", "closing 3.0 mm"]
     variants = dict(ablation_variants(CleanupSettings(keep_largest_component=False, fill_holes=False)))
-    assert list(variants) == ["defaults", "largest component, no gap", "threshold 0.3", "threshold 0.4",
+    assert list(variants) == ["given cleanup", "largest component, no gap", "threshold 0.3", "threshold 0.4",
                               "threshold 0.6", "threshold 0.7", "closing 1.5 mm", "closing 3.0 mm"]
+    # From another threshold, the package's own is among the variants (it was not: 0.5 was never tried).
+    assert [name for name, _ in ablation_variants(CleanupSettings(threshold=0.4))][5:9] == [
+        "threshold 0.3", "threshold 0.5", "threshold 0.6", "threshold 0.7"]
     assert variants["largest component, no gap"] == CleanupSettings(keep_largest_component=True, component_gap_mm=0.0,
                                                                      fill_holes=False)
 
