@@ -797,23 +797,21 @@ def case_sha256(case: CaseInput) -> str:
 
 
 def grid_difference(a: sitk.Image, b: sitk.Image) -> str:
-    """How ``a``'s grid differs from ``b``'s, in words, for a message (first the size, then the
-    spacing, origin and direction, as ``same_grid`` compares them); "" for the same grid."""
-    for what, mine, theirs, tolerance in (("size", a.GetSize(), b.GetSize(), 0),
-                                          ("spacing", a.GetSpacing(), b.GetSpacing(), 1e-4),
+    """How ``a``'s grid differs from ``b``'s, in words, for a message: the size, or the spacing,
+    origin or direction beyond rounding; "" for the same grid."""
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} against {b.GetSize()}"
+    for what, mine, theirs, tolerance in (("spacing", a.GetSpacing(), b.GetSpacing(), 1e-4),
                                           ("origin", a.GetOrigin(), b.GetOrigin(), 1e-3),
                                           ("direction", a.GetDirection(), b.GetDirection(), 1e-4)):
-        if len(mine) != len(theirs) or not np.allclose(mine, theirs, atol=tolerance, rtol=0):
+        if not np.allclose(mine, theirs, atol=tolerance):
             return f"{what} {tuple(round(value, 4) for value in mine)} against {tuple(round(value, 4) for value in theirs)}"
     return ""
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     """Whether two images have the same size, spacing, origin and direction (to rounding)."""
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+    return not grid_difference(a, b)
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:
