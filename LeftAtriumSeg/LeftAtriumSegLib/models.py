@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFileError
+from .io import file_sha256
 
 CATALOGUE_PATH = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "Models.json"
 # Where downloaded models are kept; LEFTATRIUMSEG_MODEL_CACHE moves it (a cluster's shared disk, say).
@@ -131,7 +132,7 @@ def model_path(model: str | Path | None = None, cache_folder: Path | None = None
     if entry.file:
         path = catalogue.parent / entry.file
         # A damaged copy could load and segment, wrongly, under the model's name.
-        if path.is_file() and (found := _sha256(path)) != entry.sha256:
+        if path.is_file() and (found := file_sha256(path)) != entry.sha256:
             raise ModelFileError(f"{path}: is not model {entry.id} as the catalogue lists it (SHA-256 {found[:12]}..., "
                                  f"expected {entry.sha256[:12]}...): damaged? reinstall the package or extension")
         return path
@@ -150,7 +151,7 @@ def download(entry: ModelEntry, cache_folder: Path) -> Path:
         Naming the URL, for a download that fails or does not match.
     """
     target = cache_folder / f"{entry.id}.safetensors"
-    if target.is_file() and _sha256(target) == entry.sha256:
+    if target.is_file() and file_sha256(target) == entry.sha256:
         return target
     try:
         cache_folder.mkdir(parents=True, exist_ok=True)
@@ -174,11 +175,3 @@ def download(entry: ModelEntry, cache_folder: Path) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
