@@ -506,7 +506,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         ABANDON_WAIT_S) while what Slicer queues to read back into the run's nodes is read now: read
         after the close removed them, or gave their IDs to new nodes, it would crash Slicer or fill
         another node (LeftAtriumSegMRML.end_worker)."""
-        from LeftAtriumSegMRML import end_worker
+        from LeftAtriumSegMRML import cancel_if_running, end_worker
 
         workers = ([self._run[0]] if self._run is not None else []) + self._stoppedWorkers
         if self._run is not None:
@@ -521,7 +521,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             logging.warning("Left-atrium segmentation: a worker was still %s when the scene closed, %.0f s after "
                             "it was cancelled", cliNode.GetStatusString(), ABANDON_WAIT_S)
             # The CLI logic holds the node after the scene dropped it: cancel again whenever it shows as running.
-            cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, _cancelIfRunning)
+            cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, cancel_if_running)
 
     def stopWaiting(self) -> None:
         """End a cancelled run for the panel when Slicer does not report the worker done (a run
@@ -529,6 +529,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         without waiting: the worker's nodes stay until Slicer reports it no longer busy, so that a
         read-back queued meanwhile still finds them, and a scene close meanwhile waits for it
         (``abandon``)."""
+        from LeftAtriumSegMRML import cancel_if_running
+
         if self._run is None:
             return
         cliNode, labelmap = self._run[0], self._run[2]
@@ -537,9 +539,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         tags = []
 
         def removeWhenDone(caller, event=None):
-            if cliNode.GetStatus() == cliNode.Running:
-                cliNode.Cancel()  # a cancel Slicer overrode
-            elif not cliNode.IsBusy():
+            cancel_if_running(cliNode)
+            if not cliNode.IsBusy():
                 cliNode.RemoveObserver(tags.pop())
                 # Not at once: the CLI logic may report it done after the first of its read-backs
                 # (LeftAtriumSegMRML.end_worker); Slicer's timer runs the rest within 200 ms, and a
@@ -567,8 +568,10 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         if self._run is None or cliNode is not self._run[0]:
             return
         if cliNode.IsBusy():
-            if self.isCancelling and cliNode.GetStatus() == cliNode.Running:
-                cliNode.Cancel()  # a cancel that came while Slicer wrote the input was overridden: again
+            if self.isCancelling:
+                from LeftAtriumSegMRML import cancel_if_running
+
+                cancel_if_running(cliNode)
             return
         status = cliNode.GetStatus()
         labelmap = self._run[2]
@@ -630,11 +633,6 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         from LeftAtriumSegMRML import measure_left_atrium
 
         return measure_left_atrium(segmentation, inputVolume, table, heightCm, weightKg)
-
-
-def _cancelIfRunning(cliNode, event=None) -> None:
-    if cliNode.GetStatus() == cliNode.Running:
-        cliNode.Cancel()
 
 
 def _removeLater(cliNode, labelmap) -> None:

@@ -172,6 +172,13 @@ def remove_with_its_nodes(node) -> None:
     scene.RemoveNode(node)
 
 
+def cancel_if_running(cli_node, event=None) -> None:
+    """Cancel a CLI module's run that shows *Running*: the CLI logic sets *Running* after writing
+    the input, over a cancel that came meanwhile (docs/slicer-api.md). Also a status observer."""
+    if cli_node.GetStatus() == cli_node.Running:
+        cli_node.Cancel()
+
+
 def end_worker(cli_node, application_logic, timeout_s: float, settle_s: float = 0.25) -> bool:
     """Cancel a CLI module's run and wait until Slicer is done with it, reading back now whatever it
     queues for the run's nodes. Returns False if the run is still busy after ``timeout_s``.
@@ -191,8 +198,7 @@ def end_worker(cli_node, application_logic, timeout_s: float, settle_s: float = 
     cli_node.Cancel()
     settled = None  # when the run was first seen no longer busy
     while True:
-        if cli_node.GetStatus() == cli_node.Running:
-            cli_node.Cancel()
+        cancel_if_running(cli_node)
         while application_logic.GetReadDataQueueSize():
             application_logic.ProcessReadData()  # the CLI logic sets Completed once the last read queued has run
         now = time.monotonic()
