@@ -705,11 +705,10 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             if case.case == report_path.stem:
                 raise LeftAtriumSegError(f"{case.path}: a case named {case.case!r} would take the summary's name, "
                                          f"{report_path.name}; rename the scan and its mask")
-            row = _record_of(table_rows.get(case.case, []), masks[case.case])
-            if row is not None:
-                results[case.case] = row
+            recorded = _record_of(table_rows.get(case.case, []), masks[case.case]) or {}
+            if recorded:
+                results[case.case] = recorded
             height_weight = clinical.get(case.case, (None, None))
-            recorded = results.get(case.case, {})
             made_from = case_inputs(case, masks[case.case], references.get(case.case), *height_weight,
                                     recorded.get("qc", ""), recorded.get("qc_reasons", ""))
             if recorded.get("input_sha256") and recorded["input_sha256"] != made_from["image_sha256"]:
