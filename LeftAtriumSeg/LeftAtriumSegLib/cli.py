@@ -186,13 +186,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Only what was given on the command line; everything else keeps TrainingSettings' defaults.
-    given = {"iterations": args.iterations, "max_gain_change": args.max_gain_change, "max_offset": args.max_offset,
-             "gamma_probability": args.gamma_probability, "random_orientation": args.random_orientation, "bfloat16": args.bfloat16,
-             "fractional_labels": args.fractional_labels}
-    settings = TrainingSettings(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
-    config = ModelConfig(name=args.name, version=args.model_version,
-                         **({"views": tuple(args.views)} if args.views else {}))
+    settings = TrainingSettings(iterations=args.iterations, seed=args.seed, max_gain_change=args.max_gain_change,
+                                max_offset=args.max_offset, gamma_probability=args.gamma_probability,
+                                random_orientation=args.random_orientation, bfloat16=args.bfloat16,
+                                fractional_labels=args.fractional_labels)
+    config = ModelConfig(name=args.name, version=args.model_version, views=tuple(args.views))
     try:
         data = DataFolders(args.data, task02_headers=args.task02_headers, respaced=args.respaced or {})
         summary = train_model(data, args.output_dir, config, settings, folds=args.folds,
@@ -223,7 +221,11 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .model_file import ModelConfig  # noqa: PLC0415
     from .preprocessing import VIEW_AXES  # noqa: PLC0415
+    from .training.settings import TrainingSettings  # noqa: PLC0415
+
+    trained, model = TrainingSettings(), ModelConfig()
 
     parser = argparse.ArgumentParser(prog="leftatriumseg", description="Left-atrium segmentation of 3D cardiac MRI.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -279,27 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model, or cross-validate with --folds K")
     train.add_argument("--data", nargs="+", required=True, help="folders in the Decathlon layout (dataset.json)")
-    train.add_argument("--output-dir", required=True)
+    train.add_argument("--output-dir", required=True,
+                       help="folder for the model, its card, training.json and checkpoints (and each fold's with --folds)")
     train.add_argument("--folds", type=_parse_folds, default=0, help="K >= 2: cross-validate by case; 0: train on all cases")
-    train.add_argument("--iterations", type=int, help="training iterations (default: TrainingSettings.iterations)")
-    train.add_argument("--views", nargs="+", choices=sorted(VIEW_AXES),
-                       help="slicing directions, one network each; the first localises (default: ModelConfig.views)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-gain-change", type=float, help="intensity gain jitter (default: TrainingSettings.max_gain_change)")
-    train.add_argument("--max-offset", type=float,
-                       help="intensity offset jitter in z-score units (default: TrainingSettings.max_offset)")
-    train.add_argument("--gamma-probability", type=float,
-                       help="share of crops put through a random gamma curve, 0.7-1.5 "
-                            "(default: TrainingSettings.gamma_probability, 0: off)")
-    train.add_argument("--random-orientation", action=argparse.BooleanOptionalAction, default=None,
-                       help="train on every axis order and flip of the model frame "
-                            "(default: TrainingSettings.random_orientation, off)")
-    train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,
+    train.add_argument("--iterations", type=int, default=trained.iterations,
+                       help="optimiser steps per network (default %(default)s)")
+    train.add_argument("--views", nargs="+", choices=sorted(VIEW_AXES), default=list(model.views),
+                       help=f"slicing directions, one network each; the first localises (default: {' '.join(model.views)})")
+    train.add_argument("--seed", type=int, default=trained.seed,
+                       help="seeds the initial weights and the crops (default %(default)s)")
+    train.add_argument("--max-gain-change", type=float, default=trained.max_gain_change,
+                       help="intensity gain jitter (default %(default)s)")
+    train.add_argument("--max-offset", type=float, default=trained.max_offset,
+                       help="intensity offset jitter in z-score units (default %(default)s)")
+    train.add_argument("--gamma-probability", type=float, default=trained.gamma_probability,
+                       help="share of crops put through a random gamma curve, 0.7-1.5 (default %(default)s: off)")
+    train.add_argument("--random-orientation", action=argparse.BooleanOptionalAction,
+                       default=trained.random_orientation,
+                       help="train on every axis order and flip of the model frame (default: off)")
+    train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=trained.bfloat16,
                        help="forward pass in bfloat16: faster on GPUs and CPUs with AVX512-BF16, much slower on "
-                            "other CPUs (default: TrainingSettings.bfloat16, off)")
-    train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=None,
+                            "other CPUs (default: off)")
+    train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=trained.fractional_labels,
                        help="targets from each model-frame voxel's share of the mask, cut at 0.5 after "
-                            "augmentation (default: TrainingSettings.fractional_labels, off)")
+                            "augmentation (default: off)")
     train.add_argument("--task02-headers", nargs="+", default=[], metavar="FOLDER",
                        help="those --data folders whose images carry Task02_Heart's headers, which mislabel the "
                             "axes: their cases are trained on as given and turned to their anatomy, so the model also "
@@ -308,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a --data folder whose headers state a wrong voxel spacing, and the scans' spacing in "
                             "mm: each of its cases is drawn half the time as given, half with that spacing (repeatable)")
     train.add_argument("--threads", type=_parse_threads, default=0, help="torch CPU threads (default: torch's choice)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--name", type=_parse_model_name, default="LeftAtriumSeg")
-    train.add_argument("--model-version", default="0")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where torch trains; auto: cuda when a GPU is there (default %(default)s)")
+    train.add_argument("--name", type=_parse_model_name, default=model.name,
+                       help="the model's name, as results and the card name it (default %(default)s)")
+    train.add_argument("--model-version", default=model.version, help="the model's version (default %(default)s)")
     into_earlier_run = train.add_mutually_exclusive_group()
     into_earlier_run.add_argument("--overwrite", action="store_true",
                                   help="train into an --output-dir that is not empty, replacing an earlier run's files")

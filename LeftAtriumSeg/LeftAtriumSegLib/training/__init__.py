@@ -16,45 +16,48 @@ One module per stage, each importing only those above it:
 - ``cross_validation``: the folds, and per fold its model and held-out probability maps;
 - ``record``: ``training.json``;
 - ``run``: ``train_model``, what ``leftatriumseg train`` runs.
+
+The names below are imported when first used (PEP 562), so that ``settings`` can be read without
+torch's 1.5 s import: the command line shows the settings' defaults in ``train --help``.
 """
 
-from .augmentation import sample_batch
-from .checkpoints import checkpoint_seconds, load_checkpoint, save_checkpoint
-from .cross_validation import cross_validate, make_folds
-from .data import (
-    PreparedCase,
-    PreparedCases,
-    TrainingEntry,
-    label_in_frame,
-    prepare_case,
-    prepare_cases,
-    training_presentations,
-)
-from .losses import Loss, dice_bce_loss
-from .loop import learning_rate_at, resolve_device, train_network, train_networks
-from .run import train_model
-from .settings import TrainingSettings
+from __future__ import annotations
 
-__all__ = [
-    "Loss",
-    "PreparedCase",
-    "PreparedCases",
-    "TrainingEntry",
-    "TrainingSettings",
-    "checkpoint_seconds",
-    "cross_validate",
-    "dice_bce_loss",
-    "label_in_frame",
-    "learning_rate_at",
-    "load_checkpoint",
-    "make_folds",
-    "prepare_case",
-    "prepare_cases",
-    "resolve_device",
-    "sample_batch",
-    "save_checkpoint",
-    "train_model",
-    "train_network",
-    "train_networks",
-    "training_presentations",
-]
+import importlib
+
+# Each exported name, and the stage that defines it.
+_STAGE_OF = {
+    "TrainingSettings": "settings",
+    "PreparedCase": "data",
+    "PreparedCases": "data",
+    "TrainingEntry": "data",
+    "label_in_frame": "data",
+    "prepare_case": "data",
+    "prepare_cases": "data",
+    "training_presentations": "data",
+    "sample_batch": "augmentation",
+    "Loss": "losses",
+    "dice_bce_loss": "losses",
+    "checkpoint_seconds": "checkpoints",
+    "load_checkpoint": "checkpoints",
+    "save_checkpoint": "checkpoints",
+    "learning_rate_at": "loop",
+    "resolve_device": "loop",
+    "train_network": "loop",
+    "train_networks": "loop",
+    "cross_validate": "cross_validation",
+    "make_folds": "cross_validation",
+    "train_model": "run",
+}
+
+__all__ = sorted(_STAGE_OF)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _STAGE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_STAGE_OF[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
