@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .errors import LeftAtriumSegError, error_line, some_names
-from .io import files_by_case, grid_difference, read_mask, read_probability_map, same_grid
+from .io import files_by_case, on_grid_of, read_mask, read_probability_map
 from .metrics import mean_of_defined, segmentation_metrics
 from .postprocessing import CleanupSettings, clean_mask
 
@@ -96,10 +96,8 @@ def evaluate_case(prediction: Path, label: Path) -> dict:
     ValueError
         For a prediction that is not on its label's grid.
     """
-    prediction_image, label_image = read_mask(prediction), read_mask(label)
-    if not same_grid(prediction_image, label_image):
-        raise ValueError(f"{prediction}: not on the grid of its label {label} "
-                         f"({grid_difference(prediction_image, label_image)})")
+    label_image = read_mask(label)
+    prediction_image = on_grid_of(read_mask(prediction), label_image, prediction, label, "label")
     return segmentation_metrics(
         sitk.GetArrayViewFromImage(prediction_image) > 0,
         sitk.GetArrayViewFromImage(label_image) > 0,
@@ -193,10 +191,8 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
         print(f"note: {len(unlabelled)} probability map(s) in {probabilities} have no label in {labels}, not scored: "
               f"{some_names(unlabelled)}", file=sys.stderr)
     for case, map_path, label_path in cases:
-        label, probability_map = read_mask(label_path), read_probability_map(map_path)
-        if not same_grid(probability_map, label):
-            raise ValueError(f"{map_path}: not on the grid of its label {label_path} "
-                             f"({grid_difference(probability_map, label)})")
+        label = read_mask(label_path)
+        probability_map = on_grid_of(read_probability_map(map_path), label, map_path, label_path, "label")
         yield case, sitk.GetArrayFromImage(probability_map), sitk.GetArrayFromImage(label) > 0, label.GetSpacing()
 
 

@@ -814,6 +814,37 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return not grid_difference(a, b)
 
 
+def on_grid_of(image: sitk.Image, grid: sitk.Image, path: Path, grid_path: Path, grid_is: str) -> sitk.Image:
+    """``image`` on the voxels of ``grid``: as it is, or with its axes reordered and flipped when
+    that makes the grids the same (a mask saved by a tool that writes another axis order holds
+    the same voxels); nothing is resampled.
+
+    Parameters
+    ----------
+    image, grid : sitk.Image
+    path, grid_path : Path
+        Their files, for the message.
+    grid_is : str
+        What ``grid`` is to ``image``, for the message: "label", "image".
+
+    Raises
+    ------
+    LeftAtriumSegError
+        ``PATH: not on the grid of its GRID_IS GRID_PATH (what differs)``, in ``grid``'s axis order
+        where reordering changed it.
+    """
+    if same_grid(image, grid):
+        return image
+    grid_axes = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(grid.GetDirection())
+    reordered = sitk.DICOMOrient(image, grid_axes)
+    difference = grid_difference(reordered, grid)
+    if not difference:
+        return reordered
+    if reordered.GetDirection() != image.GetDirection():
+        difference = f"in the {grid_is}'s axis order: {difference}"
+    raise LeftAtriumSegError(f"{path}: not on the grid of its {grid_is} {grid_path} ({difference})")
+
+
 def files_by_case(folder: Path) -> dict[str, Path]:
     """Image and segmentation files of a folder by case name (file name without suffix); hidden
     files (``_hidden``) left out.

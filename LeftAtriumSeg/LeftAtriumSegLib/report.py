@@ -58,12 +58,11 @@ from .io import (  # noqa: E402
     file_sha256,
     files_by_case,
     find_cases,
-    grid_difference,
+    on_grid_of,
     read_case,
     read_mask,
     refuse_existing_output,
     remove_stale_partials,
-    same_grid,
 )
 from .measurements import LAVI_DECIMALS, VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
@@ -736,11 +735,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                 if path is None:
                     arrays.append(None)
                     continue
-                mask_image = read_mask(path)
-                if not same_grid(mask_image, image):
-                    raise LeftAtriumSegError(f"{path}: not on the grid of its image {case.path} "
-                                             f"({grid_difference(mask_image, image)})")
-                arrays.append(sitk.GetArrayFromImage(mask_image) > 0)
+                arrays.append(sitk.GetArrayFromImage(on_grid_of(read_mask(path), image, path, case.path, "image")) > 0)
             reports.append(report_case(case.case, image, arrays[0], arrays[1], output_dir, overwrite, *height_weight,
                                        recorded.get("qc", ""), recorded.get("qc_reasons", ""), made_from))
         except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from LeftAtriumSegLib.errors import InputImageError
+from LeftAtriumSegLib.errors import InputImageError, LeftAtriumSegError
 from LeftAtriumSegLib.cli import main
 from LeftAtriumSegLib.evaluation import ablation_variants, cleanup_ablation, evaluate_case
 from LeftAtriumSegLib.postprocessing import CleanupSettings
@@ -101,7 +101,7 @@ def test_ablate_names_a_bad_probability_map_in_one_line(tmp_path, capsys, spoil,
 def test_ablation_refuses_a_map_off_its_label_grid(tmp_path):
     """A map on another grid would be scored against the wrong voxels."""
     probabilities, labels = _one_case(tmp_path, np.full((8, 8, 8), 0.9, np.float32), map_spacing_mm=(2.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match=r"a\.nii\.gz: not on the grid of its label .* \(spacing \(2\.0, 1\.0, 1\.0\) "
+    with pytest.raises(LeftAtriumSegError, match=r"a\.nii\.gz: not on the grid of its label .* \(spacing \(2\.0, 1\.0, 1\.0\) "
                                          r"against \(1\.0, 1\.0, 1\.0\)\)"):
         cleanup_ablation(probabilities, labels, ablation_variants()[:1])
 
@@ -158,3 +158,39 @@ def test_the_mean_surface_distance_says_how_many_cases_it_is_over(tmp_path, caps
     assert main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--quiet"]) == 0
     assert capsys.readouterr().err.strip() == (
         "note: the mean HD95 and ASSD are over 1 of 2 cases; 1 with an empty prediction or label have none")
+
+
+@pytest.mark.parametrize("axes", ["RAS", "SLP", "IRA"])
+def test_a_label_saved_in_another_axis_order_is_scored_on_the_same_voxels(tmp_path, axes):
+    """Tools write masks in other axis orders (nibabel's canonical RAS): the same voxels, not another grid."""
+    reference = np.zeros((12, 14, 16), np.uint8)
+    reference[2:9, 3:11, 4:13] = 1
+    prediction = reference.copy()
+    prediction[2:9, 3:11, 4:7] = 0  # a third of the box missed: Dice 0.8
+    label = sitk.GetImageFromArray(reference)
+    label.SetSpacing((0.8, 1.0, 1.5))
+    label.SetOrigin((10.0, -20.0, 5.0))
+    sitk.WriteImage(label, str(tmp_path / "label_as_predicted.nii.gz"))
+    sitk.WriteImage(sitk.DICOMOrient(label, axes), str(tmp_path / "label.nii.gz"))
+    predicted = sitk.GetImageFromArray(prediction)
+    predicted.CopyInformation(label)
+    sitk.WriteImage(predicted, str(tmp_path / "prediction.nii.gz"))
+
+    scores = evaluate_case(tmp_path / "prediction.nii.gz", tmp_path / "label.nii.gz")
+
+    assert scores["dice"] == pytest.approx(2 * 7 * 8 * 6 / (7 * 8 * 9 + 7 * 8 * 6))
+    assert scores["reference_ml"] - scores["predicted_ml"] == pytest.approx(7 * 8 * 3 * 1.2 / 1000)
+    assert scores == pytest.approx(evaluate_case(tmp_path / "prediction.nii.gz", tmp_path / "label_as_predicted.nii.gz"))
+
+
+def test_a_label_on_a_grid_shifted_by_a_voxel_is_still_refused(tmp_path):
+    """Only a reordering of the same voxels is taken: a shift would score other voxels."""
+    box = np.zeros((10, 10, 10), np.uint8)
+    box[2:8, 2:8, 2:8] = 1
+    _write(box, tmp_path / "prediction.nii.gz")
+    label = sitk.GetImageFromArray(box)
+    label.SetOrigin((1.0, 0.0, 0.0))
+    sitk.WriteImage(sitk.DICOMOrient(label, "RAS"), str(tmp_path / "label.nii.gz"))
+    with pytest.raises(LeftAtriumSegError, match=r"prediction\.nii\.gz: not on the grid of its label .*"
+                                               r"\(in the label's axis order: origin \(9\.0, 9\.0, 0\.0\) against \(10\.0, 9\.0, 0\.0\)\)"):
+        evaluate_case(tmp_path / "prediction.nii.gz", tmp_path / "label.nii.gz")
