@@ -7,7 +7,7 @@ The peer is MONAI Label's left-atrium sample app: a MONAI ``UNet`` (3D; channels
 to 256 x 256 x 128. Its forward pass alone is timed here with random weights (the time does not
 depend on them) on that input size, with torch on the same number of CPU threads. ``segment`` is
 timed whole (a fresh process: start-up, reading, every stage, writing) on IMAGE (default la_003,
-the largest msd_heart scan). Both take turns, median of ``--repeats``. MONAI and torch are
+with la_007 the largest msd_heart scans). Both take turns, median of ``--repeats``. MONAI and torch are
 benchmark dependencies only (requirements-dev.txt).
 """
 

@@ -3,10 +3,10 @@
     .venv/bin/python bench/segment_speed.py [IMAGE] [--repeats 3] [--threads N] [--shards N] [--model PATH]
         [--code DIR [DIR ...]]
 
-IMAGE defaults to ../shared/data/msd_heart/imagesTr/la_003.nii.gz where that exists (the largest
-msd_heart volume, 256 x 256 x 130), else the bundled sample; a folder is one ``segment`` process
+IMAGE defaults to ../shared/data/msd_heart/imagesTr/la_003.nii.gz where that exists (with la_007 the
+largest msd_heart volumes, 256 x 256 x 130), else the bundled sample; a folder is one ``segment`` process
 over all its images, and the time per image is printed too. The model is the bundled one unless
-``--model`` (to compare two models in one sitting). ``--code`` names ``LeftAtriumSeg/`` folders
+``--model`` (one model a run; compare models by runs in one sitting). ``--code`` names ``LeftAtriumSeg/`` folders
 whose ``LeftAtriumSegLib`` to run, e.g. this checkout's and a ``git worktree`` of an older
 version: the versions then take turns, so that all of them meet the same load on the machine.
 Each repeat is a fresh process, so start-up, imports and model loading count; peak memory is
