@@ -75,15 +75,36 @@ def image_from_volume_node(volume_node) -> sitk.Image:
     return image
 
 
-def _oriented_labelmap(mask: np.ndarray, volume_node):
-    """``slicer.vtkOrientedImageData`` of a ``(Z, Y, X)`` mask on the volume node's grid."""
+def _oriented_labelmap(mask: np.ndarray, volume_node, segmentation_node):
+    """``slicer.vtkOrientedImageData`` of a ``(Z, Y, X)`` mask on the volume node's grid, in the
+    segmentation node's coordinates: a segment's label map lies in its segmentation's frame, which
+    a transform may set apart from the volume's (mapped as ``SetReferenceImageGeometryParameter-
+    FromVolumeNode`` maps the volume's grid, vtkMRMLSegmentationNode.cxx v5.10.0 L764-773).
+
+    Raises
+    ------
+    ValueError
+        Where a non-linear transform lies between the volume and the segmentation.
+    """
     labelmap = slicer.vtkOrientedImageData()
     labelmap.SetDimensions(*mask.shape[::-1])
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    labelmap.SetImageToWorldMatrix(matrix)
+    image_to_world = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(image_to_world)
+    volume_parent, segmentation_parent = volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode()
+    if volume_parent != segmentation_parent:
+        between = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volume_parent, segmentation_parent, between)
+        if not slicer.vtkMRMLTransformNode.IsGeneralTransformLinear(between):
+            raise ValueError(f"a non-linear transform lies between {volume_node.GetName()} and "
+                             f"{segmentation_node.GetName()}; choose a segmentation under the volume's transform, "
+                             "or none to have a new one made")
+        volume_to_segmentation = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volume_parent, segmentation_parent,
+                                                                   volume_to_segmentation)
+        vtk.vtkMatrix4x4.Multiply4x4(volume_to_segmentation, image_to_world, image_to_world)
+    labelmap.SetImageToWorldMatrix(image_to_world)
     return labelmap
 
 
@@ -103,27 +124,33 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     """Put a ``(Z, Y, X)`` mask on ``volume_node``'s grid into the "Left atrium" segment.
 
     The segment is created (name, colour, SNOMED terminology) if missing, replaced if
-    present; other segments are left alone. Returns the segment ID.
+    present; other segments are left alone, and so is the transform of a segmentation that holds
+    them: one that holds none is put under the volume's. Returns the segment ID.
 
     Raises
     ------
     ValueError
-        For a mask off the volume's grid, or a segmentation that does not keep label maps
-        (``check_takes_labelmaps``).
+        For a mask off the volume's grid, a segmentation that does not keep label maps
+        (``check_takes_labelmaps``), or one a non-linear transform sets apart from the volume.
     """
     image_data = volume_node.GetImageData()
     if mask.shape != image_data.GetDimensions()[::-1]:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
     check_takes_labelmaps(segmentation_node)
     segmentation = segmentation_node.GetSegmentation()
+    others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+              if segmentation.GetNthSegmentID(i) != LEFT_ATRIUM_SEGMENT_ID]
+    if not others:  # it moves with the volume; another's segments stay where they are
+        segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    labelmap = _oriented_labelmap(mask, volume_node, segmentation_node)
     segmentation.SetSourceRepresentationName(LABELMAP)  # so it was, or it has no segment
+    # After the transform: Segment Editor edits on this grid, the volume's mapped into the
+    # segmentation's frame (vtkMRMLSegmentationNode.cxx v5.10.0 L764-773).
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     if segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID) is None:
         segmentation.AddEmptySegment(LEFT_ATRIUM_SEGMENT_ID, LEFT_ATRIUM_SEGMENT["name"], LEFT_ATRIUM_SEGMENT["color"])
     segment = segmentation.GetSegment(LEFT_ATRIUM_SEGMENT_ID)
     segment.SetTag(segment.GetTerminologyEntryTagName(), LEFT_ATRIUM_TERMINOLOGY)
-    labelmap = _oriented_labelmap(mask, volume_node)
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             labelmap, segmentation_node, LEFT_ATRIUM_SEGMENT_ID,
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, labelmap.GetExtent()):

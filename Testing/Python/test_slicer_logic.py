@@ -82,6 +82,79 @@ def test_segment_lands_on_the_volume_grid_with_name_colour_and_terminology(scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
 
 
+def _under_transform(scene, node, translate_mm=(20.0, -10.0, 5.0), rotate_z_deg=30.0):
+    transform = vtk.vtkTransform()
+    transform.Translate(*translate_mm)
+    transform.RotateZ(rotate_z_deg)
+    transform_node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform_node.SetMatrixTransformToParent(transform.GetMatrix())
+    node.SetAndObserveTransformNodeID(transform_node.GetID())
+    return transform_node
+
+
+def _stored_geometry(segmentation_node) -> np.ndarray:
+    """The reference grid Segment Editor edits on, as the segmentation stores it (its frame)."""
+    serialized = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    grid = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, grid, False)
+    matrix = vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_a_new_segmentation_of_a_transformed_volume_goes_under_its_transform_with_its_grid(scene, phantom):
+    """The grid was stored mapped through the transform, then put under it: Segment Editor edited a
+    copy of the scan rotated 30 degrees and shifted, the transform applied twice."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    transform_node = _under_transform(scene, volume_node)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+
+    assert segmentation_node.GetTransformNodeID() == transform_node.GetID()
+    np.testing.assert_allclose(_stored_geometry(segmentation_node), mrml._ijk_to_ras(volume_node), atol=1e-6)
+    np.testing.assert_array_equal(mrml.mask_from_segment(segmentation_node, mrml.LEFT_ATRIUM_SEGMENT_ID, volume_node),
+                                  mask)
+
+
+def test_a_segmentation_holding_other_segments_keeps_its_place_and_takes_the_mask_in_its_frame(scene, phantom):
+    """Put under the volume's transform, a picked segmentation's other segments moved with it."""
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    _under_transform(scene, volume_node, translate_mm=(50.0, 0.0, 0.0), rotate_z_deg=0.0)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation_node.GetSegmentation().SetSourceRepresentationName(mrml.LABELMAP)
+    segmentation_node.GetSegmentation().AddEmptySegment("other")
+    untransformed_volume = add_volume_node(scene, image, "untransformed")
+    untransformed = mrml._oriented_labelmap(mask, untransformed_volume, segmentation_node)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        untransformed, segmentation_node, "other", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        untransformed.GetExtent())
+
+    mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+
+    assert segmentation_node.GetTransformNodeID() is None
+    np.testing.assert_array_equal(mrml.mask_from_segment(segmentation_node, "other", untransformed_volume), mask)
+    np.testing.assert_array_equal(mrml.mask_from_segment(segmentation_node, mrml.LEFT_ATRIUM_SEGMENT_ID, volume_node),
+                                  mask)
+    np.testing.assert_allclose(_stored_geometry(segmentation_node)[:3, 3],
+                               mrml._ijk_to_ras(untransformed_volume)[:3, 3] + [50.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_a_segmentation_set_apart_by_a_non_linear_transform_is_refused_untouched(scene, phantom):
+    image, mask, _ = phantom
+    volume_node = add_volume_node(scene, image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "atlas")
+    segmentation_node.GetSegmentation().AddEmptySegment("other")
+    warp = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    volume_node.SetAndObserveTransformNodeID(warp.GetID())
+    with pytest.raises(ValueError, match="a non-linear transform lies between volume and atlas"):
+        mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+
+
 def test_a_segmentation_of_surfaces_is_refused_and_an_empty_one_takes_the_mask(scene, phantom):
     """Put into a segmentation kept as surfaces, the mask was lost and the segment measured 0 mL."""
     image, mask, _ = phantom
