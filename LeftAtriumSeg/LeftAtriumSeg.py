@@ -119,10 +119,9 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
         self._segmentationTags = []  # its observers' tags (_observeSegmentation)
-        # The IDs of the last run's input and of the outputs it filled: when another input is chosen,
-        # those outputs are let go, so that the next Apply (or Update) does not overwrite their
-        # corrections with another scan. IDs, not nodes: a deleted volume's data is not held on to.
-        self._resultIDs = None
+        # The input the panel last saw: when another is chosen, outputs made from another volume are
+        # let go (_onParameterNodeModified). An ID, not the node: a deleted volume's data is not held on to.
+        self._inputID = None
         self._measureTimer = None
         # pip_install processes events after each line of pip's output (util.py logProcessOutput): a second
         # press of Apply while the packages install must not start another install or run.
@@ -148,6 +147,7 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -181,12 +181,17 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if wasRunning:
             self._finishRun(_("Cancelled: the scene was closed."))
         self._observeSegmentation(None)
-        self._resultIDs = None  # the new scene numbers its nodes afresh (vtkMRMLScene.cxx v5.10.0 L365)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A scene added to this one brings its own choice of input and outputs, as it was saved."""
+        if self._parameterNode:
+            self._inputID = _nodeID(self._parameterNode.inputVolume)
+            self._onParameterNodeModified()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -208,24 +213,31 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._updateButtons()
+            self._inputID = _nodeID(self._parameterNode.inputVolume)
+            self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        from LeftAtriumSegMRML import made_from_another
+
+        # A scene being added sets the node's references one by one, to IDs of its own until it maps
+        # them to the nodes it adds (vtkMRMLScene.cxx v5.10.0 L1306, L894): judged once it is added.
+        if slicer.mrmlScene.IsImporting():
+            return
         p = self._parameterNode
-        if self._resultIDs is not None and _nodeID(p.inputVolume) != self._resultIDs[0]:
-            _, segmentationID, tableID = self._resultIDs
-            self._resultIDs = None  # first: the assignments below call this method again
-            # Only the outputs the run filled: one the user picked since stays picked. None is a node
-            # field's "none selected" (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
-            if _nodeID(p.outputSegmentation) == segmentationID:
+        if _nodeID(p.inputVolume) != self._inputID:
+            self._inputID = _nodeID(p.inputVolume)  # first: the assignments below call this method again
+            # Outputs made from another volume are let go, so that the next Apply (or Update) makes new
+            # ones rather than overwrite their corrections with this scan; the user's own nodes, and
+            # outputs picked after the input, stay. None is a node field's "none selected"
+            # (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
+            if p.outputSegmentation is not None and made_from_another(p.outputSegmentation, p.inputVolume):
                 p.outputSegmentation = None
-            if _nodeID(p.measurementTable) == tableID:
+            if p.measurementTable is not None and made_from_another(p.measurementTable, p.inputVolume):
                 p.measurementTable = None
-        # Another segmentation chosen: the table follows its edits, not the earlier one's.
-        if self._observedSegmentation is not None:
-            chosen = p.outputSegmentation
-            if chosen is None or chosen.GetSegmentation() is not self._observedSegmentation:
-                self._observeSegmentation(chosen)
+        # The table follows the edits of the segmentation chosen, whoever made it.
+        chosen = p.outputSegmentation
+        if (chosen.GetSegmentation() if chosen is not None else None) is not self._observedSegmentation:
+            self._observeSegmentation(chosen)
         self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
@@ -261,9 +273,12 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
         try:
             with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start.")):
-                if not self.logic.ensureDependencies():
-                    return
                 p = self._parameterNode
+                # Before any download: a volume it would refuse needs no packages.
+                self.logic.checkInputs(p.inputVolume, p.outputSegmentation, p.measurementTable, p.heightCm, p.weightKg)
+                if not self.logic.ensureDependencies():
+                    self._setStatus(_("Not started: the packages it needs were not installed."))
+                    return
                 cliNode = self.logic.process(p.inputVolume, p.outputSegmentation, p.measurementTable, p.cleanup(),
                                              p.heightCm, p.weightKg, onFinished=self._onFinished)
                 self.ui.progressBar.setCommandLineModuleNode(cliNode)
@@ -287,8 +302,10 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         # The logic made the output nodes where none was selected: show them in the selectors.
         p.outputSegmentation, p.measurementTable = outcome.segmentation, outcome.table
-        self._resultIDs = (_nodeID(outcome.inputVolume), _nodeID(outcome.segmentation), _nodeID(outcome.table))
-        self._finishRun(_statusLine(outcome.row))
+        message = _statusLine(outcome.row)
+        if outcome.keptCorrections:
+            message += _(" (in new nodes: {name}, corrected, was kept)").format(name=outcome.keptCorrections)
+        self._finishRun(message)
         self._observeSegmentation(outcome.segmentation)
         slicer.util.setSliceViewerLayers(background=p.inputVolume)
 
@@ -323,6 +340,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _measureAfterEdits(self) -> None:
         """Measure again once Segment Editor's strokes settle; a problem goes to the status line, not
         to a dialog after every stroke (a removed "Left atrium" segment, say)."""
+        from LeftAtriumSegMRML import has_left_atrium_segment
+
+        p = self._parameterNode
+        if p and p.outputSegmentation and not p.measurementTable and not has_left_atrium_segment(p.outputSegmentation):
+            return  # edits of a segmentation with no atrium and no table: nothing to measure
         try:
             self._measure()
         except Exception as error:
@@ -333,16 +355,22 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._measure()
 
     def _measure(self) -> None:
+        from LeftAtriumSegMRML import remove_with_its_nodes
+
         p = self._parameterNode
-        if p and p.outputSegmentation and p.inputVolume:
-            if not p.measurementTable:
-                p.measurementTable = self.logic.newMeasurementTable(p.inputVolume)
-                if self._resultIDs is not None and self._resultIDs[1] == _nodeID(p.outputSegmentation):
-                    # The run's table, made again: let it go with the run's segmentation.
-                    self._resultIDs = (*self._resultIDs[:2], _nodeID(p.measurementTable))
-            row = self.logic.updateMeasurements(p.outputSegmentation, p.inputVolume, p.measurementTable,
-                                                p.heightCm, p.weightKg)
-            self._setStatus(_statusLine(row))
+        if not (p and p.outputSegmentation and p.inputVolume):
+            return
+        made = p.measurementTable is None
+        table = self.logic.newMeasurementTable(p.inputVolume) if made else p.measurementTable
+        try:
+            row = self.logic.updateMeasurements(p.outputSegmentation, p.inputVolume, table, p.heightCm, p.weightKg)
+        except Exception:
+            if made:  # not left behind empty
+                remove_with_its_nodes(table)
+            raise
+        if made:
+            p.measurementTable = table
+        self._setStatus(_statusLine(row))
 
     def onEditButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segment Editor could not be opened.")):
@@ -384,6 +412,7 @@ class SegmentationOutcome:
     segmentation: Optional[vtkMRMLSegmentationNode] = None
     table: Optional[vtkMRMLTableNode] = None
     row: Optional[dict] = None
+    keptCorrections: str = ""  # the name of the segmentation given, left alone: its segment was corrected
 
 
 class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
@@ -450,22 +479,21 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         """Segment ``inputVolume`` in the background; ``onFinished(outcome)`` runs when the worker ends.
 
         A new segmentation and table are made where none is given, and only when the worker has
-        succeeded: a failed or cancelled run leaves the scene as it was. Bad input fails here, at
-        once, with a message naming the volume. Returns the worker's CLI node.
+        succeeded: a failed or cancelled run leaves the scene as it was. The result replaces the
+        "Left atrium" segment of the segmentation given only where it is the one the module made
+        from this volume, untouched: corrections are kept, and the result goes into new nodes
+        (``outcome.keptCorrections`` names the segmentation). Bad input fails here, at once, with a
+        message naming the volume. Returns the worker's CLI node.
         """
-        from LeftAtriumSegMRML import check_takes_labelmaps, image_from_volume_node, remove_with_its_nodes
-
-        from LeftAtriumSegLib.io import check_image
+        from LeftAtriumSegMRML import holds_corrections, remove_with_its_nodes
 
         if self.isRunning:
             raise RuntimeError(_("A segmentation is already running."))
-        check_image(image_from_volume_node(inputVolume), inputVolume.GetName())
-        if outputSegmentation is not None:
-            check_takes_labelmaps(outputSegmentation)
-        if heightCm and weightKg:  # the index needs both; one alone is left unused, as in the table
-            from LeftAtriumSegLib.measurements import body_surface_area_m2
-
-            body_surface_area_m2(heightCm, weightKg)  # a height in metres fails now, not after the work
+        self.checkInputs(inputVolume, outputSegmentation, measurementTable, heightCm, weightKg)
+        keptCorrections = ""
+        if outputSegmentation is not None and holds_corrections(outputSegmentation, inputVolume):
+            keptCorrections = outputSegmentation.GetName()
+            outputSegmentation = measurementTable = None  # its table holds the corrected measurement
         worker = getattr(slicer.modules, "leftatriumsegcli", None)
         if worker is None:
             raise RuntimeError(_("The LeftAtriumSegCLI module is not loaded (are CLI modules disabled?)."))
@@ -479,8 +507,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             remove_with_its_nodes(labelmap)
             raise RuntimeError(_("Slicer could not create a run of the LeftAtriumSegCLI module."))
         tag = cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, self._onWorkerStatus)
-        self._run = (cliNode, tag, labelmap, (inputVolume, outputSegmentation, measurementTable, heightCm, weightKg),
-                     onFinished)
+        self._run = (cliNode, tag, labelmap,
+                     (inputVolume, outputSegmentation, measurementTable, heightCm, weightKg, keptCorrections), onFinished)
         try:
             slicer.cli.run(worker, cliNode, wait_for_completion=waitForCompletion, update_display=False)
         except Exception:
@@ -575,13 +603,14 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             return
         status = cliNode.GetStatus()
         labelmap = self._run[2]
-        (inputVolume, segmentation, table, heightCm, weightKg), onFinished = self._run[3], self._run[4]
+        (inputVolume, segmentation, table, heightCm, weightKg, keptCorrections), onFinished = self._run[3], self._run[4]
         outcome = SegmentationOutcome()
         try:
             if status == cliNode.Cancelled or self.isCancelling:  # a cancel Slicer overrode still cancels
                 outcome.cancelled = True
             elif status == cliNode.Completed:
                 outcome = self._importResult(cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg)
+                outcome.keptCorrections = keptCorrections
             else:
                 outcome.error = _workerError(cliNode)
         except Exception as error:  # reading the result back: say so, never leave the GUI waiting
@@ -622,6 +651,26 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
                 remove_with_its_nodes(node)
             raise
         return SegmentationOutcome(inputVolume=inputVolume, segmentation=segmentation, table=table, row=row)
+
+    @staticmethod
+    def checkInputs(inputVolume, outputSegmentation=None, measurementTable=None, heightCm: float = 0.0,
+                    weightKg: float = 0.0) -> None:
+        """Raise ValueError (InputImageError) for what ``process`` would refuse, naming the node: a
+        volume that is no usable MRI, an output that cannot take the segment or the measurement, a
+        height or weight out of range. Needs only numpy and SimpleITK, which Slicer ships."""
+        from LeftAtriumSegMRML import check_takes_labelmaps, check_takes_measurements, image_from_volume_node
+
+        from LeftAtriumSegLib.io import check_image
+
+        check_image(image_from_volume_node(inputVolume), inputVolume.GetName() if inputVolume else "")
+        if outputSegmentation is not None:
+            check_takes_labelmaps(outputSegmentation)
+        if measurementTable is not None:
+            check_takes_measurements(measurementTable)
+        if heightCm and weightKg:  # the index needs both; one alone is left unused, as in the table
+            from LeftAtriumSegLib.measurements import body_surface_area_m2
+
+            body_surface_area_m2(heightCm, weightKg)  # a height in metres fails now, not after the work
 
     @staticmethod
     def newMeasurementTable(inputVolume):
@@ -718,7 +767,7 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
 
     def test_SegmentSample(self):
         import numpy as np
-        from LeftAtriumSegMRML import mask_from_segment
+        from LeftAtriumSegMRML import mask_from_segment, set_left_atrium_segment
 
         from LeftAtriumSegLib.metrics import dice
 
@@ -741,6 +790,19 @@ class LeftAtriumSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLCommandLineModuleNode"), 0)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode"), 1)  # the reference
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode"), 2)  # its and the MRI's
+
+        self.delayDisplay("Segmenting again into the segmentation, once corrected")
+        corrected = predicted.copy()
+        corrected[tuple(np.argwhere(predicted)[0])] = False  # one voxel erased, as Segment Editor's eraser does
+        set_left_atrium_segment(corrected, volumeNode, outcome.segmentation)
+        again = self._process(logic, volumeNode, outputSegmentation=outcome.segmentation,
+                              measurementTable=outcome.table)
+        self.assertEqual(again.error, "")
+        self.assertEqual(again.keptCorrections, outcome.segmentation.GetName())
+        self.assertNotEqual(again.segmentation.GetID(), outcome.segmentation.GetID())
+        self.assertNotEqual(again.table.GetID(), outcome.table.GetID())
+        self.assertTrue(np.array_equal(mask_from_segment(outcome.segmentation, "left_atrium", volumeNode), corrected))
+        self.assertTrue(np.array_equal(mask_from_segment(again.segmentation, "left_atrium", volumeNode), predicted))
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesTheSceneAsItWas(self):

@@ -10,6 +10,7 @@ SimpleITK images are in LPS; MRML is in RAS.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,12 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 # table shows it after every edit: the model that made it, its quality flag and the reasons.
 RESULT_ATTRIBUTES = {"model": "LeftAtriumSeg.Model", "qc": "LeftAtriumSeg.QualityCheck",
                      "qcReasons": "LeftAtriumSeg.QualityReasons"}
+# The volume a segmentation's "Left atrium" segment, or a table's measurement, was made from: a node
+# reference, which a saved scene keeps and an imported one remaps to the imported nodes
+# (vtkMRMLScene.cxx v5.10.0 L894, UpdateNodeReferences).
+MADE_FROM_ROLE = "LeftAtriumSeg.madeFrom"
+# The segment's mask on that volume's grid as the module put it there, to tell an edited one.
+MASK_DIGEST_ATTRIBUTE = "LeftAtriumSeg.MaskSHA256"
 # What a segmentation fires when a segment is edited: Segment Editor's strokes change the source
 # representation (SourceRepresentationModified); SegmentModified comes only with a change of the
 # segment itself, such as its name or tags; SegmentRemoved when one is deleted (vtkSegmentation.h:
@@ -65,6 +72,9 @@ def image_from_volume_node(volume_node) -> sitk.Image:
     if image_data.GetNumberOfScalarComponents() != 1:
         raise ValueError(f"{volume_node.GetName()}: has {image_data.GetNumberOfScalarComponents()} components per voxel, a scalar volume is needed")
     dimensions = image_data.GetDimensions()
+    scalars = image_data.GetPointData().GetScalars()
+    if scalars is None or scalars.GetNumberOfTuples() != np.prod(dimensions) or not all(dimensions):
+        raise ValueError(f"{volume_node.GetName()}: the volume has no image data")
     voxels = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dimensions[::-1])
     image = sitk.GetImageFromArray(voxels.copy())
     ijk_to_ras = _ijk_to_ras(volume_node)
@@ -181,6 +191,47 @@ def import_result(mask: np.ndarray, volume_node, segmentation_node, result: dict
     set_left_atrium_segment(mask, volume_node, segmentation_node)
     for key, attribute in RESULT_ATTRIBUTES.items():
         segmentation_node.SetAttribute(attribute, result.get(key, ""))
+    segmentation_node.SetNodeReferenceID(MADE_FROM_ROLE, volume_node.GetID())
+    # As read back (a segmentation under another transform holds it resampled), not as given.
+    segmentation_node.SetAttribute(MASK_DIGEST_ATTRIBUTE, _mask_digest(
+        mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)))
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    return hashlib.sha256(repr(mask.shape).encode() + np.packbits(mask).tobytes()).hexdigest()
+
+
+def made_from_another(node, volume_node) -> bool:
+    """Whether a segmentation's "Left atrium" segment, or a table's measurement, was made by the
+    module from another volume than ``volume_node`` (False for a node it did not make)."""
+    made_from = node.GetNodeReferenceID(MADE_FROM_ROLE)
+    return made_from is not None and made_from != (volume_node.GetID() if volume_node is not None else None)
+
+
+def holds_corrections(segmentation_node, volume_node) -> bool:
+    """Whether segmenting ``volume_node`` into ``segmentation_node`` would replace a "Left atrium"
+    segment other than the one the module made from that volume: one edited since, made from
+    another volume, or made by other means."""
+    if not has_left_atrium_segment(segmentation_node):
+        return False
+    made = segmentation_node.GetAttribute(MASK_DIGEST_ATTRIBUTE)
+    if not made or segmentation_node.GetNodeReferenceID(MADE_FROM_ROLE) != volume_node.GetID():
+        return True
+    return _mask_digest(mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)) != made
+
+
+def has_left_atrium_segment(segmentation_node) -> bool:
+    return segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID) is not None
+
+
+def check_takes_measurements(table_node) -> None:
+    """Raise ValueError for a table that holds another table than the module's measurements (one of
+    Segment Statistics, say): writing the measurement would erase it."""
+    names = [table_node.GetColumnName(i) for i in range(table_node.GetNumberOfColumns())]
+    if names and table_node.GetNodeReferenceID(MADE_FROM_ROLE) is None and \
+            names != [column.name for column in MEASUREMENT_COLUMNS]:
+        raise ValueError(f"{table_node.GetName()} holds another table (columns {', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); choose another table, or none to have a new one made")
 
 
 def remove_with_its_nodes(node) -> None:
@@ -316,9 +367,19 @@ def measure_left_atrium(
     BSA, LAVI and grade are filled when both height and weight are given (> 0); the quality flag
     and the model are what the worker said of the segmentation (``import_result``). Returns the
     row as a dict.
+
+    Raises
+    ------
+    ValueError
+        For a table that holds another table (``check_takes_measurements``), or a segmentation
+        without the "Left atrium" segment; then a table of the module's is left with no row, not
+        with the measurement of a segment that is gone.
     """
+    check_takes_measurements(table_node)
     segment = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID)
     if segment is None:
+        if table_node.GetNumberOfColumns():
+            _write_table_row(table_node, None)
         raise ValueError(f"{segmentation_node.GetName()}: has no {LEFT_ATRIUM_SEGMENT['name']!r} segment to measure "
                          "(was it removed? Apply segments it again)")
     mask = mask_from_segment(segmentation_node, LEFT_ATRIUM_SEGMENT_ID, volume_node)
@@ -333,19 +394,22 @@ def measure_left_atrium(
         row.update({"BSA [m2]": index.bsa_m2, "LA volume index [mL/m2]": index.ml_per_m2,
                     "LAVI grade": index.grade, "Grade reference": grade_source})
     _write_table_row(table_node, row)
+    table_node.SetNodeReferenceID(MADE_FROM_ROLE, volume_node.GetID())
     return row
 
 
-def _write_table_row(table_node, row: dict) -> None:
+def _write_table_row(table_node, row: dict | None) -> None:
+    """The measurement columns with ``row``'s values, or with no row."""
     was_modifying = table_node.StartModify()
     table = table_node.GetTable()
     table.Initialize()
     for column in MEASUREMENT_COLUMNS:
-        value = row[column.name]
+        value = row[column.name] if row is not None else ""
         array = vtk.vtkDoubleArray() if isinstance(value, float) else (
             vtk.vtkIntArray() if isinstance(value, int) else vtk.vtkStringArray())
         array.SetName(column.name)
-        array.InsertNextValue(value)
+        if row is not None:
+            array.InsertNextValue(value)
         table.AddColumn(array)
         table_node.SetColumnUnitLabel(column.name, column.unit)
         table_node.SetColumnDescription(column.name, column.description)

@@ -155,6 +155,85 @@ def test_a_segmentation_set_apart_by_a_non_linear_transform_is_refused_untouched
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
 
 
+def _made_by_the_module(scene, image, mask, name="volume"):
+    """A volume, and a segmentation and table filled from it as Apply fills them."""
+    volume_node = add_volume_node(scene, image, name)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} left atrium")
+    mrml.import_result(mask, volume_node, segmentation_node, {"model": "LeftAtriumSeg 1.8", "qc": "ok", "qcReasons": ""})
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} left atrium volume")
+    mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    return volume_node, segmentation_node, table_node
+
+
+def test_what_a_result_was_made_from_survives_saving_and_adding_the_scene_to_another(scene, phantom):
+    """The panel lets go of outputs made from another volume when the input changes: kept in the
+    widget, that record was lost on reload, and an added scene's node IDs matched the current run's."""
+    image, mask, _ = phantom
+    saved = slicer.vtkMRMLScene()
+    _made_by_the_module(saved, image, mask, "saved")
+    saved.SetSaveToXMLString(1)
+    saved.Commit()
+    volume_node, segmentation_node, table_node = _made_by_the_module(scene, image, mask, "current")
+
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(saved.GetSceneXMLString())
+    scene.Import()
+
+    added_volume = scene.GetFirstNodeByName("saved")
+    added = [scene.GetFirstNodeByName("saved left atrium"), scene.GetFirstNodeByName("saved left atrium volume")]
+    assert added_volume.GetID() != volume_node.GetID()
+    for output in added:
+        assert not mrml.made_from_another(output, added_volume)
+        assert mrml.made_from_another(output, volume_node)
+    for output in (segmentation_node, table_node):
+        assert not mrml.made_from_another(output, volume_node)
+        assert mrml.made_from_another(output, added_volume)
+    assert not mrml.made_from_another(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), volume_node)  # the user's
+
+
+def test_a_segment_edited_since_it_was_made_holds_corrections_and_an_untouched_one_does_not(scene, phantom):
+    """Apply into a segmentation replaces its "Left atrium" segment: edits would be lost without a word."""
+    image, mask, _ = phantom
+    volume_node, segmentation_node, _ = _made_by_the_module(scene, image, mask)
+    other_volume = add_volume_node(scene, image, "another")
+    assert not mrml.holds_corrections(segmentation_node, volume_node)
+    assert mrml.holds_corrections(segmentation_node, other_volume)
+
+    edited = mask.copy()
+    edited[tuple(np.argwhere(mask)[0])] = False  # one voxel erased, as a stroke of Segment Editor's eraser
+    mrml.set_left_atrium_segment(edited, volume_node, segmentation_node)
+    assert mrml.holds_corrections(segmentation_node, volume_node)
+
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")  # a "Left atrium" segment drawn by hand
+    mrml.set_left_atrium_segment(mask, volume_node, drawn)
+    assert mrml.holds_corrections(drawn, volume_node)
+    assert not mrml.holds_corrections(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), volume_node)
+
+
+def test_another_modules_table_is_refused_and_a_removed_segment_leaves_no_stale_row(scene, phantom):
+    image, mask, _ = phantom
+    volume_node, segmentation_node, table_node = _made_by_the_module(scene, image, mask)
+    statistics = scene.AddNewNodeByClass("vtkMRMLTableNode", "Segment statistics")
+    for name in ("Segment", "Number of voxels", "Surface area mm2", "Roundness"):
+        statistics.AddColumn().SetName(name)
+    with pytest.raises(ValueError, match=r"Segment statistics holds another table \(columns Segment, Number of "
+                                         r"voxels, Surface area mm2, \.\.\.\); choose another table"):
+        mrml.measure_left_atrium(segmentation_node, volume_node, statistics)
+    assert statistics.GetNumberOfColumns() == 4
+
+    segmentation_node.GetSegmentation().RemoveSegment(mrml.LEFT_ATRIUM_SEGMENT_ID)
+    with pytest.raises(ValueError, match="has no 'Left atrium' segment"):
+        mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    assert table_node.GetNumberOfRows() == 0
+
+
+def test_a_volume_whose_image_data_holds_no_voxels_is_refused_in_words(scene):
+    volume_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    volume_node.SetAndObserveImageData(vtk.vtkImageData())
+    with pytest.raises(ValueError, match="^empty: the volume has no image data$"):
+        mrml.image_from_volume_node(volume_node)
+
+
 def test_a_segmentation_of_surfaces_is_refused_and_an_empty_one_takes_the_mask(scene, phantom):
     """Put into a segmentation kept as surfaces, the mask was lost and the segment measured 0 mL."""
     image, mask, _ = phantom
