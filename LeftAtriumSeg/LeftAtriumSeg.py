@@ -119,9 +119,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
         self._segmentationTags = []  # its observers' tags (_observeSegmentation)
-        # The input the panel last saw: when another is chosen, outputs made from another volume are
-        # let go (_onParameterNodeModified). An ID, not the node: a deleted volume's data is not held on to.
+        # The input and segmentation the panel last saw: when another is chosen, outputs made from
+        # another volume, and a table of another segmentation, are let go (_onParameterNodeModified).
+        # IDs, not nodes: a deleted volume's data is not held on to.
         self._inputID = None
+        self._segmentationID = None
         self._measureTimer = None
         # pip_install processes events after each line of pip's output (util.py logProcessOutput): a second
         # press of Apply while the packages install must not start another install or run.
@@ -188,10 +190,17 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def onSceneEndImport(self, caller, event) -> None:
-        """A scene added to this one brings its own choice of input and outputs, as it was saved."""
-        if self._parameterNode:
-            self._inputID = _nodeID(self._parameterNode.inputVolume)
-            self._onParameterNodeModified()
+        """A scene loaded or added brings its own choice of input and outputs, as it was saved. The
+        parameter node takes them without a ModifiedEvent (vtkMRMLNode.cxx v5.10.0 CopyReferences
+        L177-266), which its wrapper waits for to read them (wrapper.py v5.10.0 L99, L120): a new
+        wrapper reads them."""
+        if self._parameterNode is None:
+            return
+        if self.parent.isEntered:
+            self.setParameterNode(self.logic.getParameterNode())
+        else:  # measuring after edits still reads it
+            self._parameterNode = self.logic.getParameterNode()
+            self._takeChoices()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -212,27 +221,41 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._inputID = _nodeID(self._parameterNode.inputVolume)
-            self._onParameterNodeModified()
+            # After the wrapper's own observers, which keep what it reads up to date: VTK calls observers
+            # of equal priority last-added first (vtkObject.cxx vtkSubjectHelper::AddObserver), so a
+            # change made through another wrapper (the Python console's) would be read stale.
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified,
+                             priority=-1.0)
+            self._takeChoices()
+
+    def _takeChoices(self) -> None:
+        """Take the parameter node's input and outputs as they are, letting nothing go."""
+        self._inputID = _nodeID(self._parameterNode.inputVolume)
+        self._segmentationID = _nodeID(self._parameterNode.outputSegmentation)
+        self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        from LeftAtriumSegMRML import made_from_another
+        from LeftAtriumSegMRML import made_from_another, measures_another
 
         # A scene being added sets the node's references one by one, to IDs of its own until it maps
         # them to the nodes it adds (vtkMRMLScene.cxx v5.10.0 L1306, L894): judged once it is added.
         if slicer.mrmlScene.IsImporting():
             return
         p = self._parameterNode
+        # Outputs are let go, so that the next Apply (or measurement) makes new ones rather than
+        # overwrite them: those made from another volume when another input is chosen, a table of
+        # another segmentation when another segmentation is. The user's own nodes, and outputs picked
+        # after the input, stay. Each ID is taken first: the assignments call this method again.
+        # None is a node field's "none selected" (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
         if _nodeID(p.inputVolume) != self._inputID:
-            self._inputID = _nodeID(p.inputVolume)  # first: the assignments below call this method again
-            # Outputs made from another volume are let go, so that the next Apply (or Update) makes new
-            # ones rather than overwrite their corrections with this scan; the user's own nodes, and
-            # outputs picked after the input, stay. None is a node field's "none selected"
-            # (parameterNodeWrapper/serializers.py v5.10.0 L405-409).
+            self._inputID = _nodeID(p.inputVolume)
             if p.outputSegmentation is not None and made_from_another(p.outputSegmentation, p.inputVolume):
                 p.outputSegmentation = None
             if p.measurementTable is not None and made_from_another(p.measurementTable, p.inputVolume):
+                p.measurementTable = None
+        if _nodeID(p.outputSegmentation) != self._segmentationID:
+            self._segmentationID = _nodeID(p.outputSegmentation)
+            if p.measurementTable is not None and measures_another(p.measurementTable, p.outputSegmentation):
                 p.measurementTable = None
         # The table follows the edits of the segmentation chosen, whoever made it.
         chosen = p.outputSegmentation
@@ -482,18 +505,14 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         succeeded: a failed or cancelled run leaves the scene as it was. The result replaces the
         "Left atrium" segment of the segmentation given only where it is the one the module made
         from this volume, untouched: corrections are kept, and the result goes into new nodes
-        (``outcome.keptCorrections`` names the segmentation). Bad input fails here, at once, with a
-        message naming the volume. Returns the worker's CLI node.
+        (``outcome.keptCorrections`` names the segmentation, ``_importResult``). Bad input fails
+        here, at once, with a message naming the volume. Returns the worker's CLI node.
         """
-        from LeftAtriumSegMRML import holds_corrections, remove_with_its_nodes
+        from LeftAtriumSegMRML import remove_with_its_nodes
 
         if self.isRunning:
             raise RuntimeError(_("A segmentation is already running."))
         self.checkInputs(inputVolume, outputSegmentation, measurementTable, heightCm, weightKg)
-        keptCorrections = ""
-        if outputSegmentation is not None and holds_corrections(outputSegmentation, inputVolume):
-            keptCorrections = outputSegmentation.GetName()
-            outputSegmentation = measurementTable = None  # its table holds the corrected measurement
         worker = getattr(slicer.modules, "leftatriumsegcli", None)
         if worker is None:
             raise RuntimeError(_("The LeftAtriumSegCLI module is not loaded (are CLI modules disabled?)."))
@@ -507,8 +526,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             remove_with_its_nodes(labelmap)
             raise RuntimeError(_("Slicer could not create a run of the LeftAtriumSegCLI module."))
         tag = cliNode.AddObserver(slicer.vtkMRMLCommandLineModuleNode.StatusModifiedEvent, self._onWorkerStatus)
-        self._run = (cliNode, tag, labelmap,
-                     (inputVolume, outputSegmentation, measurementTable, heightCm, weightKg, keptCorrections), onFinished)
+        self._run = (cliNode, tag, labelmap, (inputVolume, outputSegmentation, measurementTable, heightCm, weightKg),
+                     onFinished)
         try:
             slicer.cli.run(worker, cliNode, wait_for_completion=waitForCompletion, update_display=False)
         except Exception:
@@ -603,14 +622,13 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             return
         status = cliNode.GetStatus()
         labelmap = self._run[2]
-        (inputVolume, segmentation, table, heightCm, weightKg, keptCorrections), onFinished = self._run[3], self._run[4]
+        (inputVolume, segmentation, table, heightCm, weightKg), onFinished = self._run[3], self._run[4]
         outcome = SegmentationOutcome()
         try:
             if status == cliNode.Cancelled or self.isCancelling:  # a cancel Slicer overrode still cancels
                 outcome.cancelled = True
             elif status == cliNode.Completed:
                 outcome = self._importResult(cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg)
-                outcome.keptCorrections = keptCorrections
             else:
                 outcome.error = _workerError(cliNode)
         except Exception as error:  # reading the result back: say so, never leave the GUI waiting
@@ -623,14 +641,23 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
     def _importResult(self, cliNode, labelmap, inputVolume, segmentation, table, heightCm, weightKg) -> SegmentationOutcome:
         """The worker's label map into the segmentation and its measurement into the table; nodes
-        are made where none was given, and removed again if the import fails."""
-        from LeftAtriumSegMRML import import_result, mask_from_labelmap_node, remove_with_its_nodes, show_table
+        are made where none was given, and removed again if the import fails. A segmentation whose
+        "Left atrium" is not the module's untouched result from this volume is left alone, with its
+        table, and new nodes made: asked now, not at Apply, since Segment Editor may edit it while
+        the worker runs."""
+        from LeftAtriumSegMRML import (
+            holds_corrections, import_result, mask_from_labelmap_node, remove_with_its_nodes, show_table,
+        )
 
         for node, what in ((inputVolume, _("input volume")), (segmentation, _("output segmentation")),
                            (table, _("measurement table"))):
             if node is not None and node.GetScene() is None:
                 raise RuntimeError(_("The {what} was removed during segmentation; nothing was added.").format(what=what))
         mask = mask_from_labelmap_node(labelmap, inputVolume)
+        keptCorrections = ""
+        if segmentation is not None and holds_corrections(segmentation, inputVolume):
+            keptCorrections = segmentation.GetName()
+            segmentation = table = None  # the table holds the corrected measurement
         scene = inputVolume.GetScene()
         result = {name: cliNode.GetParameterAsString(name) for name in ("model", "qc", "qcReasons")}
         made = []
@@ -650,7 +677,8 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
             for node in made:
                 remove_with_its_nodes(node)
             raise
-        return SegmentationOutcome(inputVolume=inputVolume, segmentation=segmentation, table=table, row=row)
+        return SegmentationOutcome(inputVolume=inputVolume, segmentation=segmentation, table=table, row=row,
+                                   keptCorrections=keptCorrections)
 
     @staticmethod
     def checkInputs(inputVolume, outputSegmentation=None, measurementTable=None, heightCm: float = 0.0,
@@ -658,13 +686,13 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
         """Raise ValueError (InputImageError) for what ``process`` would refuse, naming the node: a
         volume that is no usable MRI, an output that cannot take the segment or the measurement, a
         height or weight out of range. Needs only numpy and SimpleITK, which Slicer ships."""
-        from LeftAtriumSegMRML import check_takes_labelmaps, check_takes_measurements, image_from_volume_node
+        from LeftAtriumSegMRML import check_takes_mask, check_takes_measurements, image_from_volume_node
 
         from LeftAtriumSegLib.io import check_image
 
         check_image(image_from_volume_node(inputVolume), inputVolume.GetName() if inputVolume else "")
         if outputSegmentation is not None:
-            check_takes_labelmaps(outputSegmentation)
+            check_takes_mask(outputSegmentation, inputVolume)
         if measurementTable is not None:
             check_takes_measurements(measurementTable)
         if heightCm and weightKg:  # the index needs both; one alone is left unused, as in the table

@@ -35,6 +35,8 @@ RESULT_ATTRIBUTES = {"model": "LeftAtriumSeg.Model", "qc": "LeftAtriumSeg.Qualit
 MADE_FROM_ROLE = "LeftAtriumSeg.madeFrom"
 # The segment's mask on that volume's grid as the module put it there, to tell an edited one.
 MASK_DIGEST_ATTRIBUTE = "LeftAtriumSeg.MaskSHA256"
+# The segmentation a table's measurement was made of: a table follows the segmentation chosen.
+MEASURED_ROLE = "LeftAtriumSeg.measured"
 # What a segmentation fires when a segment is edited: Segment Editor's strokes change the source
 # representation (SourceRepresentationModified); SegmentModified comes only with a change of the
 # segment itself, such as its name or tags; SegmentRemoved when one is deleted (vtkSegmentation.h:
@@ -85,23 +87,17 @@ def image_from_volume_node(volume_node) -> sitk.Image:
     return image
 
 
-def _oriented_labelmap(mask: np.ndarray, volume_node, segmentation_node):
-    """``slicer.vtkOrientedImageData`` of a ``(Z, Y, X)`` mask on the volume node's grid, in the
-    segmentation node's coordinates: a segment's label map lies in its segmentation's frame, which
-    a transform may set apart from the volume's (mapped as ``SetReferenceImageGeometryParameter-
-    FromVolumeNode`` maps the volume's grid, vtkMRMLSegmentationNode.cxx v5.10.0 L764-773).
+def _volume_to_segmentation(volume_node, segmentation_node):
+    """The matrix from the volume's frame to the segmentation's: identity under one transform; the
+    same matrix with which ``SetReferenceImageGeometryParameterFromVolumeNode`` maps the volume's
+    grid into the segmentation's frame (vtkMRMLSegmentationNode.cxx v5.10.0 L764-773).
 
     Raises
     ------
     ValueError
-        Where a non-linear transform lies between the volume and the segmentation.
+        Where a non-linear transform lies between them.
     """
-    labelmap = slicer.vtkOrientedImageData()
-    labelmap.SetDimensions(*mask.shape[::-1])
-    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
-    image_to_world = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(image_to_world)
+    matrix = vtk.vtkMatrix4x4()
     volume_parent, segmentation_parent = volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode()
     if volume_parent != segmentation_parent:
         between = vtk.vtkGeneralTransform()
@@ -110,10 +106,21 @@ def _oriented_labelmap(mask: np.ndarray, volume_node, segmentation_node):
             raise ValueError(f"a non-linear transform lies between {volume_node.GetName()} and "
                              f"{segmentation_node.GetName()}; choose a segmentation under the volume's transform, "
                              "or none to have a new one made")
-        volume_to_segmentation = vtk.vtkMatrix4x4()
-        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volume_parent, segmentation_parent,
-                                                                   volume_to_segmentation)
-        vtk.vtkMatrix4x4.Multiply4x4(volume_to_segmentation, image_to_world, image_to_world)
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volume_parent, segmentation_parent, matrix)
+    return matrix
+
+
+def _oriented_labelmap(mask: np.ndarray, volume_node, segmentation_node):
+    """``slicer.vtkOrientedImageData`` of a ``(Z, Y, X)`` mask on the volume node's grid, in the
+    segmentation node's frame, where a segment's label map lies (``_volume_to_segmentation``)."""
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetDimensions(*mask.shape[::-1])
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+    image_to_world = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(image_to_world)
+    vtk.vtkMatrix4x4.Multiply4x4(_volume_to_segmentation(volume_node, segmentation_node), image_to_world,
+                                 image_to_world)
     labelmap.SetImageToWorldMatrix(image_to_world)
     return labelmap
 
@@ -128,6 +135,21 @@ def check_takes_labelmaps(segmentation_node) -> None:
     if kept_as != LABELMAP and segmentation.GetNumberOfSegments() > 0:
         raise ValueError(f"{segmentation_node.GetName()} keeps its segments as {kept_as}, not as label maps; "
                          "choose another segmentation, or none to have a new one made")
+
+
+def _segments_besides_the_atrium(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+            if segmentation.GetNthSegmentID(i) != LEFT_ATRIUM_SEGMENT_ID]
+
+
+def check_takes_mask(segmentation_node, volume_node) -> None:
+    """Raise ValueError for a segmentation that ``set_left_atrium_segment`` would refuse: one that
+    does not keep label maps, or holds other segments under a transform that is non-linear
+    against the volume's."""
+    check_takes_labelmaps(segmentation_node)
+    if _segments_besides_the_atrium(segmentation_node):
+        _volume_to_segmentation(volume_node, segmentation_node)
 
 
 def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) -> str:
@@ -146,11 +168,9 @@ def set_left_atrium_segment(mask: np.ndarray, volume_node, segmentation_node) ->
     image_data = volume_node.GetImageData()
     if mask.shape != image_data.GetDimensions()[::-1]:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {image_data.GetDimensions()[::-1]}")
-    check_takes_labelmaps(segmentation_node)
+    check_takes_mask(segmentation_node, volume_node)
     segmentation = segmentation_node.GetSegmentation()
-    others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
-              if segmentation.GetNthSegmentID(i) != LEFT_ATRIUM_SEGMENT_ID]
-    if not others:  # it moves with the volume; another's segments stay where they are
+    if not _segments_besides_the_atrium(segmentation_node):  # it moves with the volume; others' stay put
         segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     labelmap = _oriented_labelmap(mask, volume_node, segmentation_node)
     segmentation.SetSourceRepresentationName(LABELMAP)  # so it was, or it has no segment
@@ -222,6 +242,13 @@ def holds_corrections(segmentation_node, volume_node) -> bool:
 
 def has_left_atrium_segment(segmentation_node) -> bool:
     return segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID) is not None
+
+
+def measures_another(table_node, segmentation_node) -> bool:
+    """Whether a table holds the module's measurement of another segmentation than the one given
+    (False for a table it did not write)."""
+    measured = table_node.GetNodeReferenceID(MEASURED_ROLE)
+    return measured is not None and measured != (segmentation_node.GetID() if segmentation_node is not None else None)
 
 
 def check_takes_measurements(table_node) -> None:
@@ -395,6 +422,7 @@ def measure_left_atrium(
                     "LAVI grade": index.grade, "Grade reference": grade_source})
     _write_table_row(table_node, row)
     table_node.SetNodeReferenceID(MADE_FROM_ROLE, volume_node.GetID())
+    table_node.SetNodeReferenceID(MEASURED_ROLE, segmentation_node.GetID())
     return row
 
 

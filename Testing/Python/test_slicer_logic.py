@@ -150,8 +150,10 @@ def test_a_segmentation_set_apart_by_a_non_linear_transform_is_refused_untouched
     segmentation_node.GetSegmentation().AddEmptySegment("other")
     warp = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
     volume_node.SetAndObserveTransformNodeID(warp.GetID())
-    with pytest.raises(ValueError, match="a non-linear transform lies between volume and atlas"):
-        mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)
+    for call in (lambda: mrml.check_takes_mask(segmentation_node, volume_node),  # before the worker runs
+                 lambda: mrml.set_left_atrium_segment(mask, volume_node, segmentation_node)):
+        with pytest.raises(ValueError, match="a non-linear transform lies between volume and atlas"):
+            call()
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
 
 
@@ -188,6 +190,8 @@ def test_what_a_result_was_made_from_survives_saving_and_adding_the_scene_to_ano
     for output in (segmentation_node, table_node):
         assert not mrml.made_from_another(output, volume_node)
         assert mrml.made_from_another(output, added_volume)
+    assert not mrml.measures_another(added[1], added[0]) and mrml.measures_another(added[1], segmentation_node)
+    assert not mrml.measures_another(table_node, segmentation_node) and mrml.measures_another(table_node, None)
     assert not mrml.made_from_another(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), volume_node)  # the user's
 
 
