@@ -72,10 +72,11 @@ def _parse_folds(text: str) -> int:
     return folds
 
 
-def _parse_model_name(text: str) -> str:
-    # The name heads the model card and fills volumes.csv's model column, one line each.
-    if not text.strip() or any(not character.isprintable() for character in text):
-        raise argparse.ArgumentTypeError(f"--name {text!r}: a name to print on one line is needed")
+def _parse_model_label(text: str) -> str:
+    # The name and version head the model card and fill volumes.csv's model column, one line each.
+    if not text.strip() or text != text.strip() or any(not character.isprintable() for character in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: words to print on one line are needed, without spaces at "
+                                         "either end")
     return text
 
 
@@ -315,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_parse_threads, default=0, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where torch trains; auto: cuda when a GPU is there (default %(default)s)")
-    train.add_argument("--name", type=_parse_model_name, default=model.name,
+    train.add_argument("--name", type=_parse_model_label, default=model.name,
                        help="the model's name, as results and the card name it (default %(default)s)")
-    train.add_argument("--model-version", default=model.version, help="the model's version (default %(default)s)")
+    train.add_argument("--model-version", type=_parse_model_label, default=model.version,
+                       help="the model's version (default %(default)s)")
     into_earlier_run = train.add_mutually_exclusive_group()
     into_earlier_run.add_argument("--overwrite", action="store_true",
                                   help="train into an --output-dir that is not empty, replacing an earlier run's files")

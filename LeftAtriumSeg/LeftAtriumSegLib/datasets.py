@@ -153,9 +153,9 @@ def read_decathlon_cases(folder: str | Path, task02_headers: bool = False,
         entries = [(folder / entry["image"], folder / entry["label"]) for entry in listing["training"]]
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep to read
         raise LeftAtriumSegError(f"{listing_path}: not a readable dataset.json ({error})") from None
-    except (KeyError, TypeError) as error:
-        raise LeftAtriumSegError(f"{listing_path}: needs a 'training' list of entries with 'image' and 'label' "
-                                 f"(Decathlon layout; {type(error).__name__}: {error})") from None
+    except (KeyError, TypeError):  # no such key; a list, string or null where an object or path belongs
+        raise LeftAtriumSegError(f"{listing_path}: needs a 'training' list of entries each with an 'image' and a "
+                                 "'label' path (the Decathlon layout)") from None
     if not entries:
         raise LeftAtriumSegError(f"{listing_path}: its 'training' list is empty")
     cases = []
@@ -212,7 +212,8 @@ class DataFolders:
     Raises
     ------
     LeftAtriumSegError
-        A Task02_Heart or respaced folder is not among ``folders`` (compared as resolved paths).
+        A folder is given twice (compared as resolved paths), or a Task02_Heart or respaced folder is
+        not among ``folders``.
     """
 
     folders: Sequence[str | Path]
@@ -220,9 +221,18 @@ class DataFolders:
     respaced: Mapping[str | Path, Spacing] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        data = {_resolved(folder) for folder in self.folders}
+        data: dict[Path, str | Path] = {}
+        for folder in self.folders:
+            if data.setdefault(_resolved(folder), folder) is not folder:
+                raise LeftAtriumSegError(f"{folder}: given twice among the data folders "
+                                         f"(as {data[_resolved(folder)]} too)")
+        respaced: dict[Path, str | Path] = {}
+        for folder in self.respaced:  # different spellings of one folder
+            if respaced.setdefault(_resolved(folder), folder) is not folder:
+                raise LeftAtriumSegError(f"{folder}: given twice as a respaced folder (as {respaced[_resolved(folder)]} "
+                                         "too); which spacing is the scans'?")
         for named, role in ((self.task02_headers, "a Task02_Heart folder"), (self.respaced, "a respaced folder")):
-            outside = {_resolved(folder) for folder in named} - data
+            outside = {_resolved(folder) for folder in named} - data.keys()
             if outside:
                 raise LeftAtriumSegError(f"{sorted(map(str, outside))[0]}: given as {role} but not among the data folders")
 

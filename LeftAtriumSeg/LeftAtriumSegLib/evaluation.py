@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from .datasets import read_decathlon_cases
 from .errors import LeftAtriumSegError, error_line, some_names
 from .io import files_by_case, on_grid_of, read_mask, read_probability_map
 from .metrics import mean_of_defined, segmentation_metrics
@@ -31,7 +32,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
         The output of ``train --folds K``.
     data_dir : Path
         One of the Decathlon folders it used (a run trained on several is scored one folder at a
-        time).
+        time); its cases are those its ``dataset.json`` lists.
 
     Yields
     ------
@@ -50,17 +51,16 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     from .onnx_network import load_onnx_networks  # noqa: PLC0415 - onnxruntime only where a model is needed
 
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
-    held_out = [(index, case) for index, fold in enumerate(training["folds"]) for case in fold["validation"]
-                if (data_dir / "labelsTr" / f"{case}.nii.gz").is_file()]
+    listed = {case.case_id: case for case in read_decathlon_cases(data_dir)}
+    held_out = [(index, listed[case]) for index, fold in enumerate(training["folds"]) for case in fold["validation"]
+                if case in listed]
     if not held_out:
         raise ValueError(f"{data_dir}: holds none of the cases that {run_dir} held out")
     model_fold = None
     for index, case in held_out:
         if index != model_fold:
             model, model_fold = load_onnx_networks(run_dir / f"fold_{index}" / "model.safetensors", "cpu"), index
-        image = sitk.ReadImage(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
-        label = sitk.ReadImage(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
-        yield index, case, image, label, model
+        yield index, case.case_id, sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path)), model
 
 
 def matched_cases(predicted: dict[str, Path], reference: dict[str, Path]) -> list[tuple[str, Path, Path]]:

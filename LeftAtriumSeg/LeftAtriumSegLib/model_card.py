@@ -12,8 +12,10 @@ import datetime
 import json
 from pathlib import Path
 
-from .evaluation import labelled_probability_maps
-from .io import atomic_output
+import SimpleITK as sitk
+
+from .datasets import read_decathlon_cases
+from .io import atomic_output, on_grid_of, read_mask, read_probability_map
 from .metrics import mean_of_defined, segmentation_metrics
 from .model_file import model_file_sha256
 from .postprocessing import CleanupSettings, clean_mask
@@ -29,7 +31,7 @@ def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], 
     run_dir : Path
         A cross-validation run; its held-out maps are in ``run_dir/probabilities``.
     data_folder : Path
-        A data folder the run used; its labels are in ``labelsTr``.
+        A data folder the run used; its labels are those its ``dataset.json`` lists.
     fold_of : dict of str to int
         The fold that held out each case; cases not in it are left out.
     settings : CleanupSettings
@@ -37,12 +39,21 @@ def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], 
     Returns
     -------
     list of dict
-        One row per case: ``case``, ``fold`` and the metrics of ``metrics.segmentation_metrics``.
+        One row per case, in ``dataset.json``'s order: ``case``, ``fold`` and the metrics of
+        ``metrics.segmentation_metrics``.
     """
-    return [{"case": case, "fold": fold_of[case],
-             **segmentation_metrics(clean_mask(probability_map, spacing_mm, settings), reference, spacing_mm)}
-            for case, probability_map, reference, spacing_mm
-            in labelled_probability_maps(run_dir / "probabilities", data_folder / "labelsTr") if case in fold_of]
+    rows = []
+    for case in read_decathlon_cases(data_folder):
+        if case.case_id not in fold_of:
+            continue
+        map_path = run_dir / "probabilities" / f"{case.case_id}.nii.gz"
+        label = read_mask(case.label_path)
+        probability_map = sitk.GetArrayFromImage(
+            on_grid_of(read_probability_map(map_path), label, map_path, case.label_path, "label"))
+        reference, spacing_mm = sitk.GetArrayViewFromImage(label) > 0, label.GetSpacing()
+        rows.append({"case": case.case_id, "fold": fold_of[case.case_id], **segmentation_metrics(
+            clean_mask(probability_map, spacing_mm, settings), reference, spacing_mm)})
+    return rows
 
 
 def _dataset_lines(training: dict) -> list[str]:

@@ -383,8 +383,10 @@ def test_training_settings_out_of_range_are_refused_before_any_work(tmp_path, ca
 
 @pytest.mark.parametrize("extra, message", [
     (["--respaced", "DATA", "1,1,1", "--respaced", "DATA", "2,2,2"], "--respaced DATA: given twice; which spacing is the scans'?"),
-    (["--name", ""], "--name '': a name to print on one line is needed"),
-    (["--name", "two\nlines"], "a name to print on one line is needed"),
+    (["--name", ""], "argument --name: '': words to print on one line are needed"),
+    (["--name", "two\nlines"], "words to print on one line are needed"),
+    (["--model-version", "1 2\n3"], "argument --model-version: '1 2\\n3': words to print on one line are needed"),
+    (["--model-version", " "], "argument --model-version: ' ': words to print on one line are needed"),
 ])
 def test_train_refuses_a_folder_respaced_twice_and_a_name_off_one_line(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as stopped:
@@ -392,9 +394,24 @@ def test_train_refuses_a_folder_respaced_twice_and_a_name_off_one_line(tmp_path,
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "DATA", "./DATA/"], "error: ./DATA/: given twice among the data folders (as DATA too)"),
+    (["--data", "DATA", "--respaced", "DATA", "1,1,1", "--respaced", "./DATA/", "2,2,2"],
+     "error: ./DATA/: given twice as a respaced folder (as DATA too); which spacing is the scans'?"),
+])
+def test_train_refuses_a_folder_given_twice_under_two_spellings(tmp_path, capsys, monkeypatch, extra, message):
+    """The last spacing silently won; one folder twice named each of its cases 'listed twice'."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *extra]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("listing, message", [
-    ("{}", "needs a 'training' list of entries with 'image' and 'label'"),
-    ('{"training": [{"image": "imagesTr/a.nii.gz"}]}', "needs a 'training' list of entries with 'image' and 'label'"),
+    ("{}", "needs a 'training' list of entries each with an 'image' and a 'label' path (the Decathlon layout)"),
+    ('{"training": [{"image": "imagesTr/a.nii.gz"}]}', "needs a 'training' list of entries each with an 'image'"),
+    ('{"training": [{"image": "imagesTr/a.nii.gz", "label": null}]}', "needs a 'training' list of entries each"),
+    ('{"training": ["imagesTr/a.nii.gz"]}', "needs a 'training' list of entries each with an 'image'"),
     ('{"training": [', "not a readable dataset.json"),
     ("[" * 100000 + "]" * 100000, "not a readable dataset.json"),
     ('{"training": []}', "its 'training' list is empty"),

@@ -12,10 +12,13 @@ from test_training import _write_dataset
 
 
 def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path):
+    """Each case's label is the one its dataset.json lists: the card looked in labelsTr/ for CASE.nii.gz,
+    and a run whose labels lay elsewhere failed after all its training."""
     run, first, second = tmp_path / "run", tmp_path / "first", tmp_path / "second"
-    for folder, licence in ((first, "CC-BY-SA 4.0"), (second, None)):
-        (folder / "labelsTr").mkdir(parents=True)
-        listing = {"description": f"{folder.name} set", "training": [{}]}
+    for folder, licence, case, label in ((first, "CC-BY-SA 4.0", "a", "seg/a_gt.nii.gz"),
+                                         (second, None, "b", "labelsTr/b.nii.gz")):
+        (folder / label).parent.mkdir(parents=True)
+        listing = {"description": f"{folder.name} set", "training": [{"image": f"img/{case}.nii.gz", "label": label}]}
         if licence:
             listing["licence"] = licence
         (folder / "dataset.json").write_text(json.dumps(listing))
@@ -24,7 +27,7 @@ def test_card_of_a_cross_validation_run_scores_each_data_set_on_its_own(tmp_path
     reference[5:15, 5:15, 5:15] = 1
     half = np.zeros((20, 20, 20), np.float32)
     half[5:15, 5:15, 5:10] = 0.9  # Dice 2/3, 1.0 mL missing at 2 mm slices
-    _write(reference, first / "labelsTr" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+    _write(reference, first / "seg" / "a_gt.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
     _write(half, run / "probabilities" / "a.nii.gz", spacing_mm=(2.0, 1.0, 1.0))  # on its label's grid, as cross-validation writes it
     _write(reference, second / "labelsTr" / "b.nii.gz")
     _write(reference.astype(np.float32) * 0.95, run / "probabilities" / "b.nii.gz")  # perfect at any threshold under 0.95
