@@ -202,7 +202,13 @@ def run_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
-    print(f"model card: {write_model_card(args.output_dir)}")
+    output_dir = Path(args.output_dir)
+    if args.folds:
+        print(f"fold models: {output_dir / 'fold_K' / 'model.safetensors'} (K 0-{args.folds - 1}); held-out probability "
+              f"maps: {output_dir / 'probabilities'}; their Dice, HD95 and volume errors: the model card")
+    else:
+        print(f"model: {output_dir / 'model.safetensors'}")
+    print(f"model card: {write_model_card(output_dir)}")
     return 0
 
 

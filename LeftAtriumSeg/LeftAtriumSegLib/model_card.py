@@ -56,6 +56,15 @@ def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], 
     return rows
 
 
+def _wall_time(training: dict) -> str:
+    last = f"last sitting {training.get('last_sitting_seconds', 'unfinished')} s"
+    if "total_seconds" in training:  # finished in one sitting, perhaps resumed since (which trains nothing)
+        return f"total wall time **{training['total_seconds']} s**" + (f"; resumed since, {last}." if "resumed_by" in training else ".")
+    if "resumed_by" in training:
+        return f"{last} (resumed: the training times per view below add up all sittings; the whole wall time was not recorded)."
+    return "total wall time unfinished."
+
+
 def _dataset_lines(training: dict) -> list[str]:
     lines = ["| folder | data set | cases | licence | reference |", "|---|---|---|---|---|"]
     for folder in map(Path, training["data_folders"]):
@@ -131,9 +140,7 @@ def model_card(run_dir: Path) -> str:
         *(f"- Resumed with: `{command}`" for command in training.get("resumed_by", [])),
         "- Settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()),
         f"- torch threads {training['torch_threads']}; data preparation {training['preparation_seconds']} s; "
-        + (f"total wall time **{training.get('total_seconds', 'unfinished')} s**." if "resumed_by" not in training else
-           f"last sitting {training.get('last_sitting_seconds', 'unfinished')} s (resumed: the training times "
-           "per view below add up all sittings; the whole wall time was not recorded)."),
+        + _wall_time(training),
     ]
     if "folds" in training:
         for index, fold in enumerate(training["folds"]):

@@ -73,10 +73,11 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     if signals.box_contact > MOST_BOX_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the region the networks searched ({signals.box_contact} voxels): "
                        "part of the atrium may be cut off")
-    if signals.uncertain_share > MOST_UNCERTAIN_SHARE:
+    # Shares of an empty mask measure nothing (its uncertain voxels were counted per one voxel).
+    if signals.uncertain_share > MOST_UNCERTAIN_SHARE and signals.volume_ml > 0:
         reasons.append(f"the networks are unsure of much of the atrium ({signals.uncertain_share:.2f} voxels of "
                        f"probability 0.2-0.5 per voxel segmented, over {MOST_UNCERTAIN_SHARE:g}): part may be missed")
-    if signals.faint_share > MOST_FAINT_SHARE:
+    if signals.faint_share > MOST_FAINT_SHARE and signals.volume_ml > 0:
         reasons.append(f"the networks half believe much of the mask ({signals.faint_share:.2f} of its voxels have "
                        f"probability under 0.8, over {MOST_FAINT_SHARE:g}): part of the atrium may be missed or added")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:

@@ -368,7 +368,8 @@ def test_respaced_folders_parse_to_spacings_and_bad_spacings_are_refused(capsys)
 @pytest.mark.parametrize("option, value, message", [
     ("--gamma-probability", "1.5", "gamma_probability must be a share between 0 and 1, not 1.5"),
     ("--gamma-probability", "nan", "gamma_probability must be a share between 0 and 1, not nan"),
-    ("--iterations", "0", "iterations must be at least 1, not 0"),
+    ("--iterations", "0", "iterations must be between 1 and 1000000, not 0"),
+    ("--iterations", "99999999999999999999", "iterations must be between 1 and 1000000, not 99999999999999999999"),
     ("--max-gain-change", "1.2", "max_gain_change must be at least 0 and under 1, not 1.2"),
     ("--max-offset", "-0.1", "max_offset must be between 0 and 5 (z-score units), not -0.1"),
     ("--max-offset", "inf", "max_offset must be between 0 and 5 (z-score units), not inf"),

@@ -53,6 +53,12 @@ def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signa
     assert str(check).startswith("review (")
 
 
+def test_an_empty_mask_is_flagged_as_missed_without_a_share_of_nothing():
+    """Its uncertain voxels were given 'per voxel segmented': 281248.00 of them, for none segmented."""
+    check = check_quality(QualitySignals(0.0, uncertain_share=281248.0, faint_share=1.0))
+    assert len(check.reasons) == 1 and "atrium probably missed" in check.reasons[0]
+
+
 def _phantom_segmenter() -> Segmenter:
     """The pipeline with stand-in networks that see the phantom's bright ellipsoid (z-score over 1) and not its noise."""
     config = ModelConfig(views=tuple(VIEW_AXES))

@@ -1,6 +1,7 @@
 """Training machinery on synthetic data: folds by image, and a loss that falls."""
 
 import json
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from LeftAtriumSegLib.model_card import write_model_card
 from LeftAtriumSegLib.model_file import ModelConfig, model_file_sha256, read_model
 from LeftAtriumSegLib.preprocessing import ModelFrame
 from LeftAtriumSegLib.training import (
-    TrainingSettings, make_folds, prepare_case, sample_batch, train_model, train_network, training_presentations,
+    TrainingSettings, make_folds, prepare_case, prepare_cases, sample_batch, train_model, train_network,
+    training_presentations,
 )
 from LeftAtriumSegLib.training.augmentation import _random_flips, random_gamma
 from LeftAtriumSegLib.training.record import write_record
@@ -209,6 +211,67 @@ def test_training_into_a_folder_with_files_is_refused_before_any_work(tmp_path):
     assert [path.name for path in run.iterdir()] == ["notes.txt"]
 
 
+def _run_files(run):
+    return sorted(str(path.relative_to(run)) for path in run.rglob("*") if path.is_file())
+
+
+def test_overwrite_replaces_an_earlier_runs_files_and_keeps_the_users(tmp_path):
+    """The earlier run's model and checkpoints stayed beside a cross-validation's record, and its folds
+    beside a model's; an interrupted --overwrite could then not be resumed (their checkpoints differ)."""
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False)
+    (run / "MODEL_CARD.md").write_text("the card train writes")
+    (run / "notes.txt").write_text("the user's notes")
+    (run / "fold_0" / "notes.txt").write_text("the user's notes on fold 0")
+    with pytest.raises(LeftAtriumSegError, match=r"run: holds an earlier run \(training.json\): --resume goes on with "
+                                                 r"it if it was interrupted, --overwrite replaces it$"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
+
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
+
+    assert _run_files(run) == ["checkpoint_coronal.safetensors", "fold_0/notes.txt", "model.safetensors", "notes.txt",
+                               "training.json"]
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
+    assert "model.safetensors" not in _run_files(run) and "fold_1/model.safetensors" in _run_files(run)
+
+
+def test_a_resume_cleans_up_after_a_killed_run_and_refuses_a_foreign_checkpoint_before_recording(tmp_path):
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
+    killed = run / f".partial-{socket.gethostname()}-{2**22 + 1}-0-checkpoint_coronal.safetensors"  # no such process
+    killed.write_bytes(b"half a checkpoint")
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
+    assert not killed.exists()
+
+    foreign = tmp_path / "foreign"
+    train_model([tmp_path / "data"], foreign, TINY_CONFIG, replace(settings, seed=1), show_progress=False)
+    (run / "checkpoint_coronal.safetensors").write_bytes((foreign / "checkpoint_coronal.safetensors").read_bytes())
+    record = (run / "training.json").read_text()
+    with pytest.raises(LeftAtriumSegError, match=r"checkpoint_coronal.safetensors: written by a training with other "
+                                                 r"settings; resume needs the same ones$"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
+    assert (run / "training.json").read_text() == record  # the refused sitting is not recorded
+
+
+def test_an_empty_label_and_one_all_atrium_are_trained_on_with_a_warning(tmp_path, capsys):
+    _write_dataset(tmp_path / "data", 3)
+    for name, value in (("case_001.nii.gz", 0), ("case_002.nii.gz", 1)):
+        path = tmp_path / "data" / "labelsTr" / name
+        label = sitk.ReadImage(str(path))
+        label = sitk.Cast(label * 0 + value, label.GetPixelID())
+        sitk.WriteImage(label, str(path))
+    prepare_cases(read_decathlon_cases(tmp_path / "data"), TINY_CONFIG, show_progress=False)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        f"warning: {tmp_path / 'data' / 'labelsTr' / 'case_001.nii.gz'}: no voxel is atrium (an empty label): the case "
+        "trains as background only",
+        f"warning: {tmp_path / 'data' / 'labelsTr' / 'case_002.nii.gz'}: every voxel is atrium: is it the label?"]
+
+
 def _corrupt_label(data):
     (data / "labelsTr" / "case_001.nii.gz").write_text("not an image")
     return "labelsTr/case_001.nii.gz: file is truncated, corrupt or not gzip-compressed"
@@ -325,7 +388,8 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
 
     first = train_model([tmp_path / "data"], run, config, settings, show_progress=False, command="first")
     model = model_file_sha256(run / "model.safetensors")
-    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other settings; resume needs"):
+    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other settings \(iterations 4 there, 8 now\); "
+                                                 r"resume needs"):
         train_model([tmp_path / "data"], run, config, replace(settings, iterations=8), show_progress=False, resume=True)
     assert model_file_sha256(run / "model.safetensors") == model  # refused before any work
 
@@ -334,8 +398,10 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     _, resumed_weights = read_model(run / "model.safetensors")  # finished views are not trained again
     assert all(np.array_equal(weights[name], resumed_weights[name]) for name in weights)
     assert summary["command"] == "first" and summary["resumed_by"] == ["again"]
-    # The training time is the checkpoints' record of the first sitting, not this sitting's few milliseconds.
-    assert "total_seconds" not in summary and summary["training_seconds"] == first["training_seconds"]
+    # The training time is the checkpoints' record of the first sitting, not this sitting's few milliseconds;
+    # the finished run's wall time stands beside this sitting's.
+    assert summary["training_seconds"] == first["training_seconds"]
+    assert summary["total_seconds"] == first["total_seconds"] and "last_sitting_seconds" in summary
 
 
 def _without_gamma(settings_json: str) -> str:
@@ -435,7 +501,8 @@ def test_respaced_folders_are_recorded_and_must_be_data_folders(tmp_path):
     assert json.loads((run / "training.json").read_text())["respaced_folders"] == summary["respaced_folders"]
     assert "Cases of `data` were trained on as given and with a voxel spacing of 1.25 x 1.25 x 2.5 mm" \
         in write_model_card(run).read_text()
-    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other respaced folders; resume needs"):
+    with pytest.raises(LeftAtriumSegError, match=r"run: the run there had other respaced folders \(\S*data "
+                                                 r"\[1.25, 1.25, 2.5\] there, None now\); resume needs"):
         train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
 
 

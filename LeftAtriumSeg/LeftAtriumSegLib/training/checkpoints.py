@@ -8,6 +8,7 @@ seconds so far, the crop sampler's random state, the config and the settings as 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,35 @@ def checkpoint_seconds(path: Path) -> float:
         raise _damaged_checkpoint(path, error) from None
 
 
+def check_checkpoint(path: Path, config: ModelConfig, settings: TrainingSettings) -> dict[str, str]:
+    """A checkpoint's metadata, once it is known to be of this training.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The checkpoint file.
+    config : ModelConfig
+        The model's config; the checkpoint's is its view's (one of ``config.views``).
+    settings : TrainingSettings
+        Must be the checkpoint's.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        The file is no readable checkpoint, or was written with another config or other settings.
+    """
+    metadata = _checkpoint_metadata(path)
+    try:
+        stored = ModelConfig.from_json(metadata["config"])
+        same_training = (set(stored.views) <= set(config.views) and stored == replace(config, views=stored.views)
+                         and as_recorded_now(json.loads(metadata["settings"])) == json.loads(json.dumps(settings.__dict__)))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise _damaged_checkpoint(path, error) from None
+    if not same_training:
+        raise LeftAtriumSegError(f"{path}: written by a training with other settings; resume needs the same ones")
+    return metadata
+
+
 def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
                     config: ModelConfig, settings: TrainingSettings) -> tuple[int, float]:
     """Restore a ``save_checkpoint`` into a fresh network, optimiser and sampler, in place.
@@ -138,14 +168,7 @@ def load_checkpoint(path: Path, network: UNet2D, optimiser: torch.optim.Optimize
         The file is no readable checkpoint, was written with another config or other settings,
         or is damaged (the message, one line, says what broke).
     """
-    metadata = _checkpoint_metadata(path)
-    try:
-        same_training = (ModelConfig.from_json(metadata["config"]) == config
-                         and as_recorded_now(json.loads(metadata["settings"])) == json.loads(json.dumps(settings.__dict__)))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise _damaged_checkpoint(path, error) from None
-    if not same_training:
-        raise LeftAtriumSegError(f"{path}: written by a training with other settings; resume needs the same ones")
+    metadata = check_checkpoint(path, config, settings)
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}

@@ -106,7 +106,7 @@ def cross_validate(
         training = data.training_list(held_out=validation)
         networks, seconds = train_networks(
             training, config, settings, fold_dir,
-            description=f"fold {index + 1}/{len(validation_sets)} ", show_progress=show_progress, device=device, resume=resume, loss=loss,
+            description=f"fold_{index} (of {len(validation_sets)}) ", show_progress=show_progress, device=device, resume=resume, loss=loss,
         )
         save_model(fold_dir / "model.safetensors", networks, config)
         quantize_model_file(fold_dir / "model.safetensors", training, settings.seed)

@@ -7,6 +7,7 @@ stops a run before it writes anything; each view's network then slices the array
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,6 +142,10 @@ def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = Fals
     if not same_grid(mask, image):
         raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path} "
                               f"({grid_difference(mask, image)})")
+    atrium = np.count_nonzero(sitk.GetArrayViewFromImage(mask))
+    if not respaced and atrium in (0, mask.GetNumberOfPixels()):  # trained on, but seldom meant
+        tqdm.write(f"warning: {case.label_path}: " + ("no voxel is atrium (an empty label): the case trains as "
+                   "background only" if atrium == 0 else "every voxel is atrium: is it the label?"), file=sys.stderr)
     if respaced:
         image.SetSpacing(case.respaced_mm)
         mask.SetSpacing(case.respaced_mm)

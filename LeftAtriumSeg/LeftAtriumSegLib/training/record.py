@@ -79,13 +79,14 @@ def resumed_record(record_path: Path, record: dict) -> dict:
     Returns
     -------
     dict
-        The earlier record without its end times, with ``resumed_by`` extended by this command.
+        The earlier record without its last sitting's time, with ``resumed_by`` extended by this
+        command.
 
     Raises
     ------
     LeftAtriumSegError
         There is no readable record, or it differs from this sitting in any of
-        ``SAME_TRAINING_KEYS``.
+        ``SAME_TRAINING_KEYS`` (the message names the settings or config entries that differ).
     """
     if not record_path.is_file():
         raise LeftAtriumSegError(f"{record_path.parent}: no training.json of an earlier run to resume")
@@ -102,10 +103,18 @@ def resumed_record(record_path: Path, record: dict) -> dict:
     if isinstance(earlier.get("settings"), dict):
         earlier["settings"] = as_recorded_now(earlier["settings"])
     for key in SAME_TRAINING_KEYS:
-        if earlier.get(key) != json.loads(json.dumps(record[key])):
-            raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}; "
-                                     "resume needs the same data and options (or train into a new folder)")
-    earlier = {key: value for key, value in earlier.items() if key not in ("total_seconds", "last_sitting_seconds")}
+        there, now = earlier.get(key), json.loads(json.dumps(record[key]))
+        if there != now:
+            differences = ""
+            if isinstance(there, dict) and isinstance(now, dict):
+                differences = " (" + ", ".join(f"{name} {there.get(name)!r} there, {now.get(name)!r} now"
+                                               for name in sorted(there.keys() | now.keys())
+                                               if there.get(name) != now.get(name)) + ")"
+            raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}"
+                                     f"{differences}; resume needs the same data and options (or train into a new "
+                                     "folder)")
+    # A finished run's total stands: resuming it trains nothing more.
+    earlier = {key: value for key, value in earlier.items() if key != "last_sitting_seconds"}
     return {**earlier, "resumed_by": [*earlier.get("resumed_by", []), record["command"]],
             **{key: record[key] for key in ("torch_threads", "device")}}
 

@@ -11,8 +11,10 @@ import torch
 
 from ..datasets import DataFolders
 from ..errors import LeftAtriumSegError
-from ..io import create_output_folder
+from ..io import create_output_folder, remove_stale_partials
+from ..model_card import CARD_NAME
 from ..model_file import ModelConfig, save_model
+from .checkpoints import check_checkpoint
 from .cross_validation import cross_validate, make_folds
 from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
@@ -103,6 +105,10 @@ def train_model(
     record = new_record(data, cases, folds, config, settings, command, device)
     if resume:
         record = resumed_record(record_path, record)
+        for folder in _run_folders(output_dir):
+            remove_stale_partials(folder)  # of a run killed while it wrote
+            for checkpoint in folder.glob(CHECKPOINT_PATTERN):  # before this sitting is recorded
+                check_checkpoint(checkpoint, config, settings)
     else:
         _claim_output_folder(output_dir, overwrite)
     start = time.perf_counter()
@@ -116,8 +122,8 @@ def train_model(
         training = prepared.training_list()
         networks, record["training_seconds"] = train_networks(
             training, config, settings, output_dir, show_progress=show_progress, device=device, resume=resume, loss=loss)
-        save_model(output_dir / "model.safetensors", networks, config)
-        quantize_model_file(output_dir / "model.safetensors", training, settings.seed)
+        save_model(output_dir / MODEL_NAME, networks, config)
+        quantize_model_file(output_dir / MODEL_NAME, training, settings.seed)
     else:
         record["folds"] = []
         for fold in cross_validate(prepared, validation_sets, config, settings, output_dir,
@@ -130,9 +136,33 @@ def train_model(
     return record
 
 
+# What a run writes, in its folder and in each fold's; nothing else there is removed by --overwrite.
+MODEL_NAME = "model.safetensors"
+CHECKPOINT_PATTERN = "checkpoint_*.safetensors"
+PROBABILITY_FOLDER = "probabilities"
+
+
+def _run_folders(output_dir: Path) -> list[Path]:
+    return [output_dir, *sorted(path for path in output_dir.glob("fold_*") if path.is_dir())]
+
+
 def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
-    """Make ``output_dir``, and refuse one that holds files unless ``overwrite``."""
+    """Make ``output_dir``, and refuse one that holds files unless ``overwrite``; then an earlier
+    run's files there are removed (not others'), so that none is taken for this run's."""
     create_output_folder(output_dir)
     if not overwrite and any(output_dir.iterdir()):
+        if (output_dir / RECORD_NAME).is_file():
+            raise LeftAtriumSegError(f"{output_dir}: holds an earlier run ({RECORD_NAME}): --resume goes on with it "
+                                     "if it was interrupted, --overwrite replaces it")
         raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
+    if overwrite:
+        (output_dir / RECORD_NAME).unlink(missing_ok=True)  # first: what a killed removal leaves is no run
+        for folder in _run_folders(output_dir):
+            remove_stale_partials(folder)
+            for path in (folder / MODEL_NAME, folder / CARD_NAME, *folder.glob(CHECKPOINT_PATTERN),
+                         *(folder / PROBABILITY_FOLDER).glob("*.nii.gz")):
+                path.unlink(missing_ok=True)
+            for emptied in (folder / PROBABILITY_FOLDER, folder):
+                if emptied != output_dir and emptied.is_dir() and not any(emptied.iterdir()):
+                    emptied.rmdir()
 

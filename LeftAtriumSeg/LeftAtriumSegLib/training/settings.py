@@ -87,7 +87,7 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         # Checked before any work: a zero count or a gain that flips intensities would otherwise
         # fail, or train on nonsense, an hour in.
-        limits = {"iterations": (self.iterations >= 1, "at least 1"),
+        limits = {"iterations": (1 <= self.iterations <= 1_000_000, "between 1 and 1000000"),
                   "batch_size": (self.batch_size >= 1, "at least 1"),
                   "crop_size": (self.crop_size >= 1, "at least 1"),
                   "checkpoint_every": (self.checkpoint_every >= 1, "at least 1"),
