@@ -77,7 +77,7 @@ def image_from_volume_node(volume_node) -> sitk.Image:
     scalars = image_data.GetPointData().GetScalars()
     if scalars is None or scalars.GetNumberOfTuples() != np.prod(dimensions) or not all(dimensions):
         raise ValueError(f"{volume_node.GetName()}: the volume has no image data")
-    voxels = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dimensions[::-1])
+    voxels = numpy_support.vtk_to_numpy(scalars).reshape(dimensions[::-1])
     image = sitk.GetImageFromArray(voxels.copy())
     ijk_to_ras = _ijk_to_ras(volume_node)
     spacing = np.array(volume_node.GetSpacing())
