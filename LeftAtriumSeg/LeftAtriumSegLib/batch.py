@@ -212,11 +212,16 @@ def _number(text: str, column: str) -> float:
     return float(text)
 
 
+# Cells that say a value is missing, as statistics packages export them (R's NA, pandas' NaN, SPSS's .).
+MISSING_VALUE = re.compile(r"\s*(|na|n/a|nan|\.)\s*", re.IGNORECASE)
+
+
 def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
 
-    A case whose height or weight cell is empty gets no LA volume index; any other value that
-    is not a plausible number stops the command before any work, naming the line.
+    A case whose height or weight is missing (an empty cell, ``NA``, ``NaN``, ``.``) gets no LA
+    volume index; any other value that is not a plausible number stops the command before any
+    work, naming the line.
     """
     if not path:
         return {}
@@ -231,7 +236,7 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
         if case in lines:
             raise LeftAtriumSegError(f"{path}: case {case} has two rows, lines {lines[case]} and {line}")
         lines[case] = line
-        if not row["height_cm"].strip() or not row["weight_kg"].strip():
+        if MISSING_VALUE.fullmatch(row["height_cm"]) or MISSING_VALUE.fullmatch(row["weight_kg"]):
             continue
         try:
             height_weight = tuple(_number(row[column], column) for column in ("height_cm", "weight_kg"))
@@ -242,17 +247,18 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     return clinical
 
 
-def clinical_match_warning(clinical: dict[str, tuple[float, float]], path: str | None, cases: list[str]) -> str | None:
-    """A ``warning:`` line where a clinical table's cases miss ``cases``: none of them is one (a
-    table of another cohort, names written otherwise), or a row names a case without a row but for
-    letter case or an image suffix (``LA_003``, ``la_003.nii.gz`` for ``la_003``). Either way the
-    index would not be given, unsaid."""
+def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str | None, cases: list[str]) -> list[str]:
+    """``warning:`` lines where a clinical table leaves ``cases`` without an LA volume index, which
+    would otherwise go unsaid: none of its cases is one (a table of another cohort, names written
+    otherwise); a row names a case without a row but for letter case or an image suffix
+    (``LA_003``, ``la_003.nii.gz`` for ``la_003``); cases with no height and weight in it (a typo
+    in a name, a missing value)."""
     if not clinical or not cases:
-        return None
+        return []
     here = set(cases)
     if not set(clinical) & here:
-        return (f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; "
-                f"here: {some_names(sorted(here), 3)}): no LA volume index is given")
+        return [f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; "
+                f"here: {some_names(sorted(here), 3)}): no LA volume index is given"]
 
     def loosely(name: str) -> str:
         name = name.strip().casefold()
@@ -260,12 +266,16 @@ def clinical_match_warning(clinical: dict[str, tuple[float, float]], path: str |
         return name[: len(name) - len(suffix)].strip()
 
     without_row = {loosely(case): case for case in here - set(clinical)}
-    near = sorted(f"{row!r} for {without_row[loosely(row)]!r}" for row in set(clinical) - here
-                  if loosely(row) in without_row)
+    near = {without_row[loosely(row)]: f"{row!r} for {without_row[loosely(row)]!r}" for row in set(clinical) - here
+            if loosely(row) in without_row}
+    warnings = []
     if near:
-        return (f"warning: {path}: rows named otherwise than their case ({some_names(near, 3)}): no LA volume index "
-                "for those cases (names must match exactly)")
-    return None
+        warnings.append(f"warning: {path}: rows named otherwise than their case ({some_names(sorted(near.values()), 3)}): "
+                        "no LA volume index for those cases (names must match exactly)")
+    if unmatched := sorted(here - set(clinical) - near.keys()):
+        warnings.append(f"warning: {path}: {len(unmatched)} of {len(here)} cases have no height and weight in it "
+                        f"({some_names(unmatched, 3)}): no LA volume index for them")
+    return warnings
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
@@ -529,11 +539,11 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
                 "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
 
-    done = failures = 0
+    done = failures = flagged = 0
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
 
     def finish(row: dict, warnings: list[str]) -> None:
-        nonlocal done, failures, quiet
+        nonlocal done, failures, flagged, quiet
         bar.update()
         for warning in warnings:
             bar.write(warning, file=sys.stderr)
@@ -541,6 +551,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             failures += 1
         else:
             done += 1
+            flagged += row.get("qc") == "review"
             if not quiet:
                 try:
                     bar.write(_case_line(row, settings.output_dir / Path(row["output"]).name))
@@ -572,7 +583,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
             bar.close()
     if not quiet:
-        print(f"{done} of {len(cases)} cases done; volumes in {table}")
+        print(f"{done} of {len(cases)} cases done, {flagged} flagged for review; volumes in {table}")
     return done, failures
 
 

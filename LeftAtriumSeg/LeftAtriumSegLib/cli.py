@@ -48,7 +48,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 3/10, not {text!r}") from None
     if not 1 <= index <= count:
-        raise argparse.ArgumentTypeError(f"--shard {text}: K must be between 1 and N")
+        raise argparse.ArgumentTypeError(f"--shard {text}: K must be between 1 and N (a job array numbered from 0: "
+                                         "--shard $((SLURM_ARRAY_TASK_ID + 1))/N)")
     return index, count
 
 
@@ -101,14 +102,14 @@ class _RespacedFolder(argparse.Action):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .batch import BatchSettings, clinical_match_warning, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
+    from .batch import BatchSettings, clinical_match_warnings, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
     from .onnx_network import execution_providers  # noqa: PLC0415
     from .pipeline import Segmenter, available_cores, capped_threads  # noqa: PLC0415
 
     settings = BatchSettings(Path(args.output_dir), args.format, args.overwrite, args.shard)
     cases = collect_cases(args.inputs, args.manifest, args.series)
     clinical = read_clinical(args.clinical)
-    if warning := clinical_match_warning(clinical, args.clinical, [case.case for case in cases]):
+    for warning in clinical_match_warnings(clinical, args.clinical, [case.case for case in cases]):
         print(warning, file=sys.stderr)
     threads = capped_threads(args.threads)
     # Several scans on the CPU: one per core at once, their networks sharing the cores, which keeps

@@ -42,7 +42,7 @@ from tqdm import tqdm  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .batch import (  # noqa: E402
-    clinical_match_warning,
+    clinical_match_warnings,
     deferred_signals,
     mask_in_place,
     mask_maker,
@@ -688,7 +688,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     if not cases and not left_out:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
     names = [case.case for case in cases]
-    if warning := clinical_match_warning(clinical, clinical_path, names):
+    for warning in clinical_match_warnings(clinical, clinical_path, names):
         print(warning, file=sys.stderr)
     if labels and names and not set(references) & set(names):
         print(f"warning: {labels}: holds no reference mask of a case here (it has "

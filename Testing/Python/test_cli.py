@@ -229,6 +229,28 @@ def test_a_volume_without_an_atrium_is_flagged_not_failed(tmp_path, capsys):
     assert len(warning) == 1 and "no_heart.nii.gz: review this result (under 5 mL: atrium probably missed" in warning[0]
 
 
+def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_and_weight(tmp_path, capsys):
+    """A name typo or R's NA left a case without its index, unsaid, where other rows matched."""
+    noise = np.random.default_rng(0).normal(100, 20, (64, 128, 128)).astype(np.float32)
+    image = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(noise), 4.0)
+    image.SetSpacing((1.25, 1.25, 1.25))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(image, str(scans / "no_heart.nii.gz"))
+    (scans / "la_003.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (scans / "la_004.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("case,height_cm,weight_kg\nla_03,170,70\nla_004,180,80\nno_heart,NA,80\n")
+    output = tmp_path / "out"
+    assert main(["segment", str(scans), "--clinical", str(clinical), "--output-dir", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == (f"warning: {clinical}: 2 of 3 cases have no height and weight in it "
+                                            "(la_003, no_heart): no LA volume index for them")
+    assert captured.out.splitlines()[-1] == f"3 of 3 cases done, 1 flagged for review; volumes in {output / 'volumes.csv'}"
+    rows = _read_volumes(output)
+    assert rows["la_004"]["lavi_ml_per_m2"] and not rows["no_heart"]["lavi_ml_per_m2"]
+
+
 def test_cleanup_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys):
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path / "out"), "--threshold", "50"]) == 2
     assert capsys.readouterr().err.strip() == "error: threshold 50 must lie between 0 and 1 (it cuts a probability)"
