@@ -251,8 +251,8 @@ def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str 
     """``warning:`` lines where a clinical table leaves ``cases`` without an LA volume index, which
     would otherwise go unsaid: none of its cases is one (a table of another cohort, names written
     otherwise); a row names a case without a row but for letter case or an image suffix
-    (``LA_003``, ``la_003.nii.gz`` for ``la_003``); cases with no height and weight in it (a typo
-    in a name, a missing value)."""
+    (``LA_003``, ``la_003.nii.gz`` for ``la_003``); cases that lack a height or a weight in it (a
+    typo in a name, a missing value)."""
     if not clinical or not cases:
         return []
     here = set(cases)
@@ -273,9 +273,23 @@ def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str 
         warnings.append(f"warning: {path}: rows named otherwise than their case ({some_names(sorted(near.values()), 3)}): "
                         "no LA volume index for those cases (names must match exactly)")
     if unmatched := sorted(here - set(clinical) - near.keys()):
-        warnings.append(f"warning: {path}: {len(unmatched)} of {len(here)} cases have no height and weight in it "
+        warnings.append(f"warning: {path}: {len(unmatched)} of {len(here)} cases lack a height or a weight in it "
                         f"({some_names(unmatched, 3)}): no LA volume index for them")
     return warnings
+
+
+def same_scan_warning(rows: list[dict], table: Path) -> str | None:
+    """A ``warning:`` line where rows of several cases record one scan (the same ``input_sha256``):
+    a subject counted twice in a cohort's statistics, or a scan filed under two names."""
+    cases_of: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("status") != "failed" and row.get("input_sha256"):
+            cases_of.setdefault(row["input_sha256"], []).append(row["case"])
+    repeated = sorted(" = ".join(sorted(cases)) for cases in cases_of.values() if len(cases) > 1)
+    if not repeated:
+        return None
+    return (f"warning: {table}: {len(repeated)} scan(s) recorded under more than one case name, by their SHA-256 "
+            f"({some_names(repeated, 3)}): one subject counted twice?")
 
 
 def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
@@ -582,6 +596,8 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
             bar.close()
+    if warning := same_scan_warning(read_table(table), table):
+        print(warning, file=sys.stderr)
     if not quiet:
         print(f"{done} of {len(cases)} cases done, {flagged} flagged for review; volumes in {table}")
     return done, failures
@@ -719,6 +735,8 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
             if scans.get(row["case"], (True,))[0] is False:  # found the same: no need to hash it next time
                 row["input_fingerprint"] = scans[row["case"]][1]
         write_table(rows, table_path, _table_columns(rows))
+    if warning := same_scan_warning(rows, table_path):
+        problems.append(warning)
     if unsharded:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
     if newer:

@@ -14,6 +14,12 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGE = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop.nii.gz"
 SAMPLE_LABEL = REPOSITORY / "LeftAtriumSeg" / "Resources" / "SampleData" / "la_022_crop_label.nii.gz"
 
+def besides_copies_of_one_scan(stderr: str) -> list[str]:
+    """Standard error's lines but the warning that cases are copies of one scan, which the tests
+    that copy the sample under several names get as a user would."""
+    return [line for line in stderr.splitlines() if "recorded under more than one case name" not in line]
+
+
 # A grid that exercises every part of the geometry: oblique direction, anisotropic
 # spacing, non-zero origin.
 OBLIQUE_DIRECTION = tuple(

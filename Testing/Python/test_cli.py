@@ -230,7 +230,8 @@ def test_a_volume_without_an_atrium_is_flagged_not_failed(tmp_path, capsys):
 
 
 def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_and_weight(tmp_path, capsys):
-    """A name typo or R's NA left a case without its index, unsaid, where other rows matched."""
+    """A name typo or R's NA left a case without its index, unsaid, where other rows matched; one
+    scan under two names passed as two subjects."""
     noise = np.random.default_rng(0).normal(100, 20, (64, 128, 128)).astype(np.float32)
     image = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(noise), 4.0)
     image.SetSpacing((1.25, 1.25, 1.25))
@@ -238,14 +239,17 @@ def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_an
     scans.mkdir()
     sitk.WriteImage(image, str(scans / "no_heart.nii.gz"))
     (scans / "la_003.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
-    (scans / "la_004.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (scans / "la_004.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())  # one scan under two names
     clinical = tmp_path / "clinical.csv"
     clinical.write_text("case,height_cm,weight_kg\nla_03,170,70\nla_004,180,80\nno_heart,NA,80\n")
     output = tmp_path / "out"
     assert main(["segment", str(scans), "--clinical", str(clinical), "--output-dir", str(output)]) == 0
     captured = capsys.readouterr()
-    assert captured.err.splitlines()[0] == (f"warning: {clinical}: 2 of 3 cases have no height and weight in it "
+    assert captured.err.splitlines()[0] == (f"warning: {clinical}: 2 of 3 cases lack a height or a weight in it "
                                             "(la_003, no_heart): no LA volume index for them")
+    assert captured.err.splitlines()[-1] == (f"warning: {output / 'volumes.csv'}: 1 scan(s) recorded under more than "
+                                             "one case name, by their SHA-256 (la_003 = la_004): one subject counted "
+                                             "twice?")
     assert captured.out.splitlines()[-1] == f"3 of 3 cases done, 1 flagged for review; volumes in {output / 'volumes.csv'}"
     rows = _read_volumes(output)
     assert rows["la_004"]["lavi_ml_per_m2"] and not rows["no_heart"]["lavi_ml_per_m2"]
