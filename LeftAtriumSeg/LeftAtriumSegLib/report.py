@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import urllib.parse
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -28,6 +29,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed or wanted
+# A case name in a script the font lacks (李) is drawn with boxes; matplotlib's warning would print
+# its own source lines for every picture, even under --quiet.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
@@ -50,6 +54,7 @@ from .batch import (  # noqa: E402
     refuse_shared_names,
 )
 from .errors import LeftAtriumSegError, error_line, some_names  # noqa: E402
+from .evaluation import matched_cases  # noqa: E402
 from .io import (  # noqa: E402
     CaseInput,
     atomic_output,
@@ -437,6 +442,7 @@ PLOTLY_JS = "plotly.min.js"
 CASE_RECORD = re.compile(r'<script type="application/json" id="case-record">(?P<record>.*?)</script>', re.DOTALL)
 PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
+td.text,h1,h2{overflow-wrap:anywhere;max-width:40em}
 tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}
 img.slices{width:400px;image-rendering:pixelated}"""
 
@@ -462,6 +468,12 @@ def _link(file_name: str) -> str:
     return html.escape(urllib.parse.quote(file_name))
 
 
+def _plot_text(text: str) -> str:
+    """``text`` shown as it is in a plotly title or label, which would read ``<b>``, ``<a href=...>``
+    and the like in it as markup (plotly.js turns the entities back into characters)."""
+    return html.escape(text, quote=False)
+
+
 def _surface_html(case: str, mesh: trimesh.Trimesh | None) -> str:
     if mesh is None:
         return "<p>No surface: the mask is empty.</p>"
@@ -470,7 +482,7 @@ def _surface_html(case: str, mesh: trimesh.Trimesh | None) -> str:
     surface = go.Figure(go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2],
                                   i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
                                   color=f"rgb{PREDICTION_RGB}", flatshading=False))
-    surface.update_layout(title=f"{case}: surface (drag to rotate)", width=520, height=460,
+    surface.update_layout(title=_plot_text(f"{case}: surface (drag to rotate)"), width=520, height=460,
                           scene={"aspectmode": "data", "xaxis_title": "L (mm)", "yaxis_title": "P (mm)",
                                  "zaxis_title": "S (mm)"})
     return _figure_html(surface, "surface")
@@ -512,6 +524,7 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
     predicted = np.array([c.volume_ml for c in cases])
     reference = np.array([c.reference_ml for c in cases])
     names = [c.case for c in cases]
+    names = [_plot_text(name) for name in names]
     scatter = go.Figure(go.Scatter(x=reference, y=predicted, mode="markers", text=names, name="cases"))
     limit = [0, float(max(predicted.max(), reference.max()) * 1.1)]
     scatter.add_trace(go.Scatter(x=limit, y=limit, mode="lines", name="identity", line={"dash": "dash"}))
@@ -662,6 +675,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     refuse_existing_output(report_path, overwrite)
     masks = files_by_case(predictions)
     references = files_by_case(labels) if labels else {}
+    matched_cases(masks, references)  # a mask as its own reference would pass with Dice 1
     for entry in map(Path, images):
         if not entry.exists():
             raise LeftAtriumSegError(f"{entry}: not found")
@@ -669,9 +683,20 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
     results: dict[str, dict] = {}  # the rows that speak for the masks reported
     latest = {case: rows[0] for case, rows in table_rows.items()}
     # A scan is known by the name its table row gives it, where one records it as input: a manifest
-    # may have named it otherwise, or given its name to another scan.
-    named = {os.path.realpath(row["input"]): case for case, row in latest.items() if row.get("input")}
-    found = [replace(case, case=named.get(os.path.realpath(case.path), case.case)) for case in find_cases(images)]
+    # may have named it otherwise, or given its name to another scan. The path as recorded first
+    # (two links to one file are two cases, as segment names them), then its target where only one
+    # row has that (the scans given by another path to them).
+    named = {os.path.abspath(row["input"]): case for case, row in latest.items() if row.get("input")}
+    by_target: dict[str, list[str]] = {}
+    for case, row in latest.items():
+        if row.get("input"):
+            by_target.setdefault(os.path.realpath(row["input"]), []).append(case)
+
+    def name_of(scan: CaseInput) -> str:
+        targeted = by_target.get(os.path.realpath(scan.path), [])
+        return named.get(os.path.abspath(scan.path)) or (targeted[0] if len(targeted) == 1 else scan.case)
+
+    found = [replace(case, case=name_of(case)) for case in find_cases(images)]
     refuse_shared_names(found, "give --images only the scans meant")
     cases = [case for case in found if case.case in masks]
     left_out, failures = [], 0
@@ -707,6 +732,11 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             recorded = _record_of(table_rows.get(case.case, []), masks[case.case]) or {}
             if recorded:
                 results[case.case] = recorded
+            elif masks[case.case].is_file() and any(Path(row.get("output") or "").name == masks[case.case].name
+                                                    for row in table_rows.get(case.case, [])):
+                tqdm.write(f"warning: {masks[case.case]}: is not the mask its table in {predictions} recorded (edited or "
+                           "replaced since segment made it): its quality flag is unknown, it is shown as not recorded",
+                           file=sys.stderr)
             height_weight = clinical.get(case.case, (None, None))
             made_from = case_inputs(case, masks[case.case], references.get(case.case), *height_weight,
                                     recorded.get("qc", ""), recorded.get("qc_reasons", ""))
@@ -742,7 +772,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             failures += 1
             line = error_line(error, case.path, masks[case.case], references.get(case.case),
                               *case_files(output_dir, case.case).values())
-            print(f"error: {line}", file=sys.stderr)
+            tqdm.write(f"error: {line}", file=sys.stderr)  # on a line of its own, under the progress bar
             left_out.append((case.case, f"report failed: {line}"))
     if overwrite:  # an earlier run's pictures of a case now listed without them would pass for its own
         for case, _ in left_out:

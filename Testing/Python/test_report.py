@@ -558,3 +558,52 @@ def test_the_row_that_records_a_mask_is_found_in_any_table(tmp_path):
                  "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert '<tr class="review"><td class="text"><a href="a.html">a</a></td><td class="text">review: the networks disagree' in page
+
+
+def test_two_links_to_one_scan_are_two_cases_as_segment_named_them(tmp_path, capsys):
+    """report named both after one row found through the links' target, and refused the whole run."""
+    scans, predictions = tmp_path / "scans", tmp_path / "predictions"
+    scans.mkdir()
+    (tmp_path / "scan.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    for case in ("a", "b"):
+        (scans / f"{case}.nii.gz").symlink_to(tmp_path / "scan.nii.gz")
+    assert main(["segment", str(scans), "--output-dir", str(predictions), "--quiet"]) == 0
+    assert main(["report", "--images", str(scans), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    assert (tmp_path / "report" / "a.html").is_file() and (tmp_path / "report" / "b.html").is_file()
+
+
+def test_the_predictions_given_as_their_own_references_are_refused(tmp_path, capsys):
+    images, predictions = _report_folders(tmp_path, "a")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions), "--labels", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {predictions / 'a.nii.gz'}: is both the prediction and the label of case a (one folder given for "
+        "both?); it would score perfectly against itself")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_case_name_reads_as_itself_in_the_plots_not_as_their_markup(tmp_path):
+    """Plotly reads <b> or <a href=...> in a title as markup: a name could bold or link the surface's title."""
+    images, predictions = _report_folders(tmp_path, "a<b>x")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    page = (tmp_path / "report" / "a<b>x.html").read_text(encoding="utf-8")
+    assert '"text":"a&lt;b&gt;x: surface (drag to rotate)"' in page
+    assert "\\u003cb\\u003e" not in page
+
+
+def test_a_mask_replaced_since_segment_made_it_is_said_and_shown_unrecorded(tmp_path, capsys):
+    """Another subject's mask copied over a case's passed without a word, its row's flag gone."""
+    images, predictions = _report_folders(tmp_path, "a")
+    (predictions / "a.nii.gz").unlink()
+    assert main(["segment", str(images), "--output-dir", str(predictions), "--format", "nii.gz", "--quiet"]) == 0
+    edited = sitk.ReadImage(str(predictions / "a.nii.gz"))
+    edited[0, 0, 0] = 1
+    sitk.WriteImage(edited, str(predictions / "a.nii.gz"))
+    capsys.readouterr()
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"warning: {predictions / 'a.nii.gz'}: is not the mask its table in {predictions} recorded (edited or replaced "
+        "since segment made it): its quality flag is unknown, it is shown as not recorded")
