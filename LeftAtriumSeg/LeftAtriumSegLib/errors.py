@@ -19,6 +19,7 @@ def error_line(error: Exception, *paths) -> str:
     """``PATH: problem`` on one line, naming one file once: the message (ITK's run over several
     lines) as it is when it names one of ``paths`` already, else with the first of them in front."""
     message = re.sub(r"\s*\n\s*", " ", str(error).strip())  # spaces within a path stay as they are
+    message = re.sub(r"\(0x[0-9a-f]+\)", "", message)  # ITK's object addresses: NrrdImageIO(0x55dc...)
     return message if any(str(path) in message for path in paths if path) else f"{paths[0]}: {message}"
 
 

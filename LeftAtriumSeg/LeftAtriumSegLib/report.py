@@ -444,7 +444,7 @@ PAGE_STYLE = """body{font-family:sans-serif;margin:2em} table{border-collapse:co
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td.text,th.text{text-align:left}
 td.text,h1,h2{overflow-wrap:anywhere;max-width:40em}
 tr.review{background:#fff3d6} tr.failed{background:#eeeeee} .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} img{max-width:520px}
-img.slices{width:400px;image-rendering:pixelated}"""
+img.slices{width:400px;max-height:600px;object-fit:contain;image-rendering:pixelated}"""
 
 
 def _page(title: str, body: str) -> str:
@@ -504,8 +504,10 @@ def case_page(report: CaseReport, mesh: trimesh.Trimesh | None, made_from: dict 
             f"<p>{html.escape('; '.join(facts))}.</p>"
             f"<p>Orange contours: prediction{'; blue: reference' if report.reference_ml is not None else ''}.</p>"
             '<div class="row">'
-            f'<img alt="{html.escape(report.case)} montage" src="{_link(report.montage_png.name)}">'
-            f'<img class="slices" alt="{html.escape(report.case)} slices" src="{_link(report.slices_gif.name)}">'
+            f'<img alt="{html.escape(report.case)}: slices through the atrium with the contours" '
+            f'src="{_link(report.montage_png.name)}">'
+            f'<img class="slices" alt="{html.escape(report.case)}: every slice in turn with the contours" '
+            f'src="{_link(report.slices_gif.name)}">'
             + _surface_html(report.case, mesh) + "</div>")
     if report.surface_stl is not None:
         body += (f'<p>The surface as a mesh, <a href="{_link(report.surface_stl.name)}">{html.escape(report.surface_stl.name)}</a>'
@@ -584,10 +586,11 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     cases = sorted(cases, key=lambda c: ({"review": 0, "": 1}.get(c.qc, 2), c.case))
     referenced = [c for c in cases if c.reference_ml is not None]
     has_lavi = any(c.volume_index is not None for c in cases)
-    header = '<tr><th class="text">case</th><th class="text">quality check</th><th>LA volume (mL)</th>'
-    header += "<th>BSA (m²)</th><th>LAVI (mL/m²)</th><th>grade</th>" if has_lavi else ""
-    header += "<th>reference (mL)</th><th>Dice</th>" if referenced else ""
-    header += "</tr>"
+    columns = ["case", "quality check", "LA volume (mL)", *(["BSA (m²)", "LAVI (mL/m²)", "grade"] if has_lavi else []),
+               *(["reference (mL)", "Dice"] if referenced else [])]
+    text = ' class="text"'  # left-aligned: words, not numbers
+    header = "<tr>" + "".join(f'<th scope="col"{text if name in ("case", "quality check") else ""}>{name}</th>'
+                              for name in columns) + "</tr>"
     empty_cells = "<td></td>" * (1 + 3 * has_lavi + 2 * bool(referenced))
     body = [f'<tr class="failed"><td class="text">{html.escape(case)}</td><td class="text">{html.escape(reason)}</td>'
             f"{empty_cells}</tr>" for case, reason in sorted(left_out)]
@@ -615,7 +618,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
 Each case's name opens its page: slices with contours, a slice animation and a rotatable surface.
 Volumes are voxel count times voxel volume.</p>
 {f"<p>Masks made by: {html.escape(made_by)}.</p>" if made_by else ""}
-<table>{header}{''.join(body)}</table>
+<table><caption>Every case: flagged and failed first</caption>{header}{''.join(body)}</table>
 {sections}""")
     with atomic_output(path, overwrite) as temporary:
         temporary.write_text(page, encoding="utf-8")
@@ -712,6 +715,9 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
             failures += 1
     if not cases and not left_out:
         raise LeftAtriumSegError(f"no image in {', '.join(map(str, images))} has a prediction in {predictions}")
+    if unreported := sorted(case.case for case in found if case.case not in masks and case.case not in latest):
+        print(f"note: {len(unreported)} image(s) have no mask in {predictions} and no row in its table, not reported: "
+              f"{some_names(unreported)}", file=sys.stderr)
     names = [case.case for case in cases]
     for warning in clinical_match_warnings(clinical, clinical_path, names):
         print(warning, file=sys.stderr)

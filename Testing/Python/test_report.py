@@ -607,3 +607,26 @@ def test_a_mask_replaced_since_segment_made_it_is_said_and_shown_unrecorded(tmp_
     assert capsys.readouterr().err.strip() == (
         f"warning: {predictions / 'a.nii.gz'}: is not the mask its table in {predictions} recorded (edited or replaced "
         "since segment made it): its quality flag is unknown, it is shown as not recorded")
+
+
+def test_a_damaged_nrrd_mask_is_named_without_itks_object_address(tmp_path, capsys):
+    """ITK's message carried its reader's address in memory: NrrdImageIO(0x55dc3fd29190)."""
+    images, predictions = _report_folders(tmp_path, "a")
+    (predictions / "a.nii.gz").unlink()
+    mask = sitk.ReadImage(str(SAMPLE_LABEL))
+    sitk.WriteImage(mask, str(predictions / "a.seg.nrrd"), useCompression=False)
+    data = (predictions / "a.seg.nrrd").read_bytes()
+    (predictions / "a.seg.nrrd").write_bytes(data[: len(data) // 2])
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"error: {predictions / 'a.seg.nrrd'}") and "(0x" not in error, error
+
+
+def test_images_with_neither_a_mask_nor_a_row_are_noted(tmp_path, capsys):
+    images, predictions = _report_folders(tmp_path, "a")
+    (images / "b.nii.gz").write_bytes(SAMPLE_IMAGE.read_bytes())
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"note: 1 image(s) have no mask in {predictions} and no row in its table, not reported: b")
