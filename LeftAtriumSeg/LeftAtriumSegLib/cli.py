@@ -185,6 +185,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .model_card import write_model_card  # noqa: PLC0415
     from .model_file import ModelConfig  # noqa: PLC0415
     from .training import TrainingSettings, resolve_device, train_model  # noqa: PLC0415
+    from .training.layout import MODEL_NAME, PROBABILITY_FOLDER, fold_folder  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -205,10 +206,11 @@ def run_train(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
     output_dir = Path(args.output_dir)
     if args.folds:
-        print(f"fold models: {output_dir / 'fold_K' / 'model.safetensors'} (K 0-{args.folds - 1}); held-out probability "
-              f"maps: {output_dir / 'probabilities'}; their Dice, HD95 and volume errors: the model card")
+        print(f"fold models: {fold_folder(output_dir, 0) / MODEL_NAME} to {fold_folder(output_dir, args.folds - 1)}; "
+              f"held-out probability maps: {output_dir / PROBABILITY_FOLDER}; their Dice, HD95 and volume errors: the "
+              "model card")
     else:
-        print(f"model: {output_dir / 'model.safetensors'}")
+        print(f"model: {output_dir / MODEL_NAME}")
     print(f"model card: {write_model_card(output_dir)}")
     return 0
 

@@ -223,14 +223,15 @@ class DataFolders:
     def __post_init__(self) -> None:
         data: dict[Path, str | Path] = {}
         for folder in self.folders:
-            if data.setdefault(_resolved(folder), folder) is not folder:
-                raise LeftAtriumSegError(f"{folder}: given twice among the data folders "
-                                         f"(as {data[_resolved(folder)]} too)")
+            if (key := _resolved(folder)) in data:
+                raise LeftAtriumSegError(f"{folder}: given twice among the data folders (as {data[key]} too)")
+            data[key] = folder
         respaced: dict[Path, str | Path] = {}
         for folder in self.respaced:  # different spellings of one folder
-            if respaced.setdefault(_resolved(folder), folder) is not folder:
-                raise LeftAtriumSegError(f"{folder}: given twice as a respaced folder (as {respaced[_resolved(folder)]} "
-                                         "too); which spacing is the scans'?")
+            if (key := _resolved(folder)) in respaced:
+                raise LeftAtriumSegError(f"{folder}: given twice as a respaced folder (as {respaced[key]} too); which "
+                                         "spacing is the scans'?")
+            respaced[key] = folder
         for named, role in ((self.task02_headers, "a Task02_Heart folder"), (self.respaced, "a respaced folder")):
             outside = {_resolved(folder) for folder in named} - data.keys()
             if outside:

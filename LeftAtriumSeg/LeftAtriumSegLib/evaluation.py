@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .datasets import read_decathlon_cases
+from .training.layout import MODEL_NAME, RECORD_NAME, fold_folder
 from .errors import LeftAtriumSegError, error_line, some_names
 from .io import files_by_case, on_grid_of, read_mask, read_probability_map
 from .metrics import mean_of_defined, segmentation_metrics
@@ -50,7 +51,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     """
     from .onnx_network import load_onnx_networks  # noqa: PLC0415 - onnxruntime only where a model is needed
 
-    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
+    training = json.loads((run_dir / RECORD_NAME).read_text(encoding="utf-8"))
     listed = {case.case_id: case for case in read_decathlon_cases(data_dir)}
     held_out = [(index, listed[case]) for index, fold in enumerate(training["folds"]) for case in fold["validation"]
                 if case in listed]
@@ -59,7 +60,7 @@ def held_out_cases(run_dir: Path, data_dir: Path) -> Iterator[tuple[int, str, si
     model_fold = None
     for index, case in held_out:
         if index != model_fold:
-            model, model_fold = load_onnx_networks(run_dir / f"fold_{index}" / "model.safetensors", "cpu"), index
+            model, model_fold = load_onnx_networks(fold_folder(run_dir, index) / MODEL_NAME, "cpu"), index
         yield index, case.case_id, sitk.ReadImage(str(case.image_path)), sitk.ReadImage(str(case.label_path)), model
 
 
@@ -92,9 +93,8 @@ def evaluate_case(prediction: Path, label: Path) -> dict:
     Raises
     ------
     InputImageError
-        For a file that is not a readable mask (``io.read_mask``).
-    ValueError
-        For a prediction that is not on its label's grid.
+        For a file that is not a readable mask (``io.read_mask``), or a prediction off its label's
+        grid (``io.on_grid_of``).
     """
     label_image = read_mask(label)
     prediction_image = on_grid_of(read_mask(prediction), label_image, prediction, label, "label")
@@ -179,9 +179,10 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
     Raises
     ------
     ValueError
-        Where no probability map has a label in ``labels``, or a map is not on its label's grid.
+        Where no probability map has a label in ``labels``.
     InputImageError
-        For a map or label that cannot be read as one (``io.read_probability_map``, ``io.read_mask``).
+        For a map or label that cannot be read as one, or a map off its label's grid
+        (``probability_map_and_label``).
     """
     maps = files_by_case(probabilities)
     cases = matched_cases(maps, files_by_case(labels))
@@ -191,9 +192,27 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
         print(f"note: {len(unlabelled)} probability map(s) in {probabilities} have no label in {labels}, not scored: "
               f"{some_names(unlabelled)}", file=sys.stderr)
     for case, map_path, label_path in cases:
-        label = read_mask(label_path)
-        probability_map = on_grid_of(read_probability_map(map_path), label, map_path, label_path, "label")
-        yield case, sitk.GetArrayFromImage(probability_map), sitk.GetArrayFromImage(label) > 0, label.GetSpacing()
+        yield case, *probability_map_and_label(map_path, label_path)
+
+
+def probability_map_and_label(map_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A stored probability map and its label, on the label's grid (``io.on_grid_of``).
+
+    Returns
+    -------
+    probability_map : ndarray, shape (Z, Y, X)
+    reference_mask : ndarray of bool, shape (Z, Y, X)
+    spacing_mm : tuple of float
+        The label's voxel spacing ``(x, y, z)`` in mm.
+
+    Raises
+    ------
+    InputImageError
+        For a map or label that cannot be read as one, or a map off its label's grid.
+    """
+    label = read_mask(label_path)
+    probability_map = on_grid_of(read_probability_map(map_path), label, map_path, label_path, "label")
+    return sitk.GetArrayFromImage(probability_map), sitk.GetArrayFromImage(label) > 0, label.GetSpacing()
 
 
 def cleanup_ablation(probabilities: Path, labels: Path, variants: Iterable[tuple[str, CleanupSettings]],

@@ -12,15 +12,14 @@ import datetime
 import json
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from .datasets import read_decathlon_cases
-from .io import atomic_output, on_grid_of, read_mask, read_probability_map
+from .evaluation import probability_map_and_label
+from .io import atomic_output
 from .metrics import mean_of_defined, segmentation_metrics
 from .model_file import model_file_sha256
 from .postprocessing import CleanupSettings, clean_mask
+from .training.layout import CARD_NAME, MODEL_NAME, RECORD_NAME, probability_map_path
 
-CARD_NAME = "MODEL_CARD.md"
 
 
 def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], settings: CleanupSettings) -> list[dict]:
@@ -46,11 +45,8 @@ def held_out_metrics(run_dir: Path, data_folder: Path, fold_of: dict[str, int], 
     for case in read_decathlon_cases(data_folder):
         if case.case_id not in fold_of:
             continue
-        map_path = run_dir / "probabilities" / f"{case.case_id}.nii.gz"
-        label = read_mask(case.label_path)
-        probability_map = sitk.GetArrayFromImage(
-            on_grid_of(read_probability_map(map_path), label, map_path, case.label_path, "label"))
-        reference, spacing_mm = sitk.GetArrayViewFromImage(label) > 0, label.GetSpacing()
+        probability_map, reference, spacing_mm = probability_map_and_label(
+            probability_map_path(run_dir, case.case_id), case.label_path)
         rows.append({"case": case.case_id, "fold": fold_of[case.case_id], **segmentation_metrics(
             clean_mask(probability_map, spacing_mm, settings), reference, spacing_mm)})
     return rows
@@ -94,14 +90,14 @@ def model_card(run_dir: Path) -> str:
     Read back from ``training.json``, the model file and, for a cross-validation run, the
     held-out probability maps, and from the data folders they name.
     """
-    training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
+    training = json.loads((run_dir / RECORD_NAME).read_text(encoding="utf-8"))
     config, settings = training["config"], training["settings"]
     cleanup = CleanupSettings()
     if "folds" in training:
         what = (f"Cross-validation run, {len(training['folds'])} folds by case (identical images in one fold): "
                 "each fold's model is `fold_K/model.safetensors`.")
     else:
-        digest = model_file_sha256(run_dir / "model.safetensors")
+        digest = model_file_sha256(run_dir / MODEL_NAME)
         what = f"Model file `model.safetensors`, trained on every case listed below; SHA-256 `{digest}`."
     lines = [
         f"# Model card: {config['name']} {config['version']}",

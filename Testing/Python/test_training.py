@@ -70,6 +70,16 @@ def test_more_folds_than_distinct_images_are_refused_before_training(tmp_path):
     assert list((tmp_path / "run").iterdir()) == []
 
 
+def test_one_data_folder_given_twice_is_refused_however_it_is_given(tmp_path):
+    """A check by identity let the same object (argv's one-character strings are one) through."""
+    _write_dataset(tmp_path / "d", 2)
+    for twice in ([tmp_path / "d", tmp_path / "d"], [str(tmp_path / "d"), str(tmp_path / "d") + "/"]):
+        with pytest.raises(LeftAtriumSegError, match="given twice among the data folders"):
+            DataFolders(twice)
+    with pytest.raises(LeftAtriumSegError, match="given twice as a respaced folder"):
+        DataFolders([tmp_path / "d"], respaced={tmp_path / "d": (1.0, 1.0, 1.0), str(tmp_path / "d"): (2.0, 2.0, 2.0)})
+
+
 def test_one_case_id_in_two_data_folders_is_refused(tmp_path):
     _write_dataset(tmp_path / "a", 2)
     _write_dataset(tmp_path / "b", 1)  # case_000 again: its maps and folds would be confused
@@ -224,17 +234,24 @@ def test_overwrite_replaces_an_earlier_runs_files_and_keeps_the_users(tmp_path):
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False)
     (run / "MODEL_CARD.md").write_text("the card train writes")
     (run / "notes.txt").write_text("the user's notes")
-    (run / "fold_0" / "notes.txt").write_text("the user's notes on fold 0")
+    (run / "fold_0" / "MODEL_CARD.md").write_text("the user's notes on fold 0")
     with pytest.raises(LeftAtriumSegError, match=r"run: holds an earlier run \(training.json\): --resume goes on with "
                                                  r"it if it was interrupted, --overwrite replaces it$"):
         train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
 
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
 
-    assert _run_files(run) == ["checkpoint_coronal.safetensors", "fold_0/notes.txt", "model.safetensors", "notes.txt",
-                               "training.json"]
+    assert _run_files(run) == ["checkpoint_coronal.safetensors", "fold_0/MODEL_CARD.md", "model.safetensors",
+                               "notes.txt", "training.json"]
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
     assert "model.safetensors" not in _run_files(run) and "fold_1/model.safetensors" in _run_files(run)
+
+    # An --overwrite refused for its data leaves the earlier run as it was.
+    before = {path: (run / path).read_bytes() for path in _run_files(run)}
+    (tmp_path / "data" / "labelsTr" / "case_001.nii.gz").write_text("not an image")
+    with pytest.raises(InputImageError, match="case_001.nii.gz: file is truncated"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
+    assert {path: (run / path).read_bytes() for path in _run_files(run)} == before
 
 
 def test_a_resume_cleans_up_after_a_killed_run_and_refuses_a_foreign_checkpoint_before_recording(tmp_path):
@@ -242,10 +259,13 @@ def test_a_resume_cleans_up_after_a_killed_run_and_refuses_a_foreign_checkpoint_
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
-    killed = run / f".partial-{socket.gethostname()}-{2**22 + 1}-0-checkpoint_coronal.safetensors"  # no such process
-    killed.write_bytes(b"half a checkpoint")
+    (run / "probabilities").mkdir()
+    killed = [folder / f".partial-{socket.gethostname()}-{2**22 + 1}-0-{name}"  # no such process
+              for folder, name in ((run, "checkpoint_coronal.safetensors"), (run / "probabilities", "case_000.nii.gz"))]
+    for path in killed:
+        path.write_bytes(b"half a file")
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
-    assert not killed.exists()
+    assert not any(path.exists() for path in killed)
 
     foreign = tmp_path / "foreign"
     train_model([tmp_path / "data"], foreign, TINY_CONFIG, replace(settings, seed=1), show_progress=False)

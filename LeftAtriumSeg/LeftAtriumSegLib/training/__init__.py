@@ -7,6 +7,7 @@ with batches of random crops of slice stacks, rotated, scaled and intensity-jitt
 
 One module per stage, each importing only those above it:
 
+- ``layout``: where a run's files lie in its folder;
 - ``settings``: ``TrainingSettings``, every choice that shapes the weights;
 - ``data``: cases prepared in the model frame, and the training list;
 - ``augmentation``: batches of random augmented crops;
@@ -60,4 +61,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted({*globals(), *__all__})

@@ -17,6 +17,7 @@ from ..io import atomic_output
 from ..model_file import ModelConfig, save_model
 from ..onnx_network import load_onnx_networks
 from .data import PreparedCases
+from .layout import MODEL_NAME, PROBABILITY_FOLDER, fold_folder, probability_map_path
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
 from .quantization import quantize_model_file
@@ -98,26 +99,25 @@ def cross_validate(
     LeftAtriumSegError
         With ``resume``: a checkpoint is unreadable, damaged or another training's.
     """
-    probability_dir = output_dir / "probabilities"
-    probability_dir.mkdir(exist_ok=True)
+    (output_dir / PROBABILITY_FOLDER).mkdir(exist_ok=True)
     for index, validation in enumerate(validation_sets):
-        fold_dir = output_dir / f"fold_{index}"
+        fold_dir = fold_folder(output_dir, index)
         fold_dir.mkdir(exist_ok=True)
         training = data.training_list(held_out=validation)
         networks, seconds = train_networks(
             training, config, settings, fold_dir,
             description=f"fold_{index} (of {len(validation_sets)}) ", show_progress=show_progress, device=device, resume=resume, loss=loss,
         )
-        save_model(fold_dir / "model.safetensors", networks, config)
-        quantize_model_file(fold_dir / "model.safetensors", training, settings.seed)
-        _write_probability_maps(fold_dir / "model.safetensors", validation, config, probability_dir)
+        save_model(fold_dir / MODEL_NAME, networks, config)
+        quantize_model_file(fold_dir / MODEL_NAME, training, settings.seed)
+        _write_probability_maps(fold_dir / MODEL_NAME, validation, config, output_dir)
         yield {"validation": sorted({case.case_id for case in validation}), "training_seconds": seconds}
 
 
-def _write_probability_maps(model_path: Path, cases: Sequence[Case], config: ModelConfig, folder: Path) -> None:
+def _write_probability_maps(model_path: Path, cases: Sequence[Case], config: ModelConfig, run_dir: Path) -> None:
     """Each case's probability map by the model file at ``model_path``, on the case's own grid."""
     networks, _ = load_onnx_networks(model_path, "cpu")
     for case in cases:
         probability_map = predict(sitk.ReadImage(str(case.image_path)), networks, config).probability_map
-        with atomic_output(folder / f"{case.case_id}.nii.gz", overwrite=True) as temporary:
+        with atomic_output(probability_map_path(run_dir, case.case_id), overwrite=True) as temporary:
             sitk.WriteImage(probability_map, str(temporary), useCompression=True)

@@ -19,6 +19,7 @@ from ..network import UNet2D
 from ..preprocessing import VIEW_AXES
 from .augmentation import sample_batch
 from .checkpoints import checkpoint_seconds, load_checkpoint, save_checkpoint
+from .layout import checkpoint_path as checkpoint_in
 from .data import TrainingEntry, alternatives
 from .losses import Loss, dice_bce_loss
 from .settings import TrainingSettings
@@ -206,7 +207,7 @@ def train_networks(
     """
     networks, seconds = nn.ModuleDict(), {}
     for view in config.views:
-        checkpoint_path = output_dir / f"checkpoint_{view}.safetensors"
+        checkpoint_path = checkpoint_in(output_dir, view)
         networks[view] = train_network(
             cases, config, settings, view, checkpoint_path=checkpoint_path, description=f"{description}{view}",
             show_progress=show_progress, device=device, resume=resume, loss=loss,

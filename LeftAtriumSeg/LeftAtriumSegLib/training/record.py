@@ -16,7 +16,6 @@ from ..io import atomic_output
 from ..model_file import ModelConfig, parameter_count
 from .settings import TrainingSettings, as_recorded_now
 
-RECORD_NAME = "training.json"
 # What a resumed run must share with the run it goes on with.
 SAME_TRAINING_KEYS = ("cases", "fold_count", "task02_header_folders", "respaced_folders", "config", "settings")
 

@@ -12,14 +12,14 @@ import torch
 from ..datasets import DataFolders
 from ..errors import LeftAtriumSegError
 from ..io import create_output_folder, remove_stale_partials
-from ..model_card import CARD_NAME
 from ..model_file import ModelConfig, save_model
 from .checkpoints import check_checkpoint
+from .layout import CARD_NAME, CHECKPOINT_PATTERN, MODEL_NAME, PROBABILITY_FOLDER, RECORD_NAME, model_folders
 from .cross_validation import cross_validate, make_folds
 from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
-from .record import RECORD_NAME, new_record, resumed_record, write_record
+from .record import new_record, resumed_record, write_record
 from .quantization import quantize_model_file
 from .settings import TrainingSettings
 
@@ -105,8 +105,9 @@ def train_model(
     record = new_record(data, cases, folds, config, settings, command, device)
     if resume:
         record = resumed_record(record_path, record)
-        for folder in _run_folders(output_dir):
+        for folder in (*model_folders(output_dir), output_dir / PROBABILITY_FOLDER):
             remove_stale_partials(folder)  # of a run killed while it wrote
+        for folder in model_folders(output_dir):
             for checkpoint in folder.glob(CHECKPOINT_PATTERN):  # before this sitting is recorded
                 check_checkpoint(checkpoint, config, settings)
     else:
@@ -117,6 +118,8 @@ def train_model(
     # distinct images leaves the folder as empty as a bad image does.
     validation_sets = make_folds(cases, folds, settings.seed) if folds else []
     record["preparation_seconds"] = round(time.perf_counter() - start, 1)
+    if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
+        _remove_earlier_run(output_dir)
     write_record(record_path, record)
     if folds == 0:
         training = prepared.training_list()
@@ -136,33 +139,30 @@ def train_model(
     return record
 
 
-# What a run writes, in its folder and in each fold's; nothing else there is removed by --overwrite.
-MODEL_NAME = "model.safetensors"
-CHECKPOINT_PATTERN = "checkpoint_*.safetensors"
-PROBABILITY_FOLDER = "probabilities"
-
-
-def _run_folders(output_dir: Path) -> list[Path]:
-    return [output_dir, *sorted(path for path in output_dir.glob("fold_*") if path.is_dir())]
-
-
 def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
-    """Make ``output_dir``, and refuse one that holds files unless ``overwrite``; then an earlier
-    run's files there are removed (not others'), so that none is taken for this run's."""
+    """Make ``output_dir``, and refuse one that holds files unless ``overwrite``."""
     create_output_folder(output_dir)
     if not overwrite and any(output_dir.iterdir()):
         if (output_dir / RECORD_NAME).is_file():
             raise LeftAtriumSegError(f"{output_dir}: holds an earlier run ({RECORD_NAME}): --resume goes on with it "
                                      "if it was interrupted, --overwrite replaces it")
         raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
-    if overwrite:
-        (output_dir / RECORD_NAME).unlink(missing_ok=True)  # first: what a killed removal leaves is no run
-        for folder in _run_folders(output_dir):
-            remove_stale_partials(folder)
-            for path in (folder / MODEL_NAME, folder / CARD_NAME, *folder.glob(CHECKPOINT_PATTERN),
-                         *(folder / PROBABILITY_FOLDER).glob("*.nii.gz")):
-                path.unlink(missing_ok=True)
-            for emptied in (folder / PROBABILITY_FOLDER, folder):
-                if emptied != output_dir and emptied.is_dir() and not any(emptied.iterdir()):
-                    emptied.rmdir()
 
+
+def _remove_earlier_run(output_dir: Path) -> None:
+    """Remove the files an earlier run wrote (``layout``), not others, so that none is taken for
+    this run's: its model beside a cross-validation's record, or checkpoints another resume would
+    refuse."""
+    (output_dir / RECORD_NAME).unlink(missing_ok=True)  # first: what a killed removal leaves is no run
+    (output_dir / CARD_NAME).unlink(missing_ok=True)
+    probabilities = output_dir / PROBABILITY_FOLDER
+    remove_stale_partials(probabilities)
+    for path in probabilities.glob("*.nii.gz"):
+        path.unlink()
+    for folder in model_folders(output_dir):
+        remove_stale_partials(folder)
+        for path in (folder / MODEL_NAME, *folder.glob(CHECKPOINT_PATTERN)):
+            path.unlink(missing_ok=True)
+    for emptied in (probabilities, *model_folders(output_dir)[1:]):
+        if emptied.is_dir() and not any(emptied.iterdir()):
+            emptied.rmdir()
