@@ -216,12 +216,12 @@ def _number(text: str, column: str) -> float:
 MISSING_VALUE = re.compile(r"\s*(|na|n/a|nan|\.)\s*", re.IGNORECASE)
 
 
-def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
+def read_clinical(path: str | None) -> dict[str, tuple[float, float] | None]:
     """``case -> (height_cm, weight_kg)`` from a CSV with columns case, height_cm, weight_kg.
 
-    A case whose height or weight is missing (an empty cell, ``NA``, ``NaN``, ``.``) gets no LA
-    volume index; any other value that is not a plausible number stops the command before any
-    work, naming the line.
+    A case whose height or weight is missing (an empty cell, ``NA``, ``NaN``, ``.``) maps to None:
+    it gets no LA volume index. Any other value that is not a plausible number stops the command
+    before any work, naming the line.
     """
     if not path:
         return {}
@@ -237,6 +237,7 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
             raise LeftAtriumSegError(f"{path}: case {case} has two rows, lines {lines[case]} and {line}")
         lines[case] = line
         if MISSING_VALUE.fullmatch(row["height_cm"]) or MISSING_VALUE.fullmatch(row["weight_kg"]):
+            clinical[case] = None
             continue
         try:
             height_weight = tuple(_number(row[column], column) for column in ("height_cm", "weight_kg"))
@@ -247,7 +248,8 @@ def read_clinical(path: str | None) -> dict[str, tuple[float, float]]:
     return clinical
 
 
-def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str | None, cases: list[str]) -> list[str]:
+def clinical_match_warnings(clinical: dict[str, tuple[float, float] | None], path: str | None,
+                            cases: list[str]) -> list[str]:
     """``warning:`` lines where a clinical table leaves ``cases`` without an LA volume index, which
     would otherwise go unsaid: none of its cases is one (a table of another cohort, names written
     otherwise); a row names a case without a row but for letter case or an image suffix
@@ -255,7 +257,7 @@ def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str 
     typo in a name, a missing value)."""
     if not clinical or not cases:
         return []
-    here = set(cases)
+    here, measured = set(cases), {case for case, height_weight in clinical.items() if height_weight}
     if not set(clinical) & here:
         return [f"warning: {path}: none of its cases is a case here (it names {some_names(sorted(clinical), 3)}; "
                 f"here: {some_names(sorted(here), 3)}): no LA volume index is given"]
@@ -272,7 +274,7 @@ def clinical_match_warnings(clinical: dict[str, tuple[float, float]], path: str 
     if near:
         warnings.append(f"warning: {path}: rows named otherwise than their case ({some_names(sorted(near.values()), 3)}): "
                         "no LA volume index for those cases (names must match exactly)")
-    if unmatched := sorted(here - set(clinical) - near.keys()):
+    if unmatched := sorted(here - measured - near.keys()):
         warnings.append(f"warning: {path}: {len(unmatched)} of {len(here)} cases lack a height or a weight in it "
                         f"({some_names(unmatched, 3)}): no LA volume index for them")
     return warnings
@@ -515,7 +517,7 @@ def _signals_handled_by(handler) -> Iterator[None]:
 
 
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
-                  clinical: dict[str, tuple[float, float]] | None = None, quiet: bool = False,
+                  clinical: dict[str, tuple[float, float] | None] | None = None, quiet: bool = False,
                   workers: int = 1) -> tuple[int, int]:
     """Segment the cases of ``settings.shard``'s share (all without a shard) into
     ``settings.output_dir`` and record a row per case in its table; a sharded run first lists all

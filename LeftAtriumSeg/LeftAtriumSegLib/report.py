@@ -630,7 +630,8 @@ def _makers_of(results: dict[str, dict], reports: list[CaseReport]) -> str:
     return "; ".join(f"{maker} ({count} of {len(reports)} cases)" for maker, count in makers.most_common())
 
 
-def write_report(images: list[str], predictions: Path, labels: Path | None, clinical: dict[str, tuple[float, float]],
+def write_report(images: list[str], predictions: Path, labels: Path | None,
+                 clinical: dict[str, tuple[float, float] | None],
                  output_dir: Path, overwrite: bool = False, quiet: bool = False,
                  clinical_path: str | None = None) -> tuple[list[CaseReport], int]:
     """Pictures of every case of ``images`` that has a mask in ``predictions``, and ``report.html``.
@@ -649,8 +650,8 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
         Folder of the predicted masks, with the tables ``segment`` wrote beside them.
     labels : Path or None
         Reference masks, drawn and scored.
-    clinical : dict of str to (float, float)
-        ``case -> (height_cm, weight_kg)``.
+    clinical : dict of str to (float, float) or None
+        ``case -> (height_cm, weight_kg)``, None where one is missing (``batch.read_clinical``).
     output_dir : Path
     overwrite : bool, optional
         Replace the files of cases made from other inputs than now (cases whose page records the same
@@ -743,7 +744,7 @@ def write_report(images: list[str], predictions: Path, labels: Path | None, clin
                 tqdm.write(f"warning: {masks[case.case]}: is not the mask its table in {predictions} recorded (edited or "
                            "replaced since segment made it): its quality flag is unknown, it is shown as not recorded",
                            file=sys.stderr)
-            height_weight = clinical.get(case.case, (None, None))
+            height_weight = clinical.get(case.case) or (None, None)
             made_from = case_inputs(case, masks[case.case], references.get(case.case), *height_weight,
                                     recorded.get("qc", ""), recorded.get("qc_reasons", ""))
             if recorded.get("input_sha256") and recorded["input_sha256"] != made_from["image_sha256"]:

@@ -254,6 +254,12 @@ def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_an
     rows = _read_volumes(output)
     assert rows["la_004"]["lavi_ml_per_m2"] and not rows["no_heart"]["lavi_ml_per_m2"]
 
+    clinical.write_text("case,height_cm,weight_kg\nla_003,NA,70\nla_004,.,80\nno_heart,170,\n")  # nothing measured
+    assert main(["segment", str(scans), "--clinical", str(clinical), "--output-dir", str(output), "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"warning: {clinical}: 3 of 3 cases lack a height or a weight in it (la_003, la_004, no_heart): no LA volume "
+        "index for them")
+
 
 def test_cleanup_settings_out_of_range_are_refused_before_any_work(tmp_path, capsys):
     assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(tmp_path / "out"), "--threshold", "50"]) == 2

@@ -282,7 +282,8 @@ def test_a_mask_is_not_drawn_over_another_scan_of_its_grid(tmp_path, capsys):
 def test_clinical_table_leaves_blank_cases_out_and_refuses_implausible_values(tmp_path, capsys):
     clinical = tmp_path / "clinical.csv"
     clinical.write_text("case,height_cm,weight_kg,notes\nunknown,,70\nknown,172,70.5\ncut_short\nspaced ,180, 80\n")
-    assert read_clinical(str(clinical)) == {"known": (172.0, 70.5), "spaced": (180.0, 80.0)}
+    assert read_clinical(str(clinical)) == {"unknown": None, "known": (172.0, 70.5), "cut_short": None,
+                                            "spaced": (180.0, 80.0)}
     for weight, message in (("seventy", "weight_kg 'seventy' is not a number"), ("7_0", "weight_kg '7_0' is not a number"),
                             ("70,5", "weight_kg '70,5' is not a number \\(a decimal comma\\? write a point\\)")):
         clinical.write_text(f'case,height_cm,weight_kg\nknown,172,"{weight}"\n')
