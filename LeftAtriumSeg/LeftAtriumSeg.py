@@ -690,7 +690,7 @@ class LeftAtriumSegLogic(ScriptedLoadableModuleLogic):
 
         from LeftAtriumSegLib.io import check_image
 
-        check_image(image_from_volume_node(inputVolume), inputVolume.GetName() if inputVolume else "")
+        check_image(image_from_volume_node(inputVolume), inputVolume.GetName())
         if outputSegmentation is not None:
             check_takes_mask(outputSegmentation, inputVolume)
         if measurementTable is not None:

@@ -48,8 +48,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 3/10, not {text!r}") from None
     if not 1 <= index <= count:
-        raise argparse.ArgumentTypeError(f"--shard {text}: K must be between 1 and N (a job array numbered from 0: "
-                                         "--shard $((SLURM_ARRAY_TASK_ID + 1))/N)")
+        hint = " (a job array numbered from 0: --shard $((SLURM_ARRAY_TASK_ID + 1))/N)" if index == 0 else ""
+        raise argparse.ArgumentTypeError(f"--shard {text}: K must be between 1 and N{hint}")
     return index, count
 
 
@@ -304,17 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="intensity gain jitter (default %(default)s)")
     train.add_argument("--max-offset", type=float, default=trained.max_offset,
                        help="intensity offset jitter in z-score units (default %(default)s)")
+    def on_off(value) -> str:
+        return "on" if value else "off"
+
     train.add_argument("--gamma-probability", type=float, default=trained.gamma_probability,
-                       help="share of crops put through a random gamma curve, 0.7-1.5 (default %(default)s: off)")
+                       help="share of crops put through a random gamma curve, 0.7-1.5 (default %(default)s"
+                            f"{': off' if not trained.gamma_probability else ''})")
     train.add_argument("--random-orientation", action=argparse.BooleanOptionalAction,
                        default=trained.random_orientation,
-                       help="train on every axis order and flip of the model frame (default: off)")
+                       help=f"train on every axis order and flip of the model frame (default: {on_off(trained.random_orientation)})")
     train.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=trained.bfloat16,
                        help="forward pass in bfloat16: faster on GPUs and CPUs with AVX512-BF16, much slower on "
-                            "other CPUs (default: off)")
+                            f"other CPUs (default: {on_off(trained.bfloat16)})")
     train.add_argument("--fractional-labels", action=argparse.BooleanOptionalAction, default=trained.fractional_labels,
                        help="targets from each model-frame voxel's share of the mask, cut at 0.5 after "
-                            "augmentation (default: off)")
+                            f"augmentation (default: {on_off(trained.fractional_labels)})")
     train.add_argument("--task02-headers", nargs="+", default=[], metavar="FOLDER",
                        help="those --data folders whose images carry Task02_Heart's headers, which mislabel the "
                             "axes: their cases are trained on as given and turned to their anatomy, so the model also "

@@ -829,7 +829,7 @@ def on_grid_of(image: sitk.Image, grid: sitk.Image, path: Path, grid_path: Path,
 
     Raises
     ------
-    LeftAtriumSegError
+    InputImageError
         ``PATH: not on the grid of its GRID_IS GRID_PATH (what differs)``, in ``grid``'s axis order
         where reordering changed it.
     """
@@ -842,7 +842,7 @@ def on_grid_of(image: sitk.Image, grid: sitk.Image, path: Path, grid_path: Path,
         return reordered
     if reordered.GetDirection() != image.GetDirection():
         difference = f"in the {grid_is}'s axis order: {difference}"
-    raise LeftAtriumSegError(f"{path}: not on the grid of its {grid_is} {grid_path} ({difference})")
+    raise InputImageError(f"{path}: not on the grid of its {grid_is} {grid_path} ({difference})")
 
 
 def files_by_case(folder: Path) -> dict[str, Path]:

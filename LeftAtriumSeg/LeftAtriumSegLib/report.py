@@ -235,7 +235,7 @@ def write_montage(path: Path, image: np.ndarray, mask: np.ndarray, reference: np
         axis.imshow(frame, aspect=spacing_mm[1] / spacing_mm[2])  # a pixel as tall and wide as its voxel
         axis.set_title(f"slice {index}", fontsize=10)
     legend = "orange: prediction" + ("   blue: reference" if reference is not None else "")
-    figure.suptitle(f"{title}\n{legend}", fontsize=11)
+    figure.suptitle(f"{title}\n{legend}", fontsize=11, parse_math=False)  # a case's name is not TeX: $x$
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=80)
     plt.close(figure)
@@ -301,7 +301,7 @@ def write_surface(stl_path: Path, png_path: Path, mesh: trimesh.Trimesh, title: 
     axis.set_xlabel("L (mm)")
     axis.set_ylabel("P (mm)")
     axis.set_zlabel("S (mm)")
-    axis.set_title(title)
+    axis.set_title(title, parse_math=False)
     figure.savefig(png_path, format="png", dpi=80)
     plt.close(figure)
 
@@ -525,8 +525,7 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
     with a reference) of the ``reported`` ones."""
     predicted = np.array([c.volume_ml for c in cases])
     reference = np.array([c.reference_ml for c in cases])
-    names = [c.case for c in cases]
-    names = [_plot_text(name) for name in names]
+    names = [_plot_text(c.case) for c in cases]
     scatter = go.Figure(go.Scatter(x=reference, y=predicted, mode="markers", text=names, name="cases"))
     limit = [0, float(max(predicted.max(), reference.max()) * 1.1)]
     scatter.add_trace(go.Scatter(x=limit, y=limit, mode="lines", name="identity", line={"dash": "dash"}))
@@ -553,11 +552,15 @@ def _agreement_section(cases: list[CaseReport], reported: int) -> str:
             + _figure_html(bland, "bland-altman") + "</div>")
 
 
+def _rows_naming(rows: list[dict], mask: Path) -> list[dict]:
+    """A case's rows, in every table, that name this mask file as their output."""
+    return [row for row in rows if Path(row.get("output") or "").name == mask.name]
+
+
 def _record_of(rows: list[dict], mask: Path) -> dict | None:
     """The row among a case's rows in every table that records this very mask file; None for a
     mask replaced or edited since, or copied in."""
-    return next((row for row in rows if Path(row.get("output") or "").name == mask.name
-                 and mask_in_place(row, mask.parent)), None)
+    return next((row for row in _rows_naming(rows, mask) if mask_in_place(row, mask.parent)), None)
 
 
 def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = False, made_by: str = "",
@@ -739,8 +742,9 @@ def write_report(images: list[str], predictions: Path, labels: Path | None,
             recorded = _record_of(table_rows.get(case.case, []), masks[case.case]) or {}
             if recorded:
                 results[case.case] = recorded
-            elif masks[case.case].is_file() and any(Path(row.get("output") or "").name == masks[case.case].name
-                                                    for row in table_rows.get(case.case, [])):
+            elif masks[case.case].is_file() and any(row.get("output_sha256")
+                                                    for row in _rows_naming(table_rows.get(case.case, []), masks[case.case])):
+                # (A row without a digest, from before they were recorded, cannot tell an edited mask.)
                 tqdm.write(f"warning: {masks[case.case]}: is not the mask its table in {predictions} recorded (edited or "
                            "replaced since segment made it): its quality flag is unknown, it is shown as not recorded",
                            file=sys.stderr)

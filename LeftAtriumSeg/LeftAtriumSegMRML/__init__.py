@@ -399,13 +399,14 @@ def measure_left_atrium(
     ------
     ValueError
         For a table that holds another table (``check_takes_measurements``), or a segmentation
-        without the "Left atrium" segment; then a table of the module's is left with no row, not
-        with the measurement of a segment that is gone.
+        without the "Left atrium" segment; then a table that measured this segmentation is left
+        with no row, not with the measurement of a segment that is gone (one that measured
+        another is left alone).
     """
     check_takes_measurements(table_node)
     segment = segmentation_node.GetSegmentation().GetSegment(LEFT_ATRIUM_SEGMENT_ID)
     if segment is None:
-        if table_node.GetNumberOfColumns():
+        if table_node.GetNumberOfColumns() and not measures_another(table_node, segmentation_node):
             _write_table_row(table_node, None)
         raise ValueError(f"{segmentation_node.GetName()}: has no {LEFT_ATRIUM_SEGMENT['name']!r} segment to measure "
                          "(was it removed? Apply segments it again)")

@@ -531,3 +531,20 @@ def test_a_run_whose_working_directory_was_deleted_goes_on(tmp_path, monkeypatch
     assert main(["segment", str(images), "--output-dir", str(tmp_path / "out"), "--format", "nii.gz"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if ": left atrium " in line]
     assert [line.split(" -> ")[1] for line in lines] == [str(tmp_path / "out" / f"{name}.nii.gz") for name in "ab"]
+
+
+def test_train_help_shows_the_settings_defaults_without_importing_torch():
+    """It showed 'default: TrainingSettings.iterations'; importing the settings must not cost torch's import."""
+    script = ("import contextlib, io, sys\n"
+              "from LeftAtriumSegLib.cli import build_parser\n"
+              "text = io.StringIO()\n"
+              "with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):\n"
+              "    build_parser().parse_args(['train', '--help'])\n"
+              "print(text.getvalue())\n"
+              "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert "optimiser steps per network (default 4800)" in help_text
+    assert "(default: axial coronal sagittal)" in help_text and "TrainingSettings" not in help_text
+    assert result.stdout.strip().endswith("no torch")

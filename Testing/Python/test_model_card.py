@@ -80,7 +80,10 @@ def test_train_writes_the_model_and_its_card(tmp_path):
     _, resumed_weights = read_model(output / "model.safetensors")
     assert weights.keys() == resumed_weights.keys()
     assert all(np.array_equal(weights[name], resumed_weights[name]) for name in weights)
-    assert f"- Resumed with: `leftatriumseg {' '.join(arguments)} --seed 1 --resume`" in (output / "MODEL_CARD.md").read_text()
+    card = (output / "MODEL_CARD.md").read_text()
+    assert f"- Resumed with: `leftatriumseg {' '.join(arguments)} --seed 1 --resume`" in card
+    total = json.loads((output / "training.json").read_text())["total_seconds"]
+    assert f"total wall time **{total} s**; resumed since, last sitting " in card  # the finished run's time stands
     assert main([*arguments, "--resume"]) == 2
 
 

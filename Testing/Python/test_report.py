@@ -631,3 +631,11 @@ def test_images_with_neither_a_mask_nor_a_row_are_noted(tmp_path, capsys):
                  "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
     assert capsys.readouterr().err.strip() == (
         f"note: 1 image(s) have no mask in {predictions} and no row in its table, not reported: b")
+
+
+def test_a_case_name_with_dollar_signs_is_drawn_as_written(tmp_path, capsys):
+    """matplotlib read $...$ in a title as TeX: 'scan$\\frac$_2' failed its case with a parse error."""
+    images, predictions = _report_folders(tmp_path, "scan$\\frac$_2")
+    assert main(["report", "--images", str(images), "--predictions", str(predictions),
+                 "--output-dir", str(tmp_path / "report"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

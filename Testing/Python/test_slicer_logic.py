@@ -225,6 +225,11 @@ def test_another_modules_table_is_refused_and_a_removed_segment_leaves_no_stale_
         mrml.measure_left_atrium(segmentation_node, volume_node, statistics)
     assert statistics.GetNumberOfColumns() == 4
 
+    unrelated = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "heart")  # no atrium; the table measured another
+    with pytest.raises(ValueError, match="heart: has no 'Left atrium' segment"):
+        mrml.measure_left_atrium(unrelated, volume_node, table_node)
+    assert table_node.GetNumberOfRows() == 1
+
     segmentation_node.GetSegmentation().RemoveSegment(mrml.LEFT_ATRIUM_SEGMENT_ID)
     with pytest.raises(ValueError, match="has no 'Left atrium' segment"):
         mrml.measure_left_atrium(segmentation_node, volume_node, table_node)

@@ -47,6 +47,15 @@ def _write_dataset(folder, count, duplicate_of=None):
     (folder / "dataset.json").write_text(json.dumps({"training": entries}))
 
 
+def test_every_name_the_training_package_exports_is_there():
+    """The package imports its stages when a name is first used: a misspelt stage would fail only then."""
+    import LeftAtriumSegLib.training as training
+
+    assert all(getattr(training, name) is not None for name in training.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_stage'"):
+        training.no_such_stage  # noqa: B018
+
+
 def test_folds_keep_identical_images_together(tmp_path):
     _write_dataset(tmp_path, 9, duplicate_of=2)  # case_008 repeats case_002's image
     folds = make_folds(read_decathlon_cases(tmp_path), 4)

@@ -16,8 +16,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..datasets import Case, task02_to_anatomical
-from ..errors import InputImageError
-from ..io import grid_difference, read_image, read_mask, same_grid
+from ..io import on_grid_of, read_image, read_mask
 from ..model_file import ModelConfig
 from ..preprocessing import ModelFrame, normalise_intensity, to_model_frame, to_view
 
@@ -135,13 +134,11 @@ def prepare_case(case: Case, config: ModelConfig, fractional_labels: bool = Fals
     Raises
     ------
     InputImageError
-        A file is missing, corrupt, or no usable image or mask, or the mask is not on its
-        image's grid; the message names the file.
+        A file is missing, corrupt, or no usable image or mask, or the mask does not hold its
+        image's voxels (``io.on_grid_of``); the message names the file.
     """
-    image, mask = read_image(case.image_path), read_mask(case.label_path)
-    if not same_grid(mask, image):
-        raise InputImageError(f"{case.label_path}: not on the grid of its image {case.image_path} "
-                              f"({grid_difference(mask, image)})")
+    image = read_image(case.image_path)
+    mask = on_grid_of(read_mask(case.label_path), image, case.label_path, case.image_path, "image")
     atrium = np.count_nonzero(sitk.GetArrayViewFromImage(mask))
     if not respaced and atrium in (0, mask.GetNumberOfPixels()):  # trained on, but seldom meant
         tqdm.write(f"warning: {case.label_path}: " + ("no voxel is atrium (an empty label): the case trains as "

@@ -85,7 +85,7 @@ def train_model(
         ``preparation_seconds``, ``training_seconds`` by view (every case) or ``folds`` (each
         with ``validation`` and ``training_seconds``), and ``total_seconds``, or with ``resume``
         ``resumed_by`` and ``last_sitting_seconds`` (only the views' training seconds add up
-        all sittings).
+        all sittings; a finished run resumed keeps its ``total_seconds`` too).
 
     Raises
     ------
