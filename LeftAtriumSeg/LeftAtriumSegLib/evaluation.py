@@ -169,20 +169,16 @@ def labelled_probability_maps(probabilities: Path, labels: Path) -> Iterator[tup
 
     Yields
     ------
-    case : str
-    probability_map : ndarray, shape (Z, Y, X)
-        On the label's grid.
-    reference_mask : ndarray of bool, shape (Z, Y, X)
-    spacing_mm : tuple of float
-        The label's voxel spacing ``(x, y, z)`` in mm.
+    tuple
+        The case's name, then what ``probability_map_and_label`` returns: the map and the
+        reference mask on the label's grid, and the label's voxel spacing.
 
     Raises
     ------
     ValueError
         Where no probability map has a label in ``labels``.
     InputImageError
-        For a map or label that cannot be read as one, or a map off its label's grid
-        (``probability_map_and_label``).
+        As ``probability_map_and_label``.
     """
     maps = files_by_case(probabilities)
     cases = matched_cases(maps, files_by_case(labels))
