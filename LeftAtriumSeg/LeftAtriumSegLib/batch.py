@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options", "input_sha256",
                       "output_sha256")
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
-                  "volume_ml", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_fingerprint")
+                  "volume_ml", "spacing_mm", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_fingerprint")
 # Provenance that changes the mask; a new package version with the same model and cleanup does not.
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -450,8 +450,10 @@ def _kept_output_record(output_path: Path, input_sha256: str, case: CaseInput) -
 def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | None) -> dict:
     measurement = measure_atrium(mask, spacing_mm, *(height_weight or (None, None)))
     volume, index = measurement.volume, measurement.index
+    # The spacing the volume was counted in: a header that states half the slice spacing halves the
+    # volume, and nothing else in the table would show it (docs/model-development.md, "A flat atrium").
     columns = {"voxel_count": volume.voxel_count, "volume_mm3": f"{volume.volume_mm3:.1f}",
-               "volume_ml": f"{volume.volume_ml:.2f}"}
+               "volume_ml": f"{volume.volume_ml:.2f}", "spacing_mm": " ".join(f"{s:.4g}" for s in spacing_mm)}
     if index is not None:
         columns.update({"bsa_m2": f"{index.bsa_m2:.3f}", "lavi_ml_per_m2": f"{index.ml_per_m2:.{LAVI_DECIMALS}f}",
                         "lavi_grade": index.grade})

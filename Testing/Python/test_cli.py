@@ -52,6 +52,7 @@ def test_sample_is_segmented_on_its_grid_with_dice_and_volume(sample_run, sample
     assert float(row["volume_ml"]) == pytest.approx(reference_ml, abs=5.0)
     assert int(row["voxel_count"]) == np.count_nonzero(predicted)
     assert float(row["volume_mm3"]) == pytest.approx(np.count_nonzero(predicted) * np.prod(image.GetSpacing()), rel=1e-4)
+    assert row["spacing_mm"] == "1.25 1.25 1.37"  # the header's, which the volume was counted in
 
 
 def test_evaluate_reports_dice_of_the_sample(sample_run, tmp_path, capsys):
