@@ -296,9 +296,11 @@ class LeftAtriumSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
         try:
             with slicer.util.tryWithErrorDisplay(_("Left-atrium segmentation could not start.")):
+                from LeftAtriumSegLib.dependencies import unmet_requirements
+
                 p = self._parameterNode
-                # Before any download: a volume it would refuse needs no packages.
-                self.logic.checkInputs(p.inputVolume, p.outputSegmentation, p.measurementTable, p.heightCm, p.weightKg)
+                if unmet_requirements():  # before a download: a volume process would refuse needs no packages
+                    self.logic.checkInputs(p.inputVolume, p.outputSegmentation, p.measurementTable, p.heightCm, p.weightKg)
                 if not self.logic.ensureDependencies():
                     self._setStatus(_("Not started: the packages it needs were not installed."))
                     return
