@@ -136,6 +136,8 @@ def refuse_shared_names(cases: list[CaseInput], remedy: str = "name them apart, 
     would be one file, and a mask would be taken for the other scan's."""
     first_by_name: dict[str, CaseInput] = {}
     for case in cases:
+        if case.case in first_by_name and os.path.abspath(first_by_name[case.case].path) == os.path.abspath(case.path):
+            raise LeftAtriumSegError(f"{case.path}: given twice (once is enough)")
         if case.case in first_by_name:
             raise LeftAtriumSegError(
                 f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
@@ -212,8 +214,9 @@ def _number(text: str, column: str) -> float:
     return float(text)
 
 
-# Cells that say a value is missing, as statistics packages export them (R's NA, pandas' NaN, SPSS's .).
-MISSING_VALUE = re.compile(r"\s*(|na|n/a|nan|\.)\s*", re.IGNORECASE)
+# Cells that say a value is missing, as statistics packages and spreadsheets export them (R's NA,
+# pandas' NaN, SPSS's ., Excel's #N/A, a database's NULL, a dash).
+MISSING_VALUE = re.compile(r"\s*(|na|n/a|#n/a|nan|null|\.|-)\s*", re.IGNORECASE)
 
 
 def read_clinical(path: str | None) -> dict[str, tuple[float, float] | None]:

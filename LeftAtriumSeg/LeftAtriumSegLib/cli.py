@@ -200,7 +200,7 @@ def run_train(args: argparse.Namespace) -> int:
                               show_progress=not args.quiet, command=shlex.join(["leftatriumseg", *args.argv]),
                               device=resolve_device(args.device), overwrite=args.overwrite, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"interrupted: the same command with --resume goes on from the checkpoints in {args.output_dir}",
+        print(f"interrupted: the same command with --resume goes on where the run in {args.output_dir} stopped",
               file=sys.stderr)
         return 130
     print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))

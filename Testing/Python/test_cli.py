@@ -255,7 +255,7 @@ def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_an
     rows = _read_volumes(output)
     assert rows["la_004"]["lavi_ml_per_m2"] and not rows["no_heart"]["lavi_ml_per_m2"]
 
-    clinical.write_text("case,height_cm,weight_kg\nla_003,NA,70\nla_004,.,80\nno_heart,170,\n")  # nothing measured
+    clinical.write_text("case,height_cm,weight_kg\nla_003,NA,70\nla_004,#N/A,80\nno_heart,170,NULL\n")  # none measured
     assert main(["segment", str(scans), "--clinical", str(clinical), "--output-dir", str(output), "--quiet"]) == 0
     assert capsys.readouterr().err.splitlines()[0] == (
         f"warning: {clinical}: 3 of 3 cases lack a height or a weight in it (la_003, la_004, no_heart): no LA volume "
@@ -549,3 +549,9 @@ def test_train_help_shows_the_settings_defaults_without_importing_torch():
     assert "optimiser steps per network (default 4800)" in help_text
     assert "(default: axial coronal sagittal)" in help_text and "TrainingSettings" not in help_text
     assert result.stdout.strip().endswith("no torch")
+
+
+def test_one_scan_given_twice_is_said_so(tmp_path, capsys):
+    """It was told to rename one of two inputs of one case name: the same file, named twice."""
+    assert main(["segment", str(SAMPLE_IMAGE), str(SAMPLE_IMAGE), "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {SAMPLE_IMAGE}: given twice (once is enough)"

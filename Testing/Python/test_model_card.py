@@ -96,4 +96,4 @@ def test_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(LeftAtriumSegLib.training, "train_model", interrupted)
     assert main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 130
     assert capsys.readouterr().err.strip() == (
-        f"interrupted: the same command with --resume goes on from the checkpoints in {tmp_path / 'run'}")
+        f"interrupted: the same command with --resume goes on where the run in {tmp_path / 'run'} stopped")

@@ -1,6 +1,7 @@
 """Training machinery on synthetic data: folds by image, and a loss that falls."""
 
 import json
+import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -255,12 +256,43 @@ def test_overwrite_replaces_an_earlier_runs_files_and_keeps_the_users(tmp_path):
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
     assert "model.safetensors" not in _run_files(run) and "fold_1/model.safetensors" in _run_files(run)
 
+    # Only what the record says the run wrote goes: not another tool's files of the same names, nor
+    # anything through a link, which may lead out of the run folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "case_000.nii.gz").write_text("another tool's map")
+    shutil.rmtree(run / "probabilities")
+    (run / "probabilities").symlink_to(elsewhere)
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
+    assert (elsewhere / "case_000.nii.gz").read_text() == "another tool's map"
+    (run / "probabilities").unlink()
+    (run / "training.json").unlink()  # no run recorded: nothing of one is known to remove
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
+    assert "model.safetensors" in _run_files(run) and "fold_1/model.safetensors" in _run_files(run)
+
     # An --overwrite refused for its data leaves the earlier run as it was.
     before = {path: (run / path).read_bytes() for path in _run_files(run)}
     (tmp_path / "data" / "labelsTr" / "case_001.nii.gz").write_text("not an image")
     with pytest.raises(InputImageError, match="case_001.nii.gz: file is truncated"):
         train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
     assert {path: (run / path).read_bytes() for path in _run_files(run)} == before
+
+
+def test_a_run_folder_among_the_scans_is_refused_and_a_resume_on_other_data_folders_too(tmp_path):
+    """Maps written among the scans could take their names; the same case names in another folder are
+    other scans, which the card of the earlier run would describe."""
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    for inside in (tmp_path / "data", tmp_path / "data" / "run", tmp_path):
+        with pytest.raises(LeftAtriumSegError, match="--output-dir must lie apart from the data folder"):
+            train_model([tmp_path / "data"], inside, TINY_CONFIG, settings, show_progress=False, overwrite=True)
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]
+    run = tmp_path / "runs" / "a"
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
+    shutil.copytree(tmp_path / "data", tmp_path / "other")
+    with pytest.raises(LeftAtriumSegError, match=r"a: the run there trained on other data folders \(\S*data there, "
+                                                 r"\S*other now\)"):
+        train_model([tmp_path / "other"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
 
 
 def test_a_resume_cleans_up_after_a_killed_run_and_refuses_a_foreign_checkpoint_before_recording(tmp_path):

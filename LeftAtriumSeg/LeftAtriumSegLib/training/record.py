@@ -112,6 +112,13 @@ def resumed_record(record_path: Path, record: dict) -> dict:
             raise LeftAtriumSegError(f"{record_path.parent}: the run there had other {key.replace('_', ' ')}"
                                      f"{differences}; resume needs the same data and options (or train into a new "
                                      "folder)")
+    # The same case names in another folder are other scans: the card would describe the earlier ones.
+    there = [str(Path(folder).resolve()) for folder in earlier.get("data_folders", [])]
+    now = [str(Path(folder).resolve()) for folder in record["data_folders"]]
+    if there != now:
+        raise LeftAtriumSegError(f"{record_path.parent}: the run there trained on other data folders "
+                                 f"({', '.join(there)} there, {', '.join(now)} now); resume needs the same data and "
+                                 "options (or train into a new folder)")
     # A finished run's total stands: resuming it trains nothing more.
     earlier = {key: value for key, value in earlier.items() if key != "last_sitting_seconds"}
     return {**earlier, "resumed_by": [*earlier.get("resumed_by", []), record["command"]],

@@ -3,6 +3,7 @@ model files, checkpoints and the training record."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,17 @@ from ..errors import LeftAtriumSegError
 from ..io import create_output_folder, remove_stale_partials
 from ..model_file import ModelConfig, save_model
 from .checkpoints import check_checkpoint
-from .layout import CARD_NAME, CHECKPOINT_PATTERN, MODEL_NAME, PROBABILITY_FOLDER, RECORD_NAME, model_folders
+from .layout import (
+    CARD_NAME,
+    CHECKPOINT_PATTERN,
+    MODEL_NAME,
+    PROBABILITY_FOLDER,
+    RECORD_NAME,
+    checkpoint_path,
+    fold_folder,
+    model_folders,
+    probability_map_path,
+)
 from .cross_validation import cross_validate, make_folds
 from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
@@ -101,6 +112,10 @@ def train_model(
     if folds > len(cases):  # before any work; make_folds counts distinct images once they are read
         raise LeftAtriumSegError(f"--folds {folds}: there are only {len(cases)} cases to hold out")
     output_dir = Path(output_dir)
+    for folder in data.folders:  # maps and models written among the scans could take their names
+        scans, run = Path(folder).resolve(), output_dir.resolve()
+        if run == scans or scans in run.parents or run in scans.parents:
+            raise LeftAtriumSegError(f"{output_dir}: --output-dir must lie apart from the data folder {folder}")
     record_path = output_dir / RECORD_NAME
     record = new_record(data, cases, folds, config, settings, command, device)
     if resume:
@@ -150,19 +165,28 @@ def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
 
 
 def _remove_earlier_run(output_dir: Path) -> None:
-    """Remove the files an earlier run wrote (``layout``), not others, so that none is taken for
-    this run's: its model beside a cross-validation's record, or checkpoints another resume would
-    refuse."""
-    (output_dir / RECORD_NAME).unlink(missing_ok=True)  # first: what a killed removal leaves is no run
-    (output_dir / CARD_NAME).unlink(missing_ok=True)
-    probabilities = output_dir / PROBABILITY_FOLDER
-    remove_stale_partials(probabilities)
-    for path in probabilities.glob("*.nii.gz"):
-        path.unlink()
-    for folder in model_folders(output_dir):
-        remove_stale_partials(folder)
-        for path in (folder / MODEL_NAME, *folder.glob(CHECKPOINT_PATTERN)):
-            path.unlink(missing_ok=True)
-    for emptied in (probabilities, *model_folders(output_dir)[1:]):
-        if emptied.is_dir() and not any(emptied.iterdir()):
-            emptied.rmdir()
+    """Remove what the run recorded in ``output_dir``'s ``training.json`` wrote (``layout``), so that
+    none of it is taken for this run's (a model beside a cross-validation's record, checkpoints a
+    resume would refuse): its models and checkpoints, its folds' folders, its cases' held-out maps,
+    its card and record. Nothing else: not files no record names (another tool's), nor links, nor
+    anything in a folder that is a link (it may lead out of the run folder)."""
+    record_path = output_dir / RECORD_NAME
+    try:
+        earlier = json.loads(record_path.read_text(encoding="utf-8"))
+        folds, views = int(earlier.get("fold_count") or 0), [str(view) for view in earlier["config"]["views"]]
+        cases = [str(case) for case in earlier.get("cases", [])] if folds else []
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # no readable record: no run known here
+        return
+    model_dirs = [fold_folder(output_dir, index) for index in range(folds)] if folds else [output_dir]
+    written = [output_dir / CARD_NAME, *(probability_map_path(output_dir, case) for case in cases)]
+    for folder in model_dirs:
+        written += [folder / MODEL_NAME, *(checkpoint_path(folder, view) for view in views)]
+    record_path.unlink()  # first: what a killed removal leaves is no run
+    for path in written:
+        if not path.parent.is_symlink() and path.is_file() and not path.is_symlink():
+            path.unlink()
+    for folder in {path.parent for path in written}:
+        if folder.is_dir() and not folder.is_symlink():
+            remove_stale_partials(folder)
+            if folder != output_dir and not any(folder.iterdir()):
+                folder.rmdir()
