@@ -270,6 +270,13 @@ def test_overwrite_replaces_an_earlier_runs_files_and_keeps_the_users(tmp_path):
     train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
     assert "model.safetensors" in _run_files(run) and "fold_1/model.safetensors" in _run_files(run)
 
+    # A record edited by hand names nothing outside its folders.
+    record = json.loads((run / "training.json").read_text())
+    (run / "training.json").write_text(json.dumps({**record, "cases": [*record["cases"], "../../victim"]}))
+    (tmp_path / "victim.nii.gz").write_text("the user's scan")
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
+    assert (tmp_path / "victim.nii.gz").read_text() == "the user's scan"
+
     # An --overwrite refused for its data leaves the earlier run as it was.
     before = {path: (run / path).read_bytes() for path in _run_files(run)}
     (tmp_path / "data" / "labelsTr" / "case_001.nii.gz").write_text("not an image")

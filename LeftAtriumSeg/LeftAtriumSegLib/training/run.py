@@ -173,10 +173,15 @@ def _remove_earlier_run(output_dir: Path) -> None:
     record_path = output_dir / RECORD_NAME
     try:
         earlier = json.loads(record_path.read_text(encoding="utf-8"))
-        folds, views = int(earlier.get("fold_count") or 0), [str(view) for view in earlier["config"]["views"]]
-        cases = [str(case) for case in earlier.get("cases", [])] if folds else []
+        views, cases = [str(view) for view in earlier["config"]["views"]], [str(case) for case in earlier["cases"]]
+        folds = int(earlier.get("fold_count") or 0)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):  # no readable record: no run known here
         return
+    # A record edited by hand names no file outside its folders: names with a path in them, or more
+    # folds than cases, are not a run's.
+    if not 0 <= folds <= len(cases) or any(Path(name).name != name or name in ("", ".", "..") for name in views + cases):
+        return
+    cases = cases if folds else []
     model_dirs = [fold_folder(output_dir, index) for index in range(folds)] if folds else [output_dir]
     written = [output_dir / CARD_NAME, *(probability_map_path(output_dir, case) for case in cases)]
     for folder in model_dirs:
