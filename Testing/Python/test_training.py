@@ -306,22 +306,23 @@ def test_a_resume_cleans_up_after_a_killed_run_and_refuses_a_foreign_checkpoint_
     _write_dataset(tmp_path / "data", 2)
     settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
     run = tmp_path / "run"
-    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
-    (run / "probabilities").mkdir()
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False)
     killed = [folder / f".partial-{socket.gethostname()}-{2**22 + 1}-0-{name}"  # no such process
-              for folder, name in ((run, "checkpoint_coronal.safetensors"), (run / "probabilities", "case_000.nii.gz"))]
+              for folder, name in ((run / "fold_0", "checkpoint_coronal.safetensors"),
+                                   (run / "probabilities", "case_000.nii.gz"))]
     for path in killed:
         path.write_bytes(b"half a file")
-    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, resume=True)
     assert not any(path.exists() for path in killed)
 
     foreign = tmp_path / "foreign"
-    train_model([tmp_path / "data"], foreign, TINY_CONFIG, replace(settings, seed=1), show_progress=False)
-    (run / "checkpoint_coronal.safetensors").write_bytes((foreign / "checkpoint_coronal.safetensors").read_bytes())
+    train_model([tmp_path / "data"], foreign, TINY_CONFIG, replace(settings, seed=1), folds=2, show_progress=False)
+    (run / "fold_0" / "checkpoint_coronal.safetensors").write_bytes(
+        (foreign / "fold_0" / "checkpoint_coronal.safetensors").read_bytes())
     record = (run / "training.json").read_text()
     with pytest.raises(LeftAtriumSegError, match=r"checkpoint_coronal.safetensors: written by a training with other "
                                                  r"settings; resume needs the same ones$"):
-        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, resume=True)
     assert (run / "training.json").read_text() == record  # the refused sitting is not recorded
 
 
@@ -604,3 +605,29 @@ def test_a_record_that_fails_to_write_leaves_the_last_whole_one(tmp_path, monkey
         write_record(record_path, {"folds": [1, 2, 3]})
     monkeypatch.undo()
     assert json.loads(record_path.read_text()) == {"folds": [1]} and [p.name for p in tmp_path.iterdir()] == ["training.json"]
+
+
+def test_an_overwrite_clears_what_lies_where_it_writes_before_it_records_itself(tmp_path, monkeypatch):
+    """A checkpoint left where the run writes (by a removal that stopped, or another tool) was taken
+    by a later --resume for the new run's: the model was another data set's."""
+    from LeftAtriumSegLib.training import run as run_module
+
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=2, batch_size=2, crop_size=16, warmup_iterations=1)
+    earlier, run = tmp_path / "earlier", tmp_path / "run"
+    train_model([tmp_path / "data"], earlier, TINY_CONFIG, replace(settings, seed=1), show_progress=False)
+    run.mkdir()
+    shutil.copy(earlier / "checkpoint_coronal.safetensors", run)  # no record names it
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_networks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, overwrite=True)
+    assert _run_files(run) == ["training.json"]
+
+    (run / "fold_1").write_text("a file where a fold's folder goes")
+    with pytest.raises(LeftAtriumSegError, match=r"fold_1: not a folder, where the run puts one; move it away$"):
+        train_model([tmp_path / "data"], run, TINY_CONFIG, settings, folds=2, show_progress=False, overwrite=True)
+    assert _run_files(run) == ["fold_1", "training.json"]

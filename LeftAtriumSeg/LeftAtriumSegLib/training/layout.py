@@ -9,7 +9,6 @@ and ``--resume`` find them, the model card and the benchmarks read them.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 RECORD_NAME = "training.json"
@@ -17,7 +16,6 @@ CARD_NAME = "MODEL_CARD.md"
 MODEL_NAME = "model.safetensors"
 CHECKPOINT_PATTERN = "checkpoint_*.safetensors"
 PROBABILITY_FOLDER = "probabilities"
-FOLD_FOLDER = re.compile(r"fold_\d+")
 
 
 def fold_folder(run_dir: Path, index: int) -> Path:
@@ -30,8 +28,3 @@ def checkpoint_path(folder: Path, view: str) -> Path:
 
 def probability_map_path(run_dir: Path, case_id: str) -> Path:
     return run_dir / PROBABILITY_FOLDER / f"{case_id}.nii.gz"
-
-
-def model_folders(run_dir: Path) -> list[Path]:
-    """The run folder and its folds' folders: where models and checkpoints lie."""
-    return [run_dir, *sorted(path for path in run_dir.iterdir() if path.is_dir() and FOLD_FOLDER.fullmatch(path.name))]

@@ -50,11 +50,13 @@ def new_record(data: DataFolders, cases: Sequence[Case], folds: int, config: Mod
     """
     return {
         "command": command,
-        "data_folders": [str(folder) for folder in data.folders],
+        # Resolved: a resume from another folder, or with another spelling, is compared as the same.
+        "data_folders": [str(Path(folder).resolve()) for folder in data.folders],
         "cases": [case.case_id for case in cases],
         "fold_count": folds,
-        "task02_header_folders": [str(folder) for folder in data.folders if data.has_task02_headers(folder)],
-        "respaced_folders": {str(folder): list(data.scan_spacing(folder))
+        "task02_header_folders": [str(Path(folder).resolve()) for folder in data.folders
+                                  if data.has_task02_headers(folder)],
+        "respaced_folders": {str(Path(folder).resolve()): list(data.scan_spacing(folder))
                              for folder in data.folders if data.scan_spacing(folder) is not None},
         "settings": settings.__dict__,
         "config": json.loads(config.to_json()),
@@ -91,7 +93,7 @@ def resumed_record(record_path: Path, record: dict) -> dict:
         raise LeftAtriumSegError(f"{record_path.parent}: no training.json of an earlier run to resume")
     try:
         earlier = json.loads(record_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise LeftAtriumSegError(f"{record_path}: not a readable training record ({error})") from None
     if not isinstance(earlier, dict):
         raise LeftAtriumSegError(f"{record_path}: not a readable training record (a JSON {type(earlier).__name__}, "
@@ -113,8 +115,7 @@ def resumed_record(record_path: Path, record: dict) -> dict:
                                      f"{differences}; resume needs the same data and options (or train into a new "
                                      "folder)")
     # The same case names in another folder are other scans: the card would describe the earlier ones.
-    there = [str(Path(folder).resolve()) for folder in earlier.get("data_folders", [])]
-    now = [str(Path(folder).resolve()) for folder in record["data_folders"]]
+    there, now = earlier.get("data_folders", []), record["data_folders"]
     if there != now:
         raise LeftAtriumSegError(f"{record_path.parent}: the run there trained on other data folders "
                                  f"({', '.join(there)} there, {', '.join(now)} now); resume needs the same data and "

@@ -17,13 +17,11 @@ from ..model_file import ModelConfig, save_model
 from .checkpoints import check_checkpoint
 from .layout import (
     CARD_NAME,
-    CHECKPOINT_PATTERN,
     MODEL_NAME,
     PROBABILITY_FOLDER,
     RECORD_NAME,
     checkpoint_path,
     fold_folder,
-    model_folders,
     probability_map_path,
 )
 from .cross_validation import cross_validate, make_folds
@@ -118,15 +116,18 @@ def train_model(
             raise LeftAtriumSegError(f"{output_dir}: --output-dir must lie apart from the data folder {folder}")
     record_path = output_dir / RECORD_NAME
     record = new_record(data, cases, folds, config, settings, command, device)
+    outputs, folders = _run_outputs(output_dir, folds, config.views, [case.case_id for case in cases])
     if resume:
         record = resumed_record(record_path, record)
-        for folder in (*model_folders(output_dir), output_dir / PROBABILITY_FOLDER):
+        for folder in folders:
             remove_stale_partials(folder)  # of a run killed while it wrote
-        for folder in model_folders(output_dir):
-            for checkpoint in folder.glob(CHECKPOINT_PATTERN):  # before this sitting is recorded
+        for checkpoint in outputs:  # before this sitting is recorded
+            if checkpoint.name.startswith("checkpoint_") and checkpoint.exists():
                 check_checkpoint(checkpoint, config, settings)
     else:
         _claim_output_folder(output_dir, overwrite)
+        if obstacle := next((folder for folder in folders if folder.exists() and not folder.is_dir()), None):
+            raise LeftAtriumSegError(f"{obstacle}: not a folder, where the run puts one; move it away")
     start = time.perf_counter()
     prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
     # Split once the images are known to read, before anything is written: too many folds for the
@@ -135,6 +136,9 @@ def train_model(
     record["preparation_seconds"] = round(time.perf_counter() - start, 1)
     if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
         _remove_earlier_run(output_dir)
+        # Whatever lies where this run writes is not its own: a later --resume would take a
+        # checkpoint there for this run's (one an interrupted removal or another tool left).
+        _remove_files(outputs, output_dir)
     write_record(record_path, record)
     if folds == 0:
         training = prepared.training_list()
@@ -164,34 +168,50 @@ def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
         raise LeftAtriumSegError(f"{output_dir}: --output-dir is not empty (use --overwrite to train into it)")
 
 
+def _run_outputs(output_dir: Path, folds: int, views, case_ids) -> tuple[list[Path], list[Path]]:
+    """The files a run of ``folds`` folds over these views and cases writes in ``output_dir``
+    (``layout``) besides its record and card, and the folders they lie in."""
+    model_dirs = [fold_folder(output_dir, index) for index in range(folds)] if folds else [output_dir]
+    files = [path for folder in model_dirs for path in (folder / MODEL_NAME, *(checkpoint_path(folder, view) for view in views))]
+    files += [probability_map_path(output_dir, case) for case in case_ids] if folds else []
+    return files, [*model_dirs, *([output_dir / PROBABILITY_FOLDER] if folds else [])]
+
+
+def _remove_files(paths: list[Path], output_dir: Path) -> None:
+    """Remove the plain files among ``paths``, not links nor anything in a folder of ``output_dir``
+    that is a link (it may lead out of the run folder), and the folders they leave empty."""
+    for path in paths:
+        inside_link = path.parent != output_dir and path.parent.is_symlink()
+        if not inside_link and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+            except OSError as error:
+                raise LeftAtriumSegError(f"{path}: cannot be removed ({error.strerror}); the earlier run's other files "
+                                         "stay until --overwrite can remove it") from None
+    for folder in {path.parent for path in paths} - {output_dir}:
+        if folder.is_dir() and not folder.is_symlink():
+            remove_stale_partials(folder)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def _remove_earlier_run(output_dir: Path) -> None:
-    """Remove what the run recorded in ``output_dir``'s ``training.json`` wrote (``layout``), so that
-    none of it is taken for this run's (a model beside a cross-validation's record, checkpoints a
-    resume would refuse): its models and checkpoints, its folds' folders, its cases' held-out maps,
-    its card and record. Nothing else: not files no record names (another tool's), nor links, nor
-    anything in a folder that is a link (it may lead out of the run folder)."""
+    """Remove what the run recorded in ``output_dir``'s ``training.json`` wrote, so that none of it
+    is taken for this run's (a model beside a cross-validation's record): its models and
+    checkpoints, its folds' folders, its cases' held-out maps, its card, then its record. Nothing
+    that no readable record names (another tool's files), and nothing through a link
+    (``_remove_files``). Its record goes last: a removal that stops leaves a run the next
+    ``--overwrite`` finishes removing."""
     record_path = output_dir / RECORD_NAME
     try:
         earlier = json.loads(record_path.read_text(encoding="utf-8"))
-        views, cases = [str(view) for view in earlier["config"]["views"]], [str(case) for case in earlier["cases"]]
-        folds = int(earlier.get("fold_count") or 0)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # no readable record: no run known here
+        views, cases, folds = earlier["config"]["views"], earlier["cases"], earlier.get("fold_count") or 0
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):  # no readable record
         return
-    # A record edited by hand names no file outside its folders: names with a path in them, or more
-    # folds than cases, are not a run's.
-    if not 0 <= folds <= len(cases) or any(Path(name).name != name or name in ("", ".", "..") for name in views + cases):
+    # A record edited by hand names no file outside its folders: only plain names, and no more folds than cases.
+    names_plain = all(isinstance(name, str) and Path(name).name == name and name not in ("", ".", "..")
+                      for name in (*views, *cases)) if isinstance(views, list) and isinstance(cases, list) else False
+    if not names_plain or type(folds) is not int or not 0 <= folds <= len(cases):
         return
-    cases = cases if folds else []
-    model_dirs = [fold_folder(output_dir, index) for index in range(folds)] if folds else [output_dir]
-    written = [output_dir / CARD_NAME, *(probability_map_path(output_dir, case) for case in cases)]
-    for folder in model_dirs:
-        written += [folder / MODEL_NAME, *(checkpoint_path(folder, view) for view in views)]
-    record_path.unlink()  # first: what a killed removal leaves is no run
-    for path in written:
-        if not path.parent.is_symlink() and path.is_file() and not path.is_symlink():
-            path.unlink()
-    for folder in {path.parent for path in written}:
-        if folder.is_dir() and not folder.is_symlink():
-            remove_stale_partials(folder)
-            if folder != output_dir and not any(folder.iterdir()):
-                folder.rmdir()
+    files, _ = _run_outputs(output_dir, folds, views, cases)
+    _remove_files([*files, output_dir / CARD_NAME, record_path], output_dir)
