@@ -136,12 +136,11 @@ def refuse_shared_names(cases: list[CaseInput], remedy: str = "name them apart, 
     would be one file, and a mask would be taken for the other scan's."""
     first_by_name: dict[str, CaseInput] = {}
     for case in cases:
-        if case.case in first_by_name and os.path.abspath(first_by_name[case.case].path) == os.path.abspath(case.path):
-            raise LeftAtriumSegError(f"{case.path}: given twice (once is enough)")
-        if case.case in first_by_name:
-            raise LeftAtriumSegError(
-                f"two inputs have the case name {case.case!r}: {first_by_name[case.case].path} and {case.path} "
-                f"(their outputs would be one file; {remedy})")
+        if (first := first_by_name.get(case.case)) is not None:
+            if os.path.abspath(first.path) == os.path.abspath(case.path):
+                raise LeftAtriumSegError(f"{case.path}: given twice (once is enough)")
+            raise LeftAtriumSegError(f"two inputs have the case name {case.case!r}: {first.path} and {case.path} "
+                                     f"(their outputs would be one file; {remedy})")
         first_by_name[case.case] = case
 
 

@@ -110,8 +110,9 @@ def train_model(
     if folds > len(cases):  # before any work; make_folds counts distinct images once they are read
         raise LeftAtriumSegError(f"--folds {folds}: there are only {len(cases)} cases to hold out")
     output_dir = Path(output_dir)
+    run = output_dir.resolve()
     for folder in data.folders:  # maps and models written among the scans could take their names
-        scans, run = Path(folder).resolve(), output_dir.resolve()
+        scans = Path(folder).resolve()
         if run == scans or scans in run.parents or run in scans.parents:
             raise LeftAtriumSegError(f"{output_dir}: --output-dir must lie apart from the data folder {folder}")
     record_path = output_dir / RECORD_NAME
