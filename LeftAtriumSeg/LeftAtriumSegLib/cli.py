@@ -203,7 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"interrupted: the same command with --resume goes on where the run in {args.output_dir} stopped",
               file=sys.stderr)
         return 130
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config")}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("settings", "config", "case_files_sha256")}, indent=2))
     output_dir = Path(args.output_dir)
     if args.folds:
         print(f"fold models: {fold_folder(output_dir, 0) / MODEL_NAME} to {fold_folder(output_dir, args.folds - 1)}; "

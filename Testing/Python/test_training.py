@@ -472,6 +472,14 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     assert summary["training_seconds"] == first["training_seconds"]
     assert summary["total_seconds"] == first["total_seconds"] and "last_sitting_seconds" in summary
 
+    label = tmp_path / "data" / "labelsTr" / f"{first['cases'][1]}.nii.gz"
+    corrected = sitk.ReadImage(str(label))
+    corrected[0, 0, 0] = 1 - corrected[0, 0, 0]
+    sitk.WriteImage(corrected, str(label))
+    with pytest.raises(LeftAtriumSegError, match=rf"run: the image or label of {first['cases'][1]} changed since the run "
+                                                 r"there started; resume needs the same data"):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+
 
 def _without_gamma(settings_json: str) -> str:
     """Settings as an earlier package stored them, before the gamma settings existed."""

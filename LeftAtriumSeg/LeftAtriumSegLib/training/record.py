@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..datasets import Case, DataFolders
-from ..errors import LeftAtriumSegError
-from ..io import atomic_output
+from ..errors import LeftAtriumSegError, some_names
+from ..io import atomic_output, file_sha256
 from ..model_file import ModelConfig, parameter_count
 from .settings import TrainingSettings, as_recorded_now
 
@@ -46,7 +46,8 @@ def new_record(data: DataFolders, cases: Sequence[Case], folds: int, config: Mod
     dict
         JSON-ready: ``command``, ``data_folders``, ``cases``, ``fold_count``,
         ``task02_header_folders``, ``respaced_folders``, ``settings``, ``config``, ``parameters``,
-        ``torch_threads``, ``device``.
+        ``torch_threads``, ``device``; ``with_case_files`` adds the files' digests once they are
+        known to read.
     """
     return {
         "command": command,
@@ -120,10 +121,32 @@ def resumed_record(record_path: Path, record: dict) -> dict:
         raise LeftAtriumSegError(f"{record_path.parent}: the run there trained on other data folders "
                                  f"({', '.join(there)} there, {', '.join(now)} now); resume needs the same data and "
                                  "options (or train into a new folder)")
+
     # A finished run's total stands: resuming it trains nothing more.
     earlier = {key: value for key, value in earlier.items() if key != "last_sitting_seconds"}
     return {**earlier, "resumed_by": [*earlier.get("resumed_by", []), record["command"]],
             **{key: record[key] for key in ("torch_threads", "device")}}
+
+
+def with_case_files(record: dict, cases: Sequence[Case], run_folder: Path) -> dict:
+    """The record with ``case_files_sha256``, each case's image and label digests; for a resumed
+    run's record, once they are found to be those it started with.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        A case's image or label differs from the one the resumed run recorded.
+    """
+    digests = {case.case_id: [file_sha256(case.image_path), file_sha256(case.label_path)] for case in cases}
+    # A label corrected between an interrupted sitting and its resume would leave a model trained
+    # partly on each; the names alone do not tell. A record from before the digests cannot tell.
+    there = record.get("case_files_sha256", digests)
+    there = there if isinstance(there, dict) else {}
+    if changed := [case for case, pair in digests.items() if there.get(case) != pair]:
+        raise LeftAtriumSegError(f"{run_folder}: the image or label of {some_names(changed)} changed since the run "
+                                 "there started; resume needs the same data (--overwrite trains again on the data as "
+                                 "it is now)")
+    return {**record, "case_files_sha256": digests}
 
 
 def write_record(record_path: Path, record: dict) -> None:

@@ -28,7 +28,7 @@ from .cross_validation import cross_validate, make_folds
 from .data import prepare_cases
 from .losses import Loss, dice_bce_loss
 from .loop import train_networks
-from .record import new_record, resumed_record, write_record
+from .record import new_record, resumed_record, with_case_files, write_record
 from .quantization import quantize_model_file
 from .settings import TrainingSettings
 
@@ -134,6 +134,7 @@ def train_model(
     # Split once the images are known to read, before anything is written: too many folds for the
     # distinct images leaves the folder as empty as a bad image does.
     validation_sets = make_folds(cases, folds, settings.seed) if folds else []
+    record = with_case_files(record, cases, output_dir)
     record["preparation_seconds"] = round(time.perf_counter() - start, 1)
     if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
         _remove_earlier_run(output_dir)
