@@ -1,7 +1,10 @@
 """The quality flag on a cross-validation's held-out cases: per case and presentation, Dice, volume
 error, the signals the flag reads (``quality.QualitySignals``) and the flag, then for each
 presentation every case with Dice under 0.85 and whether it was flagged, and the share of the
-other cases flagged. ``--csv`` keeps the table for choosing thresholds.
+other cases flagged, and the range of each presentation's flatness (superior-inferior over
+right-left extent) on the masks and on the reference masks. ``--csv`` keeps the table for
+choosing thresholds. With ``--model`` (the bundled one by default) instead of ``--run``, every case
+is scored by one model: the bundled model's own training cases, an optimistic view.
 
     .venv/bin/python bench/quality_flag.py DATA --run RUN [--respaced X,Y,Z] [--header-corrected]
         [--oblique 30] [--csv FILE]
@@ -23,11 +26,17 @@ import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.datasets import acquired_obliquely, read_decathlon_cases, task02_header_corrected
 from LeftAtriumSegLib.io import read_mask
+from LeftAtriumSegLib.measurements import patient_axis_extents_mm
 from LeftAtriumSegLib.metrics import segmentation_metrics
 from LeftAtriumSegLib.pipeline import Segmenter
 from presentations import add_model_arguments, case_models
 
 FAILURE_DICE = 0.85
+
+
+def si_rl_extent_ratio(mask: np.ndarray, image: sitk.Image) -> float:
+    right_left_mm, _, superior_inferior_mm = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
+    return superior_inferior_mm / right_left_mm if right_left_mm else 0.0
 
 
 def main() -> None:
@@ -61,12 +70,15 @@ def main() -> None:
     for case in cases:
         if case.case_id not in models:
             continue
-        segmenter = segmenters.setdefault(models[case.case_id], Segmenter.load(models[case.case_id], "cpu"))
+        if models[case.case_id] not in segmenters:
+            segmenters[models[case.case_id]] = Segmenter.load(models[case.case_id], "cpu")
+        segmenter = segmenters[models[case.case_id]]
         image, mask = sitk.ReadImage(str(case.image_path)), read_mask(case.label_path)
         for name, present in presentations.items():
             presented, reference = present(image), present(mask)
             result = segmenter.segment(presented)
-            metrics = segmentation_metrics(result.mask, sitk.GetArrayFromImage(reference) > 0, presented.GetSpacing())
+            reference_mask = sitk.GetArrayFromImage(reference) > 0
+            metrics = segmentation_metrics(result.mask, reference_mask, presented.GetSpacing())
             signals = result.signals
             rows.append({"case": case.case_id, "presentation": name, "dice": round(metrics["dice"], 4),
                          "volume_error_ml": round(metrics["predicted_ml"] - metrics["reference_ml"], 2),
@@ -74,12 +86,14 @@ def main() -> None:
                          "view_agreement": round(signals.view_agreement, 4), "box_contact": signals.box_contact,
                          "edge_contact": signals.edge_contact, "uncertain_share": round(signals.uncertain_share, 4),
                          "faint_share": round(signals.faint_share, 4),
+                         "si_rl_extent_ratio": round(signals.si_rl_extent_ratio, 3),
+                         "reference_si_rl_extent_ratio": round(si_rl_extent_ratio(reference_mask, presented), 3),
                          "qc": result.quality.flag,
                          "qc_reasons": "; ".join(result.quality.reasons)})
             row = rows[-1]
             print(f"{row['case']:22s} {name:16s} Dice {row['dice']:.3f} {row['volume_error_ml']:+7.1f} mL  "
                   f"agreement {row['view_agreement']:.3f} uncertain {row['uncertain_share']:.3f} faint {row['faint_share']:.3f} box {row['box_contact']:4d} "
-                  f"edge {row['edge_contact']:4d}  "
+                  f"edge {row['edge_contact']:4d} flatness {row['si_rl_extent_ratio']:.2f}  "
                   f"{row['qc']}", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
@@ -96,6 +110,11 @@ def main() -> None:
               f"under {FAILURE_DICE}: " + (", ".join(f"{row['case']} {row['dice']:.3f} {row['qc']}" for row in failures)
                                            or "none")
               + f"; others flagged: {flagged_others} of {len(others)} ({100 * flagged_others / max(len(others), 1):.0f}%)")
+        flatness = {column: [row[column] for row in shown]
+                    for column in ("si_rl_extent_ratio", "reference_si_rl_extent_ratio")}
+        print(f"  flatness (superior-inferior / right-left extent): masks {min(flatness['si_rl_extent_ratio']):.2f}-"
+              f"{max(flatness['si_rl_extent_ratio']):.2f}, reference masks "
+              f"{min(flatness['reference_si_rl_extent_ratio']):.2f}-{max(flatness['reference_si_rl_extent_ratio']):.2f}")
 
 
 if __name__ == "__main__":

@@ -12,4 +12,4 @@ package, by stage), ``model_card``, ``dependencies`` (the Slicer module's packag
 (argument parsing only). docs/design.md describes them.
 """
 
-__version__ = "0.18.0"
+__version__ = "0.19.0"

@@ -58,6 +58,39 @@ def measure_volume(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> 
     return VolumeMeasurement(voxel_count, voxel_count * float(np.prod(spacing_mm)))
 
 
+def patient_axis_extents_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float],
+                            direction: tuple[float, ...]) -> np.ndarray:
+    """Extents of a mask along the patient's axes, whatever the grid's orientation.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (Z, Y, X)
+        Non-zero voxels are inside.
+    spacing_mm : tuple of float
+        Voxel spacing ``(x, y, z)`` in mm.
+    direction : tuple of float
+        The grid's direction cosines, row-major 3x3 (SimpleITK's ``GetDirection``), in LPS.
+
+    Returns
+    -------
+    ndarray, shape (3,)
+        Right-left, anterior-posterior and superior-inferior extents in mm, voxels counted whole;
+        zeros for an empty mask.
+    """
+    inside = mask != 0
+    z, y = np.nonzero(inside.any(axis=2))  # the rows along x that hold the mask
+    if len(z) == 0:
+        return np.zeros(3)
+    # A set's extreme along any direction lies at the first or last voxel of some row.
+    first_x = inside[z, y].argmax(axis=1)
+    last_x = inside.shape[2] - 1 - inside[z, y][:, ::-1].argmax(axis=1)
+    ends_xyz = np.concatenate([np.stack([first_x, y, z], 1), np.stack([last_x, y, z], 1)])
+    to_patient = np.reshape(direction, (3, 3)) * np.asarray(spacing_mm)  # columns: one step along x, y, z
+    points = ends_xyz @ to_patient.T
+    voxel_span = np.abs(to_patient).sum(axis=1)
+    return points.max(axis=0) - points.min(axis=0) + voxel_span
+
+
 # Beyond these a value is most likely in other units (metres, pounds) or mistyped; an LA volume
 # index computed from it would look plausible and be wrong.
 HEIGHT_RANGE_CM = (40.0, 250.0)

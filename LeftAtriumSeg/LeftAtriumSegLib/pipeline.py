@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .inference import ProgressCallback, SliceNetwork, predict, voxels_on_faces
-from .measurements import VolumeMeasurement, measure_volume
+from .measurements import VolumeMeasurement, measure_volume, patient_axis_extents_mm
 from .model_file import ModelConfig, model_file_sha256
 from .models import model_path
 from .onnx_network import load_onnx_networks
@@ -94,6 +94,8 @@ class Segmenter:
         mask = clean_mask(sitk.GetArrayViewFromImage(prediction.probability_map), image.GetSpacing(), self.cleanup)
         volume = measure_volume(mask, image.GetSpacing())
         frame = prediction.frame
+        right_left_mm, _, superior_inferior_mm = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
         signals = QualitySignals(volume.volume_ml, frame.view_agreement, frame.box_contact, edge_contact(mask),
-                                 frame.uncertain_share, frame.faint_share)
+                                 frame.uncertain_share, frame.faint_share,
+                                 superior_inferior_mm / right_left_mm if right_left_mm else 0.0)
         return Segmentation(mask, volume, signals, check_quality(signals))

@@ -2,7 +2,8 @@
 
 A result is ``ok`` or ``review``; ``review`` comes with the reasons, in words a reader of
 ``volumes.csv``, the Slicer table or the report can act on. The signals are what the model says
-of its own output (``inference.FramePrediction``, ``pipeline.edge_contact``); the thresholds
+of its own output (``inference.FramePrediction``, ``pipeline.edge_contact``) and the mask's
+shape in the patient's axes, which betrays a header's mis-stated slice spacing; the thresholds
 were set on cross-validation held-out cases only (the model card, "Quality flag", has the
 cases, the signals and the command that measured them).
 """
@@ -24,6 +25,9 @@ MOST_EDGE_CONTACT_VOXELS = 0
 MOST_UNCERTAIN_SHARE = 0.45
 # Share of the mask's voxels under probability 0.8: a mask the networks only half believe.
 MOST_FAINT_SHARE = 0.24
+# Superior-inferior over right-left extent below this: an atrium squashed by a header that states
+# half the slice spacing of axial slices (la2018_lge's files), which halves the volume too.
+FLATTEST_PLAUSIBLE_ATRIUM = 0.5
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class QualitySignals:
     edge_contact : mask voxels on the scan's outer faces
     uncertain_share : voxels of probability 0.2-0.5 per mask voxel, in the model frame
     faint_share : the share of the mask's voxels under probability 0.8, in the model frame
+    si_rl_extent_ratio : the mask's superior-inferior extent over its right-left one, in mm along the
+        patient's axes as the header states them (``measurements.patient_axis_extents_mm``)
     """
 
     volume_ml: float
@@ -44,6 +50,7 @@ class QualitySignals:
     edge_contact: int = 0
     uncertain_share: float = 0.0
     faint_share: float = 0.0
+    si_rl_extent_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,10 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     if signals.faint_share > MOST_FAINT_SHARE and signals.volume_ml > 0:
         reasons.append(f"the networks half believe much of the mask ({signals.faint_share:.2f} of its voxels have "
                        f"probability under 0.8, over {MOST_FAINT_SHARE:g}): part of the atrium may be missed or added")
+    if signals.si_rl_extent_ratio < FLATTEST_PLAUSIBLE_ATRIUM and signals.volume_ml > 0:
+        reasons.append(f"the atrium is flat for its width (superior-inferior extent {signals.si_rl_extent_ratio:.2f} of "
+                       f"the right-left, under {FLATTEST_PLAUSIBLE_ATRIUM:g}): is the header's slice spacing right? "
+                       "The volume scales with it")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
                        "extend beyond the field of view")

@@ -2,9 +2,15 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ellipsoid_phantom
+from conftest import ellipsoid_phantom, make_image, physical_coordinates
 
-from LeftAtriumSegLib.measurements import body_surface_area_m2, grade_lavi, index_volume, measure_volume
+from LeftAtriumSegLib.measurements import (
+    body_surface_area_m2,
+    grade_lavi,
+    index_volume,
+    measure_volume,
+    patient_axis_extents_mm,
+)
 
 
 def test_voxelised_ellipsoid_volume_matches_analytic_volume():
@@ -22,6 +28,37 @@ def test_volume_counts_voxels_times_anisotropic_voxel_volume():
     assert measured.voxel_count == 42
     assert measured.volume_mm3 == pytest.approx(42 * 3.0)
     assert measured.volume_ml == pytest.approx(0.126)
+
+
+def test_extents_of_a_box_on_a_grid_whose_x_runs_superior():
+    """Grid x along S, y along P, z along L (LPS columns): a box of 10 x 20 x 30 voxels."""
+    mask = np.zeros((40, 30, 20), bool)
+    mask[5:35, 5:25, 5:15] = True  # (Z, Y, X): 30, 20 and 10 voxels
+    direction = (0, 0, 1, 0, 1, 0, 1, 0, 0)  # rows L, P, S; columns grid x, y, z
+    extents = patient_axis_extents_mm(mask, (0.5, 2.0, 1.5), direction)
+    assert extents == pytest.approx([30 * 1.5, 20 * 2.0, 10 * 0.5])  # right-left, anterior-posterior, superior-inferior
+
+
+def test_extents_of_an_obliquely_gridded_ellipsoid_are_its_diameters():
+    image, mask, radii_mm = ellipsoid_phantom(size=(72, 64, 48), radii_mm=(20.0, 15.0, 10.0))
+    extents = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
+    voxel_diagonal = np.linalg.norm(image.GetSpacing())
+    assert np.all(np.abs(extents - 2 * np.array(radii_mm)) <= voxel_diagonal)
+
+
+def test_extents_reach_the_outermost_voxel_centres_along_each_patient_axis():
+    """On an oblique grid the extremes lie anywhere in the mask, not only at its bounding box's corners."""
+    rng = np.random.default_rng(3)
+    image = make_image(np.zeros((12, 14, 16), np.float32))
+    mask = rng.random((12, 14, 16)) < 0.05
+    centres = physical_coordinates(image)[mask] - np.array(image.GetOrigin())
+    steps = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    expected = centres.max(0) - centres.min(0) + np.abs(steps).sum(1)
+    assert patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection()) == pytest.approx(expected)
+
+
+def test_an_empty_mask_has_no_extent():
+    assert patient_axis_extents_mm(np.zeros((4, 5, 6), bool), (1.0, 1.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)).tolist() == [0, 0, 0]
 
 
 def test_mosteller_body_surface_area():

@@ -3,6 +3,7 @@ phantom passes, a phantom whose atrium the field of view cuts off is flagged, en
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import ellipsoid_phantom
 from test_inference import CentreSliceLogits
 
@@ -12,6 +13,7 @@ from LeftAtriumSegLib.pipeline import Segmenter, edge_contact
 from LeftAtriumSegLib.postprocessing import CleanupSettings
 from LeftAtriumSegLib.preprocessing import VIEW_AXES
 from LeftAtriumSegLib.quality import (
+    FLATTEST_PLAUSIBLE_ATRIUM,
     LOWEST_VIEW_AGREEMENT,
     MOST_BOX_CONTACT_VOXELS,
     MOST_EDGE_CONTACT_VOXELS,
@@ -46,6 +48,7 @@ def test_signals_within_their_thresholds_pass():
     (QualitySignals(60.0, edge_contact=MOST_EDGE_CONTACT_VOXELS + 1), "the edge of the scan"),
     (QualitySignals(60.0, uncertain_share=MOST_UNCERTAIN_SHARE + 0.01), "the networks are unsure of much of the atrium"),
     (QualitySignals(60.0, faint_share=MOST_FAINT_SHARE + 0.01), "the networks half believe much of the mask"),
+    (QualitySignals(60.0, si_rl_extent_ratio=FLATTEST_PLAUSIBLE_ATRIUM - 0.01), "is the header's slice spacing right?"),
 ])
 def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signals, reason):
     check = check_quality(signals)
@@ -55,7 +58,7 @@ def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signa
 
 def test_an_empty_mask_is_flagged_as_missed_without_a_share_of_nothing():
     """Its uncertain voxels were given 'per voxel segmented': 281248.00 of them, for none segmented."""
-    check = check_quality(QualitySignals(0.0, uncertain_share=281248.0, faint_share=1.0))
+    check = check_quality(QualitySignals(0.0, uncertain_share=281248.0, faint_share=1.0, si_rl_extent_ratio=0.0))
     assert len(check.reasons) == 1 and "atrium probably missed" in check.reasons[0]
 
 
@@ -70,6 +73,7 @@ def test_a_clean_phantom_is_not_flagged():
     image, mask, radii = ellipsoid_phantom(size=(80, 72, 48), radii_mm=(20.0, 16.0, 14.0))
     result = _phantom_segmenter().segment(image)
     assert result.volume.volume_ml == pytest.approx(4 / 3 * np.pi * np.prod(radii) / 1000, rel=0.05)
+    assert result.signals.si_rl_extent_ratio == pytest.approx(14.0 / 20.0, abs=0.1)
     assert result.signals.view_agreement > 0.95 and result.signals.box_contact == 0 == result.signals.edge_contact
     assert result.quality.flag == "ok"
 
@@ -80,3 +84,18 @@ def test_a_phantom_whose_atrium_the_field_of_view_cuts_off_is_flagged():
     result = _phantom_segmenter().segment(cut)
     assert result.signals.edge_contact > 0
     assert result.quality.flag == "review" and any("the edge of the scan" in reason for reason in result.quality.reasons)
+
+
+def test_a_phantom_whose_header_states_half_its_slice_spacing_is_flagged():
+    """Axial slices 3 mm apart stated as 1.5 mm: the atrium (radii 20 mm right-left, 14 mm superior-inferior)
+    measures half as tall and half its volume, as la2018_lge's files do."""
+    axial = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    scanned, _, radii = ellipsoid_phantom(size=(80, 72, 24), radii_mm=(20.0, 16.0, 14.0), spacing=(1.0, 1.0, 3.0),
+                                          direction=axial)
+    stated = sitk.Image(scanned)
+    stated.SetSpacing((1.0, 1.0, 1.5))
+    result = _phantom_segmenter().segment(stated)
+    assert result.volume.volume_ml == pytest.approx(4 / 3 * np.pi * np.prod(radii) / 1000 / 2, rel=0.1)
+    assert result.signals.si_rl_extent_ratio == pytest.approx(7.0 / 20.0, abs=0.1)
+    assert result.quality.flag == "review" and any("slice spacing" in reason for reason in result.quality.reasons)
+    assert _phantom_segmenter().segment(scanned).quality.flag == "ok"
