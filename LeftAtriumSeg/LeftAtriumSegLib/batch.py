@@ -64,7 +64,8 @@ if TYPE_CHECKING:
 PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup_options", "input_sha256",
                       "output_sha256")
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
-                  "volume_ml", "spacing_mm", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", *PROVENANCE_COLUMNS, "input_fingerprint")
+                  "volume_ml", "spacing_mm", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", "clinical_sha256",
+                  *PROVENANCE_COLUMNS, "input_fingerprint")
 # Provenance that changes the mask; a new package version with the same model and cleanup does not.
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -522,7 +523,7 @@ def _signals_handled_by(handler) -> Iterator[None]:
 
 def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchSettings,
                   clinical: dict[str, tuple[float, float] | None] | None = None, quiet: bool = False,
-                  workers: int = 1) -> tuple[int, int]:
+                  workers: int = 1, clinical_sha256: str = "") -> tuple[int, int]:
     """Segment the cases of ``settings.shard``'s share (all without a shard) into
     ``settings.output_dir`` and record a row per case in its table; a sharded run first lists all
     ``cases`` (``record_case_list``).
@@ -531,6 +532,8 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     ``failed`` row; a result flagged for review gets a ``warning:`` line. ``workers`` cases are
     segmented at once, each on its own thread (the networks' sessions are shared: ONNX Runtime's
     ``Run`` may be called from several threads at once); the lines come in the cases' order.
+    ``clinical_sha256``, the SHA-256 of the table ``clinical`` was read from, goes in every row:
+    ``merge`` tells shards whose indexes came from different tables.
     Returns (cases done, cases failed).
 
     On SIGINT or SIGTERM the cases under way finish and are said and recorded, no other starts, and
@@ -557,7 +560,8 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
             write_table([], table, VOLUME_COLUMNS)
     cases = share_of(cases, settings.shard)
     this_run = {"model": segmenter.config.label, "model_sha256": segmenter.model_sha256,
-                "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options())}
+                "leftatriumseg_version": __version__, "cleanup_options": " ".join(segmenter.cleanup.options()),
+                "clinical_sha256": clinical_sha256}
 
     done = failures = flagged = 0
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
@@ -747,6 +751,13 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
     if newer:
         problems.append(f"note: kept {len(newer)} row(s) of {table_path} whose masks are newer than their shard's rows")
+    # A clinical table edited while a job array queued: the same study indexed two ways.
+    tables = [row["clinical_sha256"] for row in rows if row["status"] != "failed" and row.get("clinical_sha256")]
+    if len(set(tables)) > 1:
+        problems.append(f"warning: the LA volume indexes came from {len(set(tables))} different --clinical tables: "
+                        + "; ".join(f"{tables.count(table)} case(s) from SHA-256 {table[:12]}..."
+                                    for table in sorted(set(tables), key=tables.count, reverse=True))
+                        + " (run each shard again with one table, then merge: its masks are kept and measured again)")
     makers = {mask_maker(row) for row in rows if row["status"] != "failed"}
     if len(makers) > 1:
         counted = sorted(((sum(mask_maker(row) == maker for row in rows if row["status"] != "failed"), maker)

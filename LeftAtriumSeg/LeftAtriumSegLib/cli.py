@@ -103,6 +103,7 @@ class _RespacedFolder(argparse.Action):
 
 def run_segment(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, clinical_match_warnings, collect_cases, read_clinical, segment_batch, share_of  # noqa: PLC0415
+    from .io import file_sha256  # noqa: PLC0415
     from .onnx_network import execution_providers  # noqa: PLC0415
     from .pipeline import Segmenter, available_cores, capped_threads  # noqa: PLC0415
 
@@ -120,7 +121,8 @@ def run_segment(args: argparse.Namespace) -> int:
     network_threads = cores // workers if workers > 1 else threads
     segmenter = Segmenter.load(args.model, args.device, _cleanup_from(args), network_threads)
     try:
-        _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers)
+        _, failures = segment_batch(cases, segmenter, settings, clinical, args.quiet, workers,
+                                    file_sha256(args.clinical) if args.clinical else "")
     except KeyboardInterrupt:
         print("interrupted: the masks made are kept; --overwrite segments every case again, without it the run goes on "
               "with the cases that have no mask" if args.overwrite else

@@ -104,6 +104,28 @@ def test_merge_warns_when_shards_were_segmented_with_different_settings(tmp_path
     assert "--threshold 0.5 " in warning and "--threshold 0.7 " in warning
 
 
+def test_merge_warns_when_shards_indexed_their_cases_from_different_clinical_tables(tmp_path, capsys):
+    images = _cohort(tmp_path / "images", 3)
+    output, clinical = tmp_path / "out", tmp_path / "clinical.csv"
+    for shard, weight in (("1/2", 70), ("2/2", 80)):  # the table corrected while the second shard queued
+        clinical.write_text("case,height_cm,weight_kg\n" + "".join(f"case_{i},170,{weight}\n" for i in range(3)))
+        assert main(["segment", str(images), "--output-dir", str(output), "--shard", shard, "--clinical", str(clinical),
+                     "--format", "nii.gz", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    [warning] = besides_copies_of_one_scan(capsys.readouterr().err)
+    assert warning.startswith("warning: the LA volume indexes came from 2 different --clinical tables: 2 case(s) from "
+                              "SHA-256 ")
+    assert len({row["lavi_ml_per_m2"] for row in _rows(output / "volumes.csv").values()}) == 2
+
+    assert main(["segment", str(images), "--output-dir", str(output), "--shard", "1/2", "--clinical", str(clinical),
+                 "--format", "nii.gz", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    assert besides_copies_of_one_scan(capsys.readouterr().err) == []
+    assert len({row["lavi_ml_per_m2"] for row in _rows(output / "volumes.csv").values()}) == 1
+
+
 def test_merge_reports_missing_shards_and_a_run_it_cannot_check_for_cases_left_out(tmp_path, capsys):
     (tmp_path / "volumes.shard-1-of-3.csv").write_text("case,status\nx,failed\n")
     assert main(["merge", str(tmp_path)]) == 1
