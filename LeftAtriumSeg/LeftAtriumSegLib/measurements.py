@@ -77,13 +77,14 @@ def patient_axis_extents_mm(mask: np.ndarray, spacing_mm: tuple[float, float, fl
         Right-left, anterior-posterior and superior-inferior extents in mm, voxels counted whole;
         zeros for an empty mask.
     """
-    inside = mask != 0
+    inside = mask if mask.dtype == bool else mask != 0
     z, y = np.nonzero(inside.any(axis=2))  # the rows along x that hold the mask
     if len(z) == 0:
         return np.zeros(3)
     # A set's extreme along any direction lies at the first or last voxel of some row.
-    first_x = inside[z, y].argmax(axis=1)
-    last_x = inside.shape[2] - 1 - inside[z, y][:, ::-1].argmax(axis=1)
+    rows = inside[z, y]
+    first_x = rows.argmax(axis=1)
+    last_x = inside.shape[2] - 1 - rows[:, ::-1].argmax(axis=1)
     ends_xyz = np.concatenate([np.stack([first_x, y, z], 1), np.stack([last_x, y, z], 1)])
     to_patient = np.reshape(direction, (3, 3)) * np.asarray(spacing_mm)  # columns: one step along x, y, z
     points = ends_xyz @ to_patient.T

@@ -10,6 +10,7 @@ cases, the signals and the command that measured them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Adult left atria measure 20-200 mL; a mask under this has most likely missed the atrium
@@ -25,8 +26,9 @@ MOST_EDGE_CONTACT_VOXELS = 0
 MOST_UNCERTAIN_SHARE = 0.45
 # Share of the mask's voxels under probability 0.8: a mask the networks only half believe.
 MOST_FAINT_SHARE = 0.24
-# Superior-inferior over right-left extent below this: an atrium squashed by a header that states
-# half the slice spacing of axial slices (la2018_lge's files), which halves the volume too.
+# Superior-inferior over right-left extent below this: a mask squashed by a header that states
+# half the slice spacing of axial slices (la2018_lge's files), which halves the volume too, or that
+# calls another axis superior-inferior; or an atrium partly missed.
 FLATTEST_PLAUSIBLE_ATRIUM = 0.5
 
 
@@ -87,10 +89,13 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     if signals.faint_share > MOST_FAINT_SHARE and signals.volume_ml > 0:
         reasons.append(f"the networks half believe much of the mask ({signals.faint_share:.2f} of its voxels have "
                        f"probability under 0.8, over {MOST_FAINT_SHARE:g}): part of the atrium may be missed or added")
-    if signals.si_rl_extent_ratio < FLATTEST_PLAUSIBLE_ATRIUM and signals.volume_ml > 0:
-        reasons.append(f"the atrium is flat for its width (superior-inferior extent {signals.si_rl_extent_ratio:.2f} of "
-                       f"the right-left, under {FLATTEST_PLAUSIBLE_ATRIUM:g}): is the header's slice spacing right? "
-                       "The volume scales with it")
+    # A mask already called missed needs no second guess at why.
+    if signals.si_rl_extent_ratio < FLATTEST_PLAUSIBLE_ATRIUM and signals.volume_ml >= SMALLEST_PLAUSIBLE_VOLUME_ML:
+        # Rounded down, so that 0.497 does not read "0.50, under 0.5" (the epsilon: 0.29 * 100 is 28.999...).
+        shown = math.floor(signals.si_rl_extent_ratio * 100 + 1e-9) / 100
+        reasons.append(f"the mask is flat for its width (superior-inferior extent {shown:.2f} of the right-left, under "
+                       f"{FLATTEST_PLAUSIBLE_ATRIUM:g}): are the header's slice spacing and orientation right? The "
+                       "volume scales with the spacing. Else part of the atrium may be missed")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
                        "extend beyond the field of view")

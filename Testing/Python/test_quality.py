@@ -48,12 +48,21 @@ def test_signals_within_their_thresholds_pass():
     (QualitySignals(60.0, edge_contact=MOST_EDGE_CONTACT_VOXELS + 1), "the edge of the scan"),
     (QualitySignals(60.0, uncertain_share=MOST_UNCERTAIN_SHARE + 0.01), "the networks are unsure of much of the atrium"),
     (QualitySignals(60.0, faint_share=MOST_FAINT_SHARE + 0.01), "the networks half believe much of the mask"),
-    (QualitySignals(60.0, si_rl_extent_ratio=FLATTEST_PLAUSIBLE_ATRIUM - 0.01), "is the header's slice spacing right?"),
+    (QualitySignals(60.0, si_rl_extent_ratio=FLATTEST_PLAUSIBLE_ATRIUM - 0.01), "are the header's slice spacing and orientation right?"),
 ])
 def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signals, reason):
     check = check_quality(signals)
     assert check.flag == "review" and len(check.reasons) == 1 and reason in check.reasons[0]
     assert str(check).startswith("review (")
+
+
+def test_a_small_flat_mask_is_called_missed_alone_and_a_ratio_just_under_the_threshold_is_not_shown_at_it():
+    small = check_quality(QualitySignals(SMALLEST_PLAUSIBLE_VOLUME_ML - 1, si_rl_extent_ratio=0.3))
+    assert len(small.reasons) == 1 and "atrium probably missed" in small.reasons[0]
+    [reason] = check_quality(QualitySignals(60.0, si_rl_extent_ratio=FLATTEST_PLAUSIBLE_ATRIUM - 0.0028)).reasons
+    assert "extent 0.49 of the right-left, under 0.5" in reason
+    [reason] = check_quality(QualitySignals(60.0, si_rl_extent_ratio=0.29)).reasons
+    assert "extent 0.29 of the right-left" in reason
 
 
 def test_an_empty_mask_is_flagged_as_missed_without_a_share_of_nothing():

@@ -479,6 +479,10 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     with pytest.raises(LeftAtriumSegError, match=rf"run: the image or label of {first['cases'][1]} changed since the run "
                                                  r"there started; resume needs the same data"):
         train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    record = json.loads((run / "training.json").read_text())
+    (run / "training.json").write_text(json.dumps({**record, "case_files_sha256": {"case_000": None}}))
+    with pytest.raises(LeftAtriumSegError, match=r"training.json: not a readable training record \(case_files_sha256 "):
+        train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
 
 
 def _without_gamma(settings_json: str) -> str:

@@ -14,6 +14,7 @@ from ..datasets import Case, DataFolders
 from ..errors import LeftAtriumSegError, some_names
 from ..io import atomic_output, file_sha256
 from ..model_file import ModelConfig, parameter_count
+from .layout import RECORD_NAME
 from .settings import TrainingSettings, as_recorded_now
 
 # What a resumed run must share with the run it goes on with.
@@ -135,13 +136,17 @@ def with_case_files(record: dict, cases: Sequence[Case], run_folder: Path) -> di
     Raises
     ------
     LeftAtriumSegError
-        A case's image or label differs from the one the resumed run recorded.
+        A case's image or label differs from the one the resumed run recorded, or the record's
+        digests are not each case's two.
     """
     digests = {case.case_id: [file_sha256(case.image_path), file_sha256(case.label_path)] for case in cases}
     # A label corrected between an interrupted sitting and its resume would leave a model trained
     # partly on each; the names alone do not tell. A record from before the digests cannot tell.
     there = record.get("case_files_sha256", digests)
-    there = there if isinstance(there, dict) else {}
+    if not isinstance(there, dict) or not all(isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(digest, str) for digest in pair) for pair in there.values()):
+        raise LeftAtriumSegError(f"{run_folder / RECORD_NAME}: not a readable training record (case_files_sha256 is "
+                                 "not each case's two SHA-256 digests)")
     if changed := [case for case, pair in digests.items() if there.get(case) != pair]:
         raise LeftAtriumSegError(f"{run_folder}: the image or label of {some_names(changed)} changed since the run "
                                  "there started; resume needs the same data (--overwrite trains again on the data as "

@@ -82,7 +82,8 @@ def train_model(
         user's, so this must be asked for).
     resume : bool
         Go on with the interrupted run in ``output_dir`` from its checkpoints; needs the same
-        cases, folds, Task02_Heart and respaced folders, config and settings. Finished views and
+        cases (their images and labels unchanged, where the run recorded their SHA-256), folds,
+        Task02_Heart and respaced folders, config and settings. Finished views and
         folds are not trained again, and the weights end as an uninterrupted run's would.
     loss : callable
         (logits, targets) -> scalar to minimise (``losses.Loss``).
