@@ -55,6 +55,7 @@ from .io import (
     write_segmentation,
 )
 from .measurements import LAVI_DECIMALS, body_surface_area_m2, measure_atrium
+from .quality import reason_counts
 
 if TYPE_CHECKING:
     from .pipeline import Segmenter
@@ -564,6 +565,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
                 "clinical_sha256": clinical_sha256}
 
     done = failures = flagged = 0
+    reasons: list[str] = []
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
 
     def finish(row: dict, warnings: list[str]) -> None:
@@ -576,6 +578,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         else:
             done += 1
             flagged += row.get("qc") == "review"
+            reasons.extend(row["qc_reasons"].split("; ") if row.get("qc_reasons") else [])
             if not quiet:
                 try:
                     bar.write(_case_line(row, settings.output_dir / Path(row["output"]).name))
@@ -609,7 +612,8 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     if warning := same_scan_warning(read_table(table), table):
         print(warning, file=sys.stderr)
     if not quiet:
-        print(f"{done} of {len(cases)} cases done, {flagged} flagged for review; volumes in {table}")
+        why = f" ({reason_counts(reasons)})" if reasons else ""
+        print(f"{done} of {len(cases)} cases done, {flagged} flagged for review{why}; volumes in {table}")
     return done, failures
 
 

@@ -11,6 +11,8 @@ cases, the signals and the command that measured them).
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Adult left atria measure 20-200 mL; a mask under this has most likely missed the atrium
@@ -100,3 +102,18 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
         reasons.append(f"the mask reaches the edge of the scan ({signals.edge_contact} voxels): the atrium may "
                        "extend beyond the field of view")
     return QualityCheck(tuple(reasons))
+
+
+def reason_counts(reasons: Iterable[str]) -> str:
+    """How many results give each reason, most frequent first: ``25 the mask is flat for its
+    width, 4 the mask reaches the edge of the scan``. A reason most of a cohort shares points at
+    its scans (a converter's header, a protocol's field of view) more than at the model.
+
+    Parameters
+    ----------
+    reasons : iterable of str
+        Every reason of every flagged result (``QualityCheck.reasons``, or ``qc_reasons`` split
+        at ``; ``); each is counted by its heading, its words before the figures in brackets.
+    """
+    headings = Counter(reason.split(" (")[0] for reason in reasons)
+    return ", ".join(f"{count} {heading}" for heading, count in headings.most_common())

@@ -71,6 +71,7 @@ from .io import (  # noqa: E402
 )
 from .measurements import LAVI_DECIMALS, VolumeIndex, index_volume, measure_volume  # noqa: E402
 from .metrics import bland_altman, dice  # noqa: E402
+from .quality import reason_counts  # noqa: E402
 
 # Okabe and Ito's palette ("Color universal design", 2008): orange and blue stay apart for every
 # kind of colour blindness, where red and green do not.
@@ -611,13 +612,14 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     volumes = go.Figure(go.Histogram(x=[c.volume_ml for c in cases], marker_color=f"rgb{PREDICTION_RGB}"))
     volumes.update_layout(title="Left-atrial volumes", xaxis_title="volume (mL)", yaxis_title="cases", width=520, height=400)
     flagged = sum(c.qc == "review" for c in cases)
+    reasons = reason_counts(reason for c in cases if c.qc_reasons for reason in c.qc_reasons.split("; "))
     sections = '<div class="row">' + _figure_html(volumes, "volumes") + "</div>"
     if referenced:
         sections += _agreement_section(referenced, len(cases))
     failed = (f"{len(left_out)} without pictures because segmentation or the report failed on them (listed first), "
               if left_out else "")
     page = _page("LeftAtriumSeg report", f"""<h1>LeftAtriumSeg report</h1>
-<p>{len(cases) + len(left_out)} case(s): {failed}{flagged} flagged for review (listed {"next" if left_out else "first"}: look at them before using their volumes).
+<p>{len(cases) + len(left_out)} case(s): {failed}{flagged} flagged for review{f" ({html.escape(reasons)})" if reasons else ""}, listed {"next" if left_out else "first"}: look at them before using their volumes.
 Each case's name opens its page: slices with contours, a slice animation and a rotatable surface.
 Volumes are voxel count times voxel volume.</p>
 {f"<p>Masks made by: {html.escape(made_by)}.</p>" if made_by else ""}

@@ -251,7 +251,9 @@ def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_an
     assert captured.err.splitlines()[-1] == (f"warning: {output / 'volumes.csv'}: 1 scan(s) recorded under more than "
                                              "one case name, by their SHA-256 (la_003 = la_004): one subject counted "
                                              "twice?")
-    assert captured.out.splitlines()[-1] == f"3 of 3 cases done, 1 flagged for review; volumes in {output / 'volumes.csv'}"
+    assert captured.out.splitlines()[-1] == (f"3 of 3 cases done, 1 flagged for review (1 under 5 mL: atrium probably "
+                                             f"missed, 1 the three views' networks disagree); volumes in "
+                                             f"{output / 'volumes.csv'}")
     rows = _read_volumes(output)
     assert rows["la_004"]["lavi_ml_per_m2"] and not rows["no_heart"]["lavi_ml_per_m2"]
 

@@ -22,6 +22,7 @@ from LeftAtriumSegLib.quality import (
     SMALLEST_PLAUSIBLE_VOLUME_ML,
     QualitySignals,
     check_quality,
+    reason_counts,
 )
 
 
@@ -108,3 +109,11 @@ def test_a_phantom_whose_header_states_half_its_slice_spacing_is_flagged():
     assert result.signals.si_rl_extent_ratio == pytest.approx(7.0 / 20.0, abs=0.1)
     assert result.quality.flag == "review" and any("slice spacing" in reason for reason in result.quality.reasons)
     assert _phantom_segmenter().segment(scanned).quality.flag == "ok"
+
+
+def test_reasons_are_counted_by_their_headings_most_frequent_first():
+    flat = check_quality(QualitySignals(60.0, si_rl_extent_ratio=0.3)).reasons
+    flat_and_cut = check_quality(QualitySignals(60.0, edge_contact=4, si_rl_extent_ratio=0.42)).reasons
+    assert reason_counts([*flat, *flat_and_cut]) == ("2 the mask is flat for its width, "
+                                                     "1 the mask reaches the edge of the scan")
+    assert reason_counts([]) == ""

@@ -171,6 +171,7 @@ def test_summary_lists_flagged_cases_first_and_stays_small_for_a_large_cohort(tm
     rows = re.findall(r'<tr class="(\w*)"><td class="text"><a href="(case_\d+)\.html">', page)
     assert len(rows) == 1000
     assert [flag for flag, _ in rows[:50]] == ["review"] * 50 and {flag for flag, _ in rows[50:]} == {"ok"}
+    assert "50 flagged for review (50 the three views&#x27; networks disagree), listed first" in page
     assert "the three views&#x27; networks disagree" in page
     assert (tmp_path / "report.html").stat().st_size < 1_000_000  # plotly.js is beside it, once
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
