@@ -11,6 +11,7 @@ SimpleITK images are in LPS; MRML is in RAS.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -428,19 +429,26 @@ def measure_left_atrium(
 
 
 def _write_table_row(table_node, row: dict | None) -> None:
-    """The measurement columns with ``row``'s values, or with no row."""
-    was_modifying = table_node.StartModify()
+    """The measurement columns with ``row``'s values, or with no row. Columns the user added (a
+    note on the corrections, say) are kept with their values, after the measurement's; their rows
+    keep the measurement's columns that many rows long, empty beyond the first."""
     table = table_node.GetTable()
+    ours = {column.name for column in MEASUREMENT_COLUMNS}
+    kept = [table.GetColumn(i) for i in range(table.GetNumberOfColumns()) if table.GetColumnName(i) not in ours]
+    rows = max([0 if row is None else 1, *(array.GetNumberOfTuples() for array in kept)])
+    was_modifying = table_node.StartModify()
     table.Initialize()
     for column in MEASUREMENT_COLUMNS:
         value = row[column.name] if row is not None else ""
-        array = vtk.vtkDoubleArray() if isinstance(value, float) else (
-            vtk.vtkIntArray() if isinstance(value, int) else vtk.vtkStringArray())
+        array, empty = (vtk.vtkDoubleArray(), math.nan) if isinstance(value, float) else (
+            (vtk.vtkIntArray(), 0) if isinstance(value, int) else (vtk.vtkStringArray(), ""))
         array.SetName(column.name)
-        if row is not None:
-            array.InsertNextValue(value)
+        for index in range(rows):
+            array.InsertNextValue(value if index == 0 else empty)
         table.AddColumn(array)
         table_node.SetColumnUnitLabel(column.name, column.unit)
         table_node.SetColumnDescription(column.name, column.description)
+    for array in kept:
+        table.AddColumn(array)
     table_node.Modified()
     table_node.EndModify(was_modifying)

@@ -214,6 +214,28 @@ def test_a_segment_edited_since_it_was_made_holds_corrections_and_an_untouched_o
     assert not mrml.holds_corrections(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), volume_node)
 
 
+def test_a_column_the_user_added_to_the_table_is_kept_through_measurements(scene, phantom):
+    image, mask, _ = phantom
+    volume_node, segmentation_node, table_node = _made_by_the_module(scene, image, mask)
+    notes = table_node.AddColumn()
+    notes.SetName("Notes")
+    table_node.SetCellText(0, table_node.GetNumberOfColumns() - 1, "veins trimmed by hand")
+    edited = mask.copy()
+    edited[: mask.shape[0] // 2] = False
+    mrml.set_left_atrium_segment(edited, volume_node, segmentation_node)
+    row = mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    names = [table_node.GetColumnName(i) for i in range(table_node.GetNumberOfColumns())]
+    assert names == [*(column.name for column in mrml.MEASUREMENT_COLUMNS), "Notes"]
+    assert table_node.GetNumberOfRows() == 1 and table_node.GetCellText(0, names.index("Notes")) == "veins trimmed by hand"
+    assert row["Voxel count"] == np.count_nonzero(edited) == int(table_node.GetCellText(0, names.index("Voxel count")))
+
+    segmentation_node.GetSegmentation().RemoveSegment(mrml.LEFT_ATRIUM_SEGMENT_ID)
+    with pytest.raises(ValueError, match="has no 'Left atrium' segment"):
+        mrml.measure_left_atrium(segmentation_node, volume_node, table_node)
+    assert table_node.GetNumberOfRows() == 1 and table_node.GetCellText(0, names.index("Notes")) == "veins trimmed by hand"
+    assert table_node.GetCellText(0, names.index("Volume [mL]")) == ""  # no stale measurement beside the note
+
+
 def test_another_modules_table_is_refused_and_a_removed_segment_leaves_no_stale_row(scene, phantom):
     image, mask, _ = phantom
     volume_node, segmentation_node, table_node = _made_by_the_module(scene, image, mask)
