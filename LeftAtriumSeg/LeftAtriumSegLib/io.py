@@ -1041,6 +1041,36 @@ def _locked_against_other_processes(folder: Path) -> Iterator[None]:
             msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
+@contextmanager
+def held_alone(folder: Path, holder: str) -> Iterator[None]:
+    """Hold ``folder`` for the block, or refuse at once where another process holds it: a run
+    folder written by two runs at once (a job requeued while the first still runs, an
+    ``--overwrite`` of a run not yet ended) ends as a mix of both. On POSIX the folder itself is
+    locked (flock, released when the process ends however it ends); elsewhere, and for a folder
+    not there, nothing is held.
+
+    Raises
+    ------
+    LeftAtriumSegError
+        Another process holds the folder; ``holder`` names what it is (``train``).
+    """
+    if os.name != "posix" or not folder.is_dir():
+        yield
+        return
+    import fcntl  # noqa: PLC0415
+
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LeftAtriumSegError(f"{folder}: another {holder} is running in this folder; wait for it to end, or "
+                                     "use another folder") from None
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 def remove_stale_partials(folder: Path) -> list[Path]:
     """Delete temporary files left in ``folder`` by killed processes of this host.
 

@@ -1,6 +1,7 @@
 """Training machinery on synthetic data: folds by image, and a loss that falls."""
 
 import json
+import os
 import shutil
 import socket
 from dataclasses import replace
@@ -488,6 +489,26 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
 def _without_gamma(settings_json: str) -> str:
     """Settings as an earlier package stored them, before the gamma settings existed."""
     return json.dumps({name: value for name, value in json.loads(settings_json).items() if "gamma" not in name})
+
+
+def test_a_run_folder_another_train_is_running_in_is_refused_untouched(tmp_path):
+    """A job requeued while the first still runs, or an --overwrite of a run not yet ended."""
+    _write_dataset(tmp_path / "data", 2)
+    settings = TrainingSettings(iterations=4, batch_size=4, crop_size=16, warmup_iterations=1)
+    run = tmp_path / "run"
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False)
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    fcntl = pytest.importorskip("fcntl")
+    other_train = os.open(run, os.O_RDONLY)  # as the other process's hold on the folder
+    fcntl.flock(other_train, fcntl.LOCK_EX)
+    try:
+        for how in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(LeftAtriumSegError, match=r"run: another train is running in this folder; wait for it"):
+                train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, **how)
+    finally:
+        os.close(other_train)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, resume=True)  # once it has ended
 
 
 def test_a_run_recorded_before_the_gamma_settings_existed_resumes(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from ..datasets import DataFolders
 from ..errors import LeftAtriumSegError
-from ..io import create_output_folder, remove_stale_partials
+from ..io import create_output_folder, held_alone, remove_stale_partials
 from ..model_file import ModelConfig, save_model
 from .checkpoints import check_checkpoint
 from .layout import (
@@ -119,46 +119,49 @@ def train_model(
     record_path = output_dir / RECORD_NAME
     record = new_record(data, cases, folds, config, settings, command, device)
     outputs, folders = _run_outputs(output_dir, folds, config.views, [case.case_id for case in cases])
-    if resume:
-        record = resumed_record(record_path, record)
-        for folder in folders:
-            remove_stale_partials(folder)  # of a run killed while it wrote
-        for checkpoint in outputs:  # before this sitting is recorded
-            if checkpoint.name.startswith("checkpoint_") and checkpoint.exists():
-                check_checkpoint(checkpoint, config, settings)
-    else:
+    if not resume:
         _claim_output_folder(output_dir, overwrite)
-        if obstacle := next((folder for folder in folders if folder.exists() and not folder.is_dir()), None):
+    # Two runs in one folder (a job requeued while the first still runs; an --overwrite of a run
+    # not yet ended) would write a mix of both, and the second would remove the first's files.
+    with held_alone(output_dir, "train"):
+        if resume:
+            record = resumed_record(record_path, record)
+            for folder in folders:
+                remove_stale_partials(folder)  # of a run killed while it wrote
+            for checkpoint in outputs:  # before this sitting is recorded
+                if checkpoint.name.startswith("checkpoint_") and checkpoint.exists():
+                    check_checkpoint(checkpoint, config, settings)
+        elif obstacle := next((folder for folder in folders if folder.exists() and not folder.is_dir()), None):
             raise LeftAtriumSegError(f"{obstacle}: not a folder, where the run puts one; move it away")
-    start = time.perf_counter()
-    prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
-    # Split once the images are known to read, before anything is written: too many folds for the
-    # distinct images leaves the folder as empty as a bad image does.
-    validation_sets = make_folds(cases, folds, settings.seed) if folds else []
-    record = with_case_files(record, cases, output_dir)
-    record["preparation_seconds"] = round(time.perf_counter() - start, 1)
-    if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
-        _remove_earlier_run(output_dir)
-        # Whatever lies where this run writes is not its own: a later --resume would take a
-        # checkpoint there for this run's (one an interrupted removal or another tool left).
-        _remove_files(outputs, output_dir)
-    write_record(record_path, record)
-    if folds == 0:
-        training = prepared.training_list()
-        networks, record["training_seconds"] = train_networks(
-            training, config, settings, output_dir, show_progress=show_progress, device=device, resume=resume, loss=loss)
-        save_model(output_dir / MODEL_NAME, networks, config)
-        quantize_model_file(output_dir / MODEL_NAME, training, settings.seed)
-    else:
-        record["folds"] = []
-        for fold in cross_validate(prepared, validation_sets, config, settings, output_dir,
-                                   show_progress=show_progress, device=device, resume=resume, loss=loss):
-            record["folds"].append(fold)
-            write_record(record_path, record)
-    # A resumed run's earlier sittings ended unrecorded: only the views' training seconds add them all.
-    record["last_sitting_seconds" if resume else "total_seconds"] = round(time.perf_counter() - start, 1)
-    write_record(record_path, record)
-    return record
+        start = time.perf_counter()
+        prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
+        # Split once the images are known to read, before anything is written: too many folds for the
+        # distinct images leaves the folder as empty as a bad image does.
+        validation_sets = make_folds(cases, folds, settings.seed) if folds else []
+        record = with_case_files(record, cases, output_dir)
+        record["preparation_seconds"] = round(time.perf_counter() - start, 1)
+        if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
+            _remove_earlier_run(output_dir)
+            # Whatever lies where this run writes is not its own: a later --resume would take a
+            # checkpoint there for this run's (one an interrupted removal or another tool left).
+            _remove_files(outputs, output_dir)
+        write_record(record_path, record)
+        if folds == 0:
+            training = prepared.training_list()
+            networks, record["training_seconds"] = train_networks(
+                training, config, settings, output_dir, show_progress=show_progress, device=device, resume=resume, loss=loss)
+            save_model(output_dir / MODEL_NAME, networks, config)
+            quantize_model_file(output_dir / MODEL_NAME, training, settings.seed)
+        else:
+            record["folds"] = []
+            for fold in cross_validate(prepared, validation_sets, config, settings, output_dir,
+                                       show_progress=show_progress, device=device, resume=resume, loss=loss):
+                record["folds"].append(fold)
+                write_record(record_path, record)
+        # A resumed run's earlier sittings ended unrecorded: only the views' training seconds add them all.
+        record["last_sitting_seconds" if resume else "total_seconds"] = round(time.perf_counter() - start, 1)
+        write_record(record_path, record)
+        return record
 
 
 def _claim_output_folder(output_dir: Path, overwrite: bool) -> None:
