@@ -467,7 +467,9 @@ def _measurement_columns(mask, spacing_mm, height_weight: tuple[float, float] | 
 def _case_line(row: dict, output: Path) -> str:
     """The line said of a done case; ``output``: its mask's path as the command named its folder."""
     indexed = f", {float(row['lavi_ml_per_m2']):.{LAVI_DECIMALS}f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
-    return f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({row['status']}; qc {row['qc']}) -> {output}"
+    kept = "" if row["status"] == "ok" else "mask kept, measured again; "  # skipped: output exists
+    return (f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({kept}quality check: {row['qc']}) "
+            f"-> {output}")
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import math
+import re
 import subprocess
 import sys
 
@@ -228,6 +229,15 @@ def test_a_volume_without_an_atrium_is_flagged_not_failed(tmp_path, capsys):
     assert row["qc_reasons"].startswith("under 5 mL: atrium probably missed")
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "no_heart.nii.gz: review this result (under 5 mL: atrium probably missed" in warning[0]
+
+
+def test_each_case_line_says_its_flag_and_whether_its_mask_was_kept(tmp_path, capsys):
+    output = tmp_path / "out"
+    for kept in ("", "mask kept, measured again; "):
+        assert main(["segment", str(SAMPLE_IMAGE), "--output-dir", str(output)]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        assert re.fullmatch(rf"la_022_crop: left atrium \d+\.\d mL \({kept}quality check: ok\) -> "
+                            rf"{re.escape(str(output / 'la_022_crop.seg.nrrd'))}", line), line
 
 
 def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_and_weight(tmp_path, capsys):
