@@ -468,7 +468,8 @@ def _case_line(row: dict, output: Path) -> str:
     """The line said of a done case; ``output``: its mask's path as the command named its folder."""
     indexed = f", {float(row['lavi_ml_per_m2']):.{LAVI_DECIMALS}f} mL/m2, {row['lavi_grade']}" if row.get("lavi_grade") else ""
     kept = "" if row["status"] == "ok" else "mask kept, measured again; "  # skipped: output exists
-    return (f"{row['case']}: left atrium {float(row['volume_ml']):.1f} mL{indexed} ({kept}quality check: {row['qc']}) "
+    volume_ml = float(row["volume_mm3"]) / 1000  # not volume_ml's two decimals rounded again: 135.7456 -> 135.75 -> 135.8
+    return (f"{row['case']}: left atrium {volume_ml:.1f} mL{indexed} ({kept}quality check: {row['qc']}) "
             f"-> {output}")
 
 
@@ -757,13 +758,18 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append(f"note: kept {len(unsharded)} row(s) of cases in {table_path} that no shard has")
     if newer:
         problems.append(f"note: kept {len(newer)} row(s) of {table_path} whose masks are newer than their shard's rows")
-    # A clinical table edited while a job array queued: the same study indexed two ways.
-    tables = [row["clinical_sha256"] for row in rows if row["status"] != "failed" and row.get("clinical_sha256")]
-    if len(set(tables)) > 1:
-        problems.append(f"warning: the LA volume indexes came from {len(set(tables))} different --clinical tables: "
-                        + "; ".join(f"{tables.count(table)} case(s) from SHA-256 {table[:12]}..."
-                                    for table in sorted(set(tables), key=tables.count, reverse=True))
-                        + " (run each shard again with one table, then merge: its masks are kept and measured again)")
+    # A clinical table edited while a job array queued, or left out of one shard: the same study
+    # indexed two ways.
+    read = {}
+    for row in rows:
+        if row["status"] != "failed":
+            read.setdefault(row.get("clinical_sha256") or "", []).append(row["case"])
+    if len(read) > 1:
+        groups = sorted(read.items(), key=lambda group: len(group[1]), reverse=True)
+        problems.append("warning: the cases were measured with different --clinical tables: " + "; ".join(
+            f"{len(cases)} with {f'SHA-256 {table[:12]}...' if table else 'none recorded'} ({some_names(cases, 3)})"
+            for table, cases in groups) + "; segment the cases of all but one again with that table (their masks are "
+            "kept and measured again), then merge")
     makers = {mask_maker(row) for row in rows if row["status"] != "failed"}
     if len(makers) > 1:
         counted = sorted(((sum(mask_maker(row) == maker for row in rows if row["status"] != "failed"), maker)

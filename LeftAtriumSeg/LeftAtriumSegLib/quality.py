@@ -10,7 +10,6 @@ cases, the signals and the command that measured them).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,6 +71,15 @@ class QualityCheck:
         return self.flag + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
+def _beside(value: float, limit: float) -> str:
+    """``value`` with two decimals, or as many more as it takes not to read as ``limit`` (0.2404
+    is "over 0.24", not "0.24, over 0.24")."""
+    for decimals in range(2, 7):
+        if float(shown := f"{value:.{decimals}f}") != limit:
+            return shown
+    return shown
+
+
 def check_quality(signals: QualitySignals) -> QualityCheck:
     """The quality flag of a segmentation, from its signals."""
     reasons = []
@@ -79,23 +87,22 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
         reasons.append(f"under {SMALLEST_PLAUSIBLE_VOLUME_ML:g} mL: atrium probably missed (is the heart in the "
                        "field of view, in an orientation the model knows?)")
     if signals.view_agreement < LOWEST_VIEW_AGREEMENT:
-        reasons.append(f"the three views' networks disagree (agreement {signals.view_agreement:.2f}, "
+        reasons.append(f"the three views' networks disagree (agreement {_beside(signals.view_agreement, LOWEST_VIEW_AGREEMENT)}, "
                        f"under {LOWEST_VIEW_AGREEMENT:g}): part of the atrium may be missed or added")
     if signals.box_contact > MOST_BOX_CONTACT_VOXELS:
         reasons.append(f"the mask reaches the edge of the region the networks searched ({signals.box_contact} voxels): "
                        "part of the atrium may be cut off")
     # Shares of an empty mask measure nothing (its uncertain voxels were counted per one voxel).
     if signals.uncertain_share > MOST_UNCERTAIN_SHARE and signals.volume_ml > 0:
-        reasons.append(f"the networks are unsure of much of the atrium ({signals.uncertain_share:.2f} voxels of "
+        reasons.append(f"the networks are unsure of much of the atrium ({_beside(signals.uncertain_share, MOST_UNCERTAIN_SHARE)} voxels of "
                        f"probability 0.2-0.5 per voxel segmented, over {MOST_UNCERTAIN_SHARE:g}): part may be missed")
     if signals.faint_share > MOST_FAINT_SHARE and signals.volume_ml > 0:
-        reasons.append(f"the networks half believe much of the mask ({signals.faint_share:.2f} of its voxels have "
+        reasons.append(f"the networks half believe much of the mask ({_beside(signals.faint_share, MOST_FAINT_SHARE)} of its voxels have "
                        f"probability under 0.8, over {MOST_FAINT_SHARE:g}): part of the atrium may be missed or added")
     # A mask already called missed needs no second guess at why.
     if signals.si_rl_extent_ratio < FLATTEST_PLAUSIBLE_ATRIUM and signals.volume_ml >= SMALLEST_PLAUSIBLE_VOLUME_ML:
-        # Rounded down, so that 0.497 does not read "0.50, under 0.5" (the epsilon: 0.29 * 100 is 28.999...).
-        shown = math.floor(signals.si_rl_extent_ratio * 100 + 1e-9) / 100
-        reasons.append(f"the mask is flat for its width (superior-inferior extent {shown:.2f} of the right-left, under "
+        reasons.append(f"the mask is flat for its width (superior-inferior extent "
+                       f"{_beside(signals.si_rl_extent_ratio, FLATTEST_PLAUSIBLE_ATRIUM)} of the right-left, under "
                        f"{FLATTEST_PLAUSIBLE_ATRIUM:g}): are the header's slice spacing and orientation right? The "
                        "volume scales with the spacing. Else part of the atrium may be missed")
     if signals.edge_contact > MOST_EDGE_CONTACT_VOXELS:

@@ -240,6 +240,14 @@ def test_each_case_line_says_its_flag_and_whether_its_mask_was_kept(tmp_path, ca
                             rf"{re.escape(str(output / 'la_022_crop.seg.nrrd'))}", line), line
 
 
+def test_the_case_line_rounds_the_volume_once(tmp_path):
+    """135,745.6 mm3 is 135.7 mL; the table's 135.75 rounded again read 135.8."""
+    from LeftAtriumSegLib.batch import _case_line
+
+    row = {"case": "s", "volume_mm3": "135745.6", "volume_ml": "135.75", "status": "ok", "qc": "ok"}
+    assert _case_line(row, tmp_path / "s.seg.nrrd").startswith("s: left atrium 135.7 mL (quality check: ok)")
+
+
 def test_the_run_counts_its_flagged_cases_and_names_those_left_without_height_and_weight(tmp_path, capsys):
     """A name typo or R's NA left a case without its index, unsaid, where other rows matched; one
     scan under two names passed as two subjects."""

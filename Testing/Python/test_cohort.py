@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,8 +115,9 @@ def test_merge_warns_when_shards_indexed_their_cases_from_different_clinical_tab
     capsys.readouterr()
     assert main(["merge", str(output)]) == 0
     [warning] = besides_copies_of_one_scan(capsys.readouterr().err)
-    assert warning.startswith("warning: the LA volume indexes came from 2 different --clinical tables: 2 case(s) from "
-                              "SHA-256 ")
+    assert re.fullmatch(r"warning: the cases were measured with different --clinical tables: 2 with SHA-256 [0-9a-f]{12}"
+                        r"\.\.\. \(case_0, case_2\); 1 with SHA-256 [0-9a-f]{12}\.\.\. \(case_1\); segment the cases of all "
+                        r"but one again with that table \(their masks are kept and measured again\), then merge", warning)
     assert len({row["lavi_ml_per_m2"] for row in _rows(output / "volumes.csv").values()}) == 2
 
     assert main(["segment", str(images), "--output-dir", str(output), "--shard", "1/2", "--clinical", str(clinical),
@@ -124,6 +126,13 @@ def test_merge_warns_when_shards_indexed_their_cases_from_different_clinical_tab
     assert main(["merge", str(output)]) == 0
     assert besides_copies_of_one_scan(capsys.readouterr().err) == []
     assert len({row["lavi_ml_per_m2"] for row in _rows(output / "volumes.csv").values()}) == 1
+
+    assert main(["segment", str(images), "--output-dir", str(output), "--shard", "2/2", "--format", "nii.gz",
+                 "--quiet"]) == 0  # the table left out
+    capsys.readouterr()
+    assert main(["merge", str(output)]) == 0
+    [warning] = besides_copies_of_one_scan(capsys.readouterr().err)
+    assert "clinical tables: 2 with SHA-256 " in warning and "; 1 with none recorded (case_1); " in warning
 
 
 def test_merge_reports_missing_shards_and_a_run_it_cannot_check_for_cases_left_out(tmp_path, capsys):

@@ -57,13 +57,21 @@ def test_each_signal_beyond_its_threshold_flags_the_result_with_its_reason(signa
     assert str(check).startswith("review (")
 
 
-def test_a_small_flat_mask_is_called_missed_alone_and_a_ratio_just_under_the_threshold_is_not_shown_at_it():
+def test_a_small_flat_mask_is_called_missed_alone():
     small = check_quality(QualitySignals(SMALLEST_PLAUSIBLE_VOLUME_ML - 1, si_rl_extent_ratio=0.3))
     assert len(small.reasons) == 1 and "atrium probably missed" in small.reasons[0]
-    [reason] = check_quality(QualitySignals(60.0, si_rl_extent_ratio=FLATTEST_PLAUSIBLE_ATRIUM - 0.0028)).reasons
-    assert "extent 0.49 of the right-left, under 0.5" in reason
-    [reason] = check_quality(QualitySignals(60.0, si_rl_extent_ratio=0.29)).reasons
-    assert "extent 0.29 of the right-left" in reason
+
+
+@pytest.mark.parametrize("signals, shown", [
+    (QualitySignals(60.0, si_rl_extent_ratio=0.4972), "extent 0.497 of the right-left, under 0.5"),
+    (QualitySignals(60.0, si_rl_extent_ratio=0.29), "extent 0.29 of the right-left, under 0.5"),
+    (QualitySignals(60.0, faint_share=0.2404), "(0.2404 of its voxels have probability under 0.8, over 0.24)"),
+    (QualitySignals(60.0, view_agreement=0.7996), "(agreement 0.7996, under 0.8)"),
+    (QualitySignals(60.0, uncertain_share=0.61), "(0.61 voxels of probability 0.2-0.5 per voxel segmented, over 0.45)"),
+])
+def test_a_signal_beyond_its_threshold_is_never_shown_at_it(signals, shown):
+    [reason] = check_quality(signals).reasons
+    assert shown in reason
 
 
 def test_an_empty_mask_is_flagged_as_missed_without_a_share_of_nothing():

@@ -484,6 +484,12 @@ def test_resume_goes_on_only_with_the_same_training(tmp_path):
     (run / "training.json").write_text(json.dumps({**record, "case_files_sha256": {"case_000": None}}))
     with pytest.raises(LeftAtriumSegError, match=r"training.json: not a readable training record \(case_files_sha256 "):
         train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    # A run recorded before the digests were kept cannot tell, and is not given today's as if it started on them.
+    (run / "training.json").write_text(json.dumps({key: value for key, value in record.items()
+                                                   if key != "case_files_sha256"}))
+    summary = train_model([tmp_path / "data"], run, config, settings, show_progress=False, resume=True)
+    assert "case_files_sha256" not in summary
+    assert "case_files_sha256" not in json.loads((run / "training.json").read_text())
 
 
 def _without_gamma(settings_json: str) -> str:
@@ -502,7 +508,7 @@ def test_a_run_folder_another_train_is_running_in_is_refused_untouched(tmp_path)
     other_train = os.open(run, os.O_RDONLY)  # as the other process's hold on the folder
     fcntl.flock(other_train, fcntl.LOCK_EX)
     try:
-        for how in ({"overwrite": True}, {"resume": True}):
+        for how in ({"overwrite": True}, {"resume": True}, {}):
             with pytest.raises(LeftAtriumSegError, match=r"run: another train is running in this folder; wait for it"):
                 train_model([tmp_path / "data"], run, TINY_CONFIG, settings, show_progress=False, **how)
     finally:

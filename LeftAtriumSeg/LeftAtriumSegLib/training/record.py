@@ -129,9 +129,10 @@ def resumed_record(record_path: Path, record: dict) -> dict:
             **{key: record[key] for key in ("torch_threads", "device")}}
 
 
-def with_case_files(record: dict, cases: Sequence[Case], run_folder: Path) -> dict:
+def with_case_files(record: dict, cases: Sequence[Case], run_folder: Path, resumed: bool = False) -> dict:
     """The record with ``case_files_sha256``, each case's image and label digests; for a resumed
-    run's record, once they are found to be those it started with.
+    run's record, once they are found to be those it started with. A resumed record without them
+    (written before they were kept) stays without: today's digests are not what that run started on.
 
     Raises
     ------
@@ -139,9 +140,11 @@ def with_case_files(record: dict, cases: Sequence[Case], run_folder: Path) -> di
         A case's image or label differs from the one the resumed run recorded, or the record's
         digests are not each case's two.
     """
+    if resumed and "case_files_sha256" not in record:
+        return record
     digests = {case.case_id: [file_sha256(case.image_path), file_sha256(case.label_path)] for case in cases}
     # A label corrected between an interrupted sitting and its resume would leave a model trained
-    # partly on each; the names alone do not tell. A record from before the digests cannot tell.
+    # partly on each; the names alone do not tell.
     there = record.get("case_files_sha256", digests)
     if not isinstance(there, dict) or not all(isinstance(pair, list) and len(pair) == 2 and all(
             isinstance(digest, str) for digest in pair) for pair in there.values()):

@@ -119,8 +119,8 @@ def train_model(
     record_path = output_dir / RECORD_NAME
     record = new_record(data, cases, folds, config, settings, command, device)
     outputs, folders = _run_outputs(output_dir, folds, config.views, [case.case_id for case in cases])
-    if not resume:
-        _claim_output_folder(output_dir, overwrite)
+    if not resume and not output_dir.exists():
+        create_output_folder(output_dir)  # to be held from the start
     # Two runs in one folder (a job requeued while the first still runs; an --overwrite of a run
     # not yet ended) would write a mix of both, and the second would remove the first's files.
     with held_alone(output_dir, "train"):
@@ -131,14 +131,16 @@ def train_model(
             for checkpoint in outputs:  # before this sitting is recorded
                 if checkpoint.name.startswith("checkpoint_") and checkpoint.exists():
                     check_checkpoint(checkpoint, config, settings)
-        elif obstacle := next((folder for folder in folders if folder.exists() and not folder.is_dir()), None):
-            raise LeftAtriumSegError(f"{obstacle}: not a folder, where the run puts one; move it away")
+        else:
+            _claim_output_folder(output_dir, overwrite)
+            if obstacle := next((folder for folder in folders if folder.exists() and not folder.is_dir()), None):
+                raise LeftAtriumSegError(f"{obstacle}: not a folder, where the run puts one; move it away")
         start = time.perf_counter()
         prepared = prepare_cases(cases, config, settings.fractional_labels, show_progress)
         # Split once the images are known to read, before anything is written: too many folds for the
         # distinct images leaves the folder as empty as a bad image does.
         validation_sets = make_folds(cases, folds, settings.seed) if folds else []
-        record = with_case_files(record, cases, output_dir)
+        record = with_case_files(record, cases, output_dir, resume)
         record["preparation_seconds"] = round(time.perf_counter() - start, 1)
         if overwrite and not resume:  # only now: an earlier run outlives a new one refused for its data
             _remove_earlier_run(output_dir)
