@@ -93,7 +93,7 @@ def test_clinical_table_adds_the_volume_index_to_the_volumes_table(sample_run, t
     assert float(row["bsa_m2"]) == pytest.approx(bsa_m2, abs=5e-4)
     assert float(row["lavi_ml_per_m2"]) == pytest.approx(float(row["volume_ml"]) / bsa_m2, abs=0.05)
     assert row["lavi_grade"] == grade_lavi(float(row["lavi_ml_per_m2"]))  # the grade of the number shown
-    assert f"{float(row['volume_ml']):.1f} mL, {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']} (skipped" in capsys.readouterr().out
+    assert f"{float(row['volume_ml']):.1f} mL, {float(row['lavi_ml_per_m2']):.1f} mL/m2, {row['lavi_grade']} (mask kept, measured again" in capsys.readouterr().out
 
 
 def test_evaluate_goes_on_past_bad_predictions_with_one_line_each(sample_run, tmp_path, capsys):
