@@ -26,17 +26,11 @@ import numpy as np
 import SimpleITK as sitk
 from LeftAtriumSegLib.datasets import acquired_obliquely, read_decathlon_cases, task02_header_corrected
 from LeftAtriumSegLib.io import read_mask
-from LeftAtriumSegLib.measurements import patient_axis_extents_mm
 from LeftAtriumSegLib.metrics import segmentation_metrics
-from LeftAtriumSegLib.pipeline import Segmenter
+from LeftAtriumSegLib.pipeline import Segmenter, si_rl_extent_ratio
 from presentations import add_model_arguments, case_models
 
 FAILURE_DICE = 0.85
-
-
-def si_rl_extent_ratio(mask: np.ndarray, image: sitk.Image) -> float:
-    right_left_mm, _, superior_inferior_mm = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
-    return superior_inferior_mm / right_left_mm if right_left_mm else 0.0
 
 
 def main() -> None:

@@ -41,6 +41,14 @@ def edge_contact(mask: np.ndarray) -> int:
     return voxels_on_faces(mask, [(axis, side) for axis in range(3) for side in (0, 1)])
 
 
+def si_rl_extent_ratio(mask: np.ndarray, image: sitk.Image) -> float:
+    """The superior-inferior extent of a ``(Z, Y, X)`` mask on ``image``'s grid over its right-left
+    extent, along the patient's axes as the header states them (0 for an empty mask): a flat
+    mask's header may state half the slice spacing."""
+    right_left_mm, _, superior_inferior_mm = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
+    return superior_inferior_mm / right_left_mm if right_left_mm else 0.0
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """The segmentation of one image."""
@@ -94,8 +102,6 @@ class Segmenter:
         mask = clean_mask(sitk.GetArrayViewFromImage(prediction.probability_map), image.GetSpacing(), self.cleanup)
         volume = measure_volume(mask, image.GetSpacing())
         frame = prediction.frame
-        right_left_mm, _, superior_inferior_mm = patient_axis_extents_mm(mask, image.GetSpacing(), image.GetDirection())
         signals = QualitySignals(volume.volume_ml, frame.view_agreement, frame.box_contact, edge_contact(mask),
-                                 frame.uncertain_share, frame.faint_share,
-                                 superior_inferior_mm / right_left_mm if right_left_mm else 0.0)
+                                 frame.uncertain_share, frame.faint_share, si_rl_extent_ratio(mask, image))
         return Segmentation(mask, volume, signals, check_quality(signals))
