@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         write_label_map(result.mask, image, output, overwrite=True)
         if args.returnparameterfile:
             _write_return_parameters(args.returnparameterfile, {
-                "model": segmenter.config.label, "qc": result.quality.flag, "qcReasons": "; ".join(result.quality.reasons)})
+                "model": segmenter.config.label, "qc": result.quality.flag, "qcReasons": result.quality.reasons_text})
         _progress(1.0)
     except (LeftAtriumSegError, ValueError, RuntimeError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -568,7 +568,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
                 "clinical_sha256": clinical_sha256}
 
     done = failures = flagged = 0
-    reasons: list[str] = []
+    reasons_texts: list[str] = []
     bar = tqdm(total=len(cases), desc="segmenting", unit="case", disable=quiet, dynamic_ncols=True)
 
     def finish(row: dict, warnings: list[str]) -> None:
@@ -581,7 +581,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         else:
             done += 1
             flagged += row.get("qc") == "review"
-            reasons.extend(row["qc_reasons"].split("; ") if row.get("qc_reasons") else [])
+            reasons_texts.append(row.get("qc_reasons") or "")
             if not quiet:
                 try:
                     bar.write(_case_line(row, settings.output_dir / Path(row["output"]).name))
@@ -615,7 +615,7 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
     if warning := same_scan_warning(read_table(table), table):
         print(warning, file=sys.stderr)
     if not quiet:
-        why = f" ({reason_counts(reasons)})" if reasons else ""
+        why = f" ({counts})" if (counts := reason_counts(reasons_texts)) else ""
         print(f"{done} of {len(cases)} cases done, {flagged} flagged for review{why}; volumes in {table}")
     return done, failures
 
@@ -652,7 +652,7 @@ def _segment_case(case: CaseInput, segmenter: Segmenter, settings: BatchSettings
         else:
             image = read_case(case)
             result = segmenter.segment(image)
-            row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": "; ".join(result.quality.reasons),
+            row.update({"status": "ok", "qc": result.quality.flag, "qc_reasons": result.quality.reasons_text,
                         **_measurement_columns(result.mask, image.GetSpacing(), height_weight)})
 
             def commit(written: Path) -> None:

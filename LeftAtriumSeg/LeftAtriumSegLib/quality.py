@@ -56,6 +56,10 @@ class QualitySignals:
     si_rl_extent_ratio: float = 1.0
 
 
+# Between a result's reasons where they are one text: volumes.csv's qc_reasons, the Slicer table.
+REASON_SEPARATOR = "; "
+
+
 @dataclass(frozen=True)
 class QualityCheck:
     """The reasons to review a result; none: ``ok``."""
@@ -67,8 +71,13 @@ class QualityCheck:
         """``review`` where there is a reason, else ``ok``."""
         return "review" if self.reasons else "ok"
 
+    @property
+    def reasons_text(self) -> str:
+        """The reasons as one text, as ``volumes.csv`` and the Slicer table hold them."""
+        return REASON_SEPARATOR.join(self.reasons)
+
     def __str__(self) -> str:
-        return self.flag + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+        return self.flag + (f" ({self.reasons_text})" if self.reasons else "")
 
 
 def _beside(value: float, limit: float) -> str:
@@ -111,16 +120,18 @@ def check_quality(signals: QualitySignals) -> QualityCheck:
     return QualityCheck(tuple(reasons))
 
 
-def reason_counts(reasons: Iterable[str]) -> str:
+def reason_counts(reasons_texts: Iterable[str]) -> str:
     """How many results give each reason, most frequent first: ``25 the mask is flat for its
     width, 4 the mask reaches the edge of the scan``. A reason most of a cohort shares points at
     its scans (a converter's header, a protocol's field of view) more than at the model.
 
     Parameters
     ----------
-    reasons : iterable of str
-        Every reason of every flagged result (``QualityCheck.reasons``, or ``qc_reasons`` split
-        at ``; ``); each is counted by its heading, its words before the figures in brackets.
+    reasons_texts : iterable of str
+        Each result's reasons as one text (``QualityCheck.reasons_text``, ``volumes.csv``'s
+        ``qc_reasons``), empty for none; each reason is counted by its heading, its words before
+        the figures in brackets.
     """
-    headings = Counter(reason.split(" (")[0] for reason in reasons)
+    headings = Counter(reason.split(" (")[0] for text in reasons_texts if text
+                       for reason in text.split(REASON_SEPARATOR))
     return ", ".join(f"{count} {heading}" for heading, count in headings.most_common())

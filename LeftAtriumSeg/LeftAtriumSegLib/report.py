@@ -612,7 +612,7 @@ def write_html_report(path: Path, cases: list[CaseReport], overwrite: bool = Fal
     volumes = go.Figure(go.Histogram(x=[c.volume_ml for c in cases], marker_color=f"rgb{PREDICTION_RGB}"))
     volumes.update_layout(title="Left-atrial volumes", xaxis_title="volume (mL)", yaxis_title="cases", width=520, height=400)
     flagged = sum(c.qc == "review" for c in cases)
-    reasons = reason_counts(reason for c in cases if c.qc_reasons for reason in c.qc_reasons.split("; "))
+    reasons = reason_counts(c.qc_reasons for c in cases)
     sections = '<div class="row">' + _figure_html(volumes, "volumes") + "</div>"
     if referenced:
         sections += _agreement_section(referenced, len(cases))
