@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -694,6 +694,15 @@ def _fingerprint_checked_since(row: dict, merged: dict | None) -> dict:
     return {}
 
 
+def _cases_by(rows: list[dict], key: Callable[[dict], str]) -> dict[str, list[str]]:
+    """The cases of the rows that did not fail, grouped by ``key`` of their rows."""
+    grouped: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] != "failed":
+            grouped.setdefault(key(row), []).append(row["case"])
+    return grouped
+
+
 def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     """Combine the shard tables of an output folder into ``volumes.csv``.
 
@@ -760,20 +769,14 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append(f"note: kept {len(newer)} row(s) of {table_path} whose masks are newer than their shard's rows")
     # A clinical table edited while a job array queued, or left out of one shard: the same study
     # indexed two ways.
-    read = {}
-    for row in rows:
-        if row["status"] != "failed":
-            read.setdefault(row.get("clinical_sha256") or "", []).append(row["case"])
-    if len(read) > 1:
+    if len(read := _cases_by(rows, lambda row: row.get("clinical_sha256") or "")) > 1:
         groups = sorted(read.items(), key=lambda group: len(group[1]), reverse=True)
         problems.append("warning: the cases were measured with different --clinical tables: " + "; ".join(
             f"{len(cases)} with {f'SHA-256 {table[:12]}...' if table else 'none recorded'} ({some_names(cases, 3)})"
             for table, cases in groups) + "; segment the cases of all but one again with that table (their masks are "
             "kept and measured again), then merge")
-    makers = {mask_maker(row) for row in rows if row["status"] != "failed"}
-    if len(makers) > 1:
-        counted = sorted(((sum(mask_maker(row) == maker for row in rows if row["status"] != "failed"), maker)
-                          for maker in makers), reverse=True)
+    if len(made := _cases_by(rows, mask_maker)) > 1:
+        counted = sorted(((len(cases), maker) for maker, cases in made.items()), reverse=True)
         problems.append("warning: the masks were not all made alike: "
                         + "; ".join(f"{count} by {maker}" for count, maker in counted))
     if missing:
