@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +173,16 @@ def _resolved(path: str | Path) -> Path:
         raise LeftAtriumSegError(f"{path}: cannot follow the path ({error})") from None
 
 
+def _by_resolved_path(folders: Iterable[str | Path], given_as: str, question: str = "") -> dict[Path, str | Path]:
+    """``folders`` by their resolved paths; one given twice, under any spelling, is refused."""
+    named: dict[Path, str | Path] = {}
+    for folder in folders:
+        if (key := _resolved(folder)) in named:
+            raise LeftAtriumSegError(f"{folder}: given twice {given_as} (as {named[key]} too){question}")
+        named[key] = folder
+    return named
+
+
 def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
     """Group the cases that share the same image voxels (la_005 and la_026 in msd_heart).
 
@@ -221,17 +231,8 @@ class DataFolders:
     respaced: Mapping[str | Path, Spacing] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        data: dict[Path, str | Path] = {}
-        for folder in self.folders:
-            if (key := _resolved(folder)) in data:
-                raise LeftAtriumSegError(f"{folder}: given twice among the data folders (as {data[key]} too)")
-            data[key] = folder
-        respaced: dict[Path, str | Path] = {}
-        for folder in self.respaced:  # different spellings of one folder
-            if (key := _resolved(folder)) in respaced:
-                raise LeftAtriumSegError(f"{folder}: given twice as a respaced folder (as {respaced[key]} too); which "
-                                         "spacing is the scans'?")
-            respaced[key] = folder
+        data = _by_resolved_path(self.folders, "among the data folders")
+        _by_resolved_path(self.respaced, "as a respaced folder", "; which spacing is the scans'?")
         for named, role in ((self.task02_headers, "a Task02_Heart folder"), (self.respaced, "a respaced folder")):
             outside = {_resolved(folder) for folder in named} - data.keys()
             if outside:
