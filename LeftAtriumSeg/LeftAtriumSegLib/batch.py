@@ -67,6 +67,10 @@ PROVENANCE_COLUMNS = ("model", "model_sha256", "leftatriumseg_version", "cleanup
 VOLUME_COLUMNS = ("case", "input", "output", "status", "error", "qc", "qc_reasons", "voxel_count", "volume_mm3",
                   "volume_ml", "spacing_mm", "bsa_m2", "lavi_ml_per_m2", "lavi_grade", "clinical_sha256",
                   *PROVENANCE_COLUMNS, "input_fingerprint")
+# What a row says of its mask beyond the mask itself: two rows of one mask that differ here were
+# measured apart (another --clinical table, another package version).
+MEASURED_COLUMNS = ("qc", "qc_reasons", "voxel_count", "volume_mm3", "volume_ml", "spacing_mm", "bsa_m2",
+                    "lavi_ml_per_m2", "lavi_grade", "clinical_sha256", "leftatriumseg_version")
 # Provenance that changes the mask; a new package version with the same model and cleanup does not.
 MASK_DEFINING_COLUMNS = ("model_sha256", "cleanup_options")
 # What one case of a batch may raise without stopping the others: the user's files, not bugs.
@@ -284,6 +288,29 @@ def clinical_match_warnings(clinical: dict[str, tuple[float, float] | None], pat
     return warnings
 
 
+def shard_rows_prevail_warning(rows: list[dict], output_dir: Path) -> str | None:
+    """A ``warning:`` line where an unsharded run measured again masks that a shard table of the
+    folder records otherwise (a corrected ``--clinical`` table, say): ``merge`` takes the shard's
+    row where the mask is the same, so the new measurement would not reach the merged table.
+    ``rows`` are the run's rows as its table holds them (text)."""
+    recorded: dict[str, dict] = {}
+    for path in shard_tables(output_dir):
+        try:
+            recorded.update((row["case"], row) for row in read_table(path, ("case",)))
+        except LeftAtriumSegError:
+            continue  # merge says what is wrong with it
+    cases = sorted(row["case"] for row in rows if row.get("status") != "failed" and row.get("output_sha256")
+                   and (shard_row := recorded.get(row["case"])) is not None
+                   and shard_row.get("output_sha256") == row["output_sha256"]
+                   and any(shard_row.get(column, "") != row.get(column, "") for column in MEASURED_COLUMNS))
+    if not cases:
+        return None
+    return (f"warning: {len(cases)} case(s) measured again here are recorded otherwise, with the same mask, in the "
+            f"shard tables of {output_dir} ({some_names(cases, 3)}): merge keeps the shards' rows; to merge these "
+            "measurements, run those shards again with these options (--shard K/N; their masks are kept and measured "
+            "again)")
+
+
 def same_scan_warning(rows: list[dict], table: Path) -> str | None:
     """A ``warning:`` line where rows of several cases record one scan (the same ``input_sha256``):
     a subject counted twice in a cohort's statistics, or a scan filed under two names."""
@@ -339,8 +366,12 @@ def write_table(rows: list[dict], path: Path, columns: tuple[str, ...] | None = 
 
 def result_tables(output_dir: Path) -> list[Path]:
     """The tables of an output folder: ``volumes.csv`` first, then the shards' tables."""
-    return [path for path in (output_dir / "volumes.csv", *sorted(output_dir.glob("volumes.shard-*-of-*.csv")))
-            if path.is_file()]
+    return [path for path in (output_dir / "volumes.csv", *shard_tables(output_dir)) if path.is_file()]
+
+
+def shard_tables(output_dir: Path) -> list[Path]:
+    """The shard tables of an output folder (``volumes.shard-K-of-N.csv``), by name."""
+    return sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
 
 
 def read_results(output_dir: Path) -> dict[str, list[dict]]:
@@ -612,7 +643,12 @@ def segment_batch(cases: list[CaseInput], segmenter: Segmenter, settings: BatchS
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # stopped by the table: the same, unsaid
             bar.close()
-    if warning := same_scan_warning(read_table(table), table):
+    recorded = read_table(table)
+    if warning := same_scan_warning(recorded, table):
+        print(warning, file=sys.stderr)
+    run_cases = {case.case for case in cases}
+    if settings.shard is None and (warning := shard_rows_prevail_warning(
+            [row for row in recorded if row["case"] in run_cases], settings.output_dir)):
         print(warning, file=sys.stderr)
     if not quiet:
         why = f" ({counts})" if (counts := reason_counts(reasons_texts)) else ""
@@ -718,7 +754,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
     """
     if not output_dir.is_dir():
         raise LeftAtriumSegError(f"{output_dir}: {'not a folder' if output_dir.exists() else 'not found'}")
-    shards = sorted(output_dir.glob("volumes.shard-*-of-*.csv"))
+    shards = shard_tables(output_dir)
     if not shards:
         raise LeftAtriumSegError(f"{output_dir}: no volumes.shard-K-of-N.csv files to merge")
     numbers = {}
@@ -774,7 +810,7 @@ def merge_shards(output_dir: Path) -> tuple[list[dict], list[str]]:
         problems.append("warning: the cases were measured with different --clinical tables: " + "; ".join(
             f"{len(cases)} with {f'SHA-256 {table[:12]}...' if table else 'none recorded'} ({some_names(cases, 3)})"
             for table, cases in groups) + "; segment the cases of all but one again with that table (their masks are "
-            "kept and measured again), then merge")
+            "kept and measured again; with --shard K/N, as they ran), then merge")
     if len(made := _cases_by(rows, mask_maker)) > 1:
         counted = sorted(((len(cases), maker) for maker, cases in made.items()), reverse=True)
         problems.append("warning: the masks were not all made alike: "

@@ -630,6 +630,31 @@ def test_merge_keeps_a_row_whose_mask_is_newer_than_its_shards(tmp_path, capsys)
     assert "whose masks are newer than their shard's rows" in capsys.readouterr().err
 
 
+def test_measuring_a_sharded_case_again_without_its_shard_says_merge_keeps_the_shards_row(tmp_path, capsys):
+    """A height corrected after the shards ran, the case measured again unsharded (its mask kept):
+    merge would keep the shard's row, so segment says so then, and how to measure it for the merge."""
+    output, clinical = tmp_path / "out", tmp_path / "clinical.csv"
+    clinical.write_text("case,height_cm,weight_kg\nla_022_crop,170,70\n")
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--shard", "1/1") == 0
+    assert main(["merge", str(output)]) == 0
+    capsys.readouterr()
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--clinical", clinical) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"warning: 1 case(s) measured again here are recorded otherwise, with the same mask, in the shard tables of "
+        f"{output} (la_022_crop): merge keeps the shards' rows; to merge these measurements, run those shards again "
+        "with these options (--shard K/N; their masks are kept and measured again)")
+    assert main(["merge", str(output)]) == 0
+    assert not _rows(output)["la_022_crop"]["bsa_m2"]  # as said
+
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--shard", "1/1", "--clinical", clinical) == 0
+    assert main(["merge", str(output)]) == 0
+    assert _rows(output)["la_022_crop"]["bsa_m2"]
+    capsys.readouterr()
+    # Measured again alike (the merged table's row is the shard's): nothing to say.
+    assert _segment(SAMPLE_IMAGE, "--output-dir", output, "--clinical", clinical) == 0
+    assert "shard tables" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGINT")], ids=["sigterm", "ctrl-c-twice"])
 def test_terminated_runs_leave_no_partial_output(tmp_path, signals):
     """SLURM sends SIGTERM at a job's time limit: it ends a run as Ctrl-C does, temporary files
