@@ -15,6 +15,7 @@ model that held it out.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -32,12 +33,12 @@ PRECISIONS = ("int8", "float32")
 
 
 def vector_instructions() -> str:
-    """The CPU's AVX-512, AVX2 and VNNI flags as Linux reports them; empty elsewhere."""
+    """The CPU's AVX2, AVX-512, VNNI and AMX flags as Linux reports them; empty elsewhere."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):
         return ""
-    return " ".join(sorted(flag for flag in set(flags) if flag.startswith(("avx2", "avx512", "avx_vnni"))))
+    return " ".join(sorted(flag for flag in set(flags) if flag.startswith(("avx2", "avx512", "avx_vnni", "amx"))))
 
 
 def main() -> None:
@@ -63,6 +64,10 @@ def main() -> None:
             key = (models[case.case_id], precision)
             if key not in loaded:
                 loaded[key] = load_onnx_networks(key[0], "cpu", args.threads, precision)
+                if {network.precision for network in loaded[key][0].values()} != {precision}:
+                    # load_onnx_networks falls back to float32 for a file without int8 graphs.
+                    sys.exit(f"{key[0]}: holds no int8 graphs (bench/quantize_run.py adds them to a run's models)")
+                predict(image, *loaded[key])  # once untimed: the first run of a session includes its set-up
             networks, config = loaded[key]
             start = time.perf_counter()
             probabilities[precision] = sitk.GetArrayFromImage(predict(image, networks, config).probability_map)
@@ -74,6 +79,8 @@ def main() -> None:
         rows.append(row)
         print(f"{case.case_id:22s} {row[0]:9.4f} {row[1]:8.4f} {row[2]:8.4f} {row[3]:8.2f} {row[4]:8.2f} {row[5]:8.3f} "
               f"{row[6]:7.2f} {row[7]:7.2f}", flush=True)
+    if not rows:
+        sys.exit(f"no case of {args.data_dir} to score" + (f" ({args.run} held none out)" if args.run else ""))
     int8_dice, float32_dice, between, int8_ml, float32_ml, _, int8_s, float32_s = np.array(rows).T
     print(f"{len(rows)} cases: mean Dice int8 {int8_dice.mean():.4f}, float32 {float32_dice.mean():.4f} (lowest "
           f"{int8_dice.min():.4f}, {float32_dice.min():.4f}); int8 against float32 mean {between.mean():.4f}, lowest "
