@@ -117,7 +117,8 @@ def test_merge_warns_when_shards_indexed_their_cases_from_different_clinical_tab
     [warning] = besides_copies_of_one_scan(capsys.readouterr().err)
     assert re.fullmatch(r"warning: the cases were measured with different --clinical tables: 2 with SHA-256 [0-9a-f]{12}"
                         r"\.\.\. \(case_0, case_2\); 1 with SHA-256 [0-9a-f]{12}\.\.\. \(case_1\); segment the cases of all "
-                        r"but one again with that table \(their masks are kept and measured again\), then merge", warning)
+                        r"but one again with that table \(their masks are kept and measured again; with --shard K/N, as they "
+                        r"ran\), then merge", warning)
     assert len({row["lavi_ml_per_m2"] for row in _rows(output / "volumes.csv").values()}) == 2
 
     assert main(["segment", str(images), "--output-dir", str(output), "--shard", "1/2", "--clinical", str(clinical),
